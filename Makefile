@@ -1,0 +1,61 @@
+# ism — every target that needs Python builds .venv first (once; reused after).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# A matched torch/torchvision pair; override on a cluster: make install TORCH="torch==X torchvision==Y"
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+PROFILE ?= embedded
+NAME ?= components
+ARGS ?=
+PYTEST_ARGS ?=
+SPECS := $(sort $(wildcard ablations/*.yaml))
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast bench ablation-all ablation report study ui train clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
+	@echo "  variables: PROFILE=$(PROFILE) NAME=$(NAME) TORCH=\"$(TORCH)\" ARGS=..."
+
+$(VENV)/.installed: pyproject.toml requirements/lock.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -c requirements/lock.txt -e '.[dev,inception,dashboard]'
+	touch $@
+
+install: $(VENV)/.installed ## create .venv with the pinned stack (once)
+
+test: $(VENV)/.installed ## the whole test suite, slow end-to-end tests included (CI runs this)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed ## the tests not marked slow
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed ## benchmarks -> benchmarks/out/*.json and *.md
+	$(BIN)/python -m benchmarks.run $(ARGS)
+
+ablation-all: $(VENV)/.installed ## every spec in ablations/ on PROFILE (default embedded), then its report
+	@set -e; for spec in $(SPECS); do \
+	  $(BIN)/ism ablate $$spec --profile $(PROFILE) $(ARGS); \
+	  $(BIN)/ism report $$spec --profile $(PROFILE); \
+	done
+
+ablation: $(VENV)/.installed ## one spec: make ablation NAME=components [PROFILE=...]
+	$(BIN)/ism ablate ablations/$(NAME).yaml --profile $(PROFILE) $(ARGS)
+	$(BIN)/ism report ablations/$(NAME).yaml --profile $(PROFILE)
+
+report: $(VENV)/.installed ## report of one spec: make report NAME=components
+	$(BIN)/ism report ablations/$(NAME).yaml --profile $(PROFILE) $(ARGS)
+
+study: $(VENV)/.installed ## an Optuna study: make study NAME=wavelet
+	$(BIN)/ism study studies/$(NAME).yaml --profile $(PROFILE) $(ARGS)
+
+ui: $(VENV)/.installed ## MLflow UI on 127.0.0.1 over the project's store
+	$(BIN)/ism ui $(ARGS)
+
+train: $(VENV)/.installed ## one training run: make train ARGS="--preset mnist-cpu guidance.mode=intrinsic"
+	$(BIN)/ism train $(ARGS)
+
+clean: ## remove runs and caches (keeps .venv and reports/)
+	rm -rf runs .ism .pytest_cache
