@@ -1,0 +1,158 @@
+"""Noise-data pairing: deterministic batches per step and scaling optimal transport (sOT, method notes sec. 3c).
+
+sOT pools K consecutive batches with their noise, solves ONE exact assignment (scipy's linear_sum_assignment on the
+squared Euclidean cost) between all K*B noises and images, permutes the noise only (labels stay with their images),
+and splits the pool back into the K batches in their original data order. Everything derives from (seed, step), so a
+resumed run regenerates the pool it was in and serves the same batches as an uninterrupted run.
+
+Diagnostics on every batch: "ot/batch_cost" (mean ||x0 - x1||^2 of the batch as served, also without OT); with OT
+the pool's "ot/cost_before" / "ot/cost_after", and "ot/solve_s" = solver seconds spent in THIS step (the pool's time on
+the batch that solved it, 0 on the others; "ot/solved" marks that batch), so the trainer's window average of
+ot/solve_s is the per-step overhead.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from ism.config import Config, ConfigError
+from ism.rng import generator
+
+
+def pair_cost(x0: Tensor, x1: Tensor) -> float:
+    """Mean squared Euclidean distance ||x0_i - x1_i||^2 of a pairing (full resolution)."""
+    return float((x0.double() - x1.double()).reshape(len(x0), -1).square().sum(dim=1).mean())
+
+
+def _cost_view(x: Tensor, cost_resolution: int) -> Tensor:
+    """Flattened float64 rows the cost is computed on, average-pooled to cost_resolution when asked."""
+    if cost_resolution > 0:
+        if x.dim() != 4:
+            raise ConfigError(f"ot.cost_resolution: {cost_resolution} needs images [N, C, H, W], got shape "
+                              f"{tuple(x.shape)}; use 0 for non-image data")
+        if cost_resolution < max(x.shape[-2:]):
+            x = F.adaptive_avg_pool2d(x, cost_resolution)
+    return x.reshape(len(x), -1).double()
+
+
+def ot_assign(x0: Tensor, x1: Tensor, cost_resolution: int = 0) -> tuple[Tensor, dict[str, float]]:
+    """Exact OT pairing: perm with x0[perm][i] paired to x1[i] minimising sum_i ||x0[perm[i]] - x1[i]||^2.
+
+    The cost may be computed on images average-pooled to cost_resolution; the reported costs are always at full
+    resolution. diag: ot/cost_before (identity pairing), ot/cost_after, ot/solve_s (cost matrix + solver).
+    """
+    if x0.shape != x1.shape:
+        raise ValueError(f"ot_assign: x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+    t0 = time.perf_counter()
+    a, b = _cost_view(x1, cost_resolution), _cost_view(x0, cost_resolution)
+    cost = torch.cdist(a, b).square_().numpy()  # rows: data x1[i], columns: noise x0[j]
+    rows, cols = linear_sum_assignment(cost)
+    solve_s = time.perf_counter() - t0
+    perm = torch.as_tensor(np.asarray(cols)[np.argsort(rows)], dtype=torch.long)
+    diag = {"ot/cost_before": pair_cost(x0, x1), "ot/cost_after": pair_cost(x0[perm], x1), "ot/solve_s": solve_s}
+    return perm, diag
+
+
+class PairSource:
+    """Deterministic (x1, y, x0) batches per training step, OT-paired over pools of K batches when cfg.ot.enabled."""
+
+    def __init__(self, data, cfg: Config):
+        self.x, self.y = data.train_x, data.train_y
+        self.n = len(self.x)
+        if self.n == 0:
+            raise ConfigError(f"data: the training set of '{data.name}' is empty")
+        self.shape = tuple(self.x.shape[1:])
+        self.seed = cfg.run.seed
+        self.batch_size = cfg.optim.batch_size
+        self.ot = cfg.ot.enabled
+        self.pool_batches = cfg.ot.pool_batches if self.ot else 1
+        self.cost_resolution = cfg.ot.cost_resolution
+        self._perms: dict[int, Tensor] = {}
+        self._pool: tuple[int, Tensor, Tensor, dict[str, float]] | None = None  # (pool index, data idx, noise, diag)
+        self._next_step = 0
+
+    # ------------------------------------------------------------------ deterministic draws
+    def _epoch_perm(self, epoch: int) -> Tensor:
+        """The data order of one epoch; only the two most recent epochs are kept."""
+        if epoch not in self._perms:
+            if len(self._perms) >= 2:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = torch.randperm(self.n, generator=generator(self.seed, epoch, "data"))
+        return self._perms[epoch]
+
+    def data_indices(self, step: int) -> Tensor:
+        """Training-set indices of step's batch: global positions step*B ... (step+1)*B-1 across epochs."""
+        pos = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
+        epochs = pos // self.n
+        out = torch.empty_like(pos)
+        for e in epochs.unique().tolist():
+            m = epochs == e
+            out[m] = self._epoch_perm(e)[pos[m] % self.n]
+        return out
+
+    def noise(self, step: int) -> Tensor:
+        """Standard normal noise of step's batch (before any OT re-pairing)."""
+        return torch.randn((self.batch_size, *self.shape), generator=generator(self.seed, step, "noise"))
+
+    # ------------------------------------------------------------------ pools
+    def _get_pool(self, pool: int) -> tuple[Tensor, Tensor, dict[str, float], bool]:
+        """Data indices, OT-permuted noise and diag of a pool (cached: only the current pool is held)."""
+        if self._pool is not None and self._pool[0] == pool:
+            return self._pool[1], self._pool[2], self._pool[3], False
+        steps = range(pool * self.pool_batches, (pool + 1) * self.pool_batches)
+        idx = torch.cat([self.data_indices(s) for s in steps])
+        x0 = torch.cat([self.noise(s) for s in steps])
+        perm, diag = ot_assign(x0, self.x[idx], self.cost_resolution)
+        x0 = x0[perm]
+        self._pool = (pool, idx, x0, diag)
+        return idx, x0, diag, True
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor, Tensor, dict[str, float]]:
+        """(x1, y, x0, diag) of a training step, CPU tensors of batch_size rows; labels are returned as stored."""
+        if step < 0:
+            raise ValueError(f"PairSource.batch: step must be >= 0, got {step}")
+        diag: dict[str, float] = {}
+        if self.ot:
+            pool, k = divmod(step, self.pool_batches)
+            idx, x0, pool_diag, solved = self._get_pool(pool)
+            rows = slice(k * self.batch_size, (k + 1) * self.batch_size)
+            idx, x0 = idx[rows], x0[rows]
+            diag.update(pool_diag)
+            diag["ot/solve_s"] = pool_diag["ot/solve_s"] if solved else 0.0
+            diag["ot/solved"] = float(solved)
+        else:
+            idx, x0 = self.data_indices(step), self.noise(step)
+        x1, y = self.x[idx], self.y[idx]
+        diag["ot/batch_cost"] = pair_cost(x0, x1)
+        self._next_step = step + 1
+        return x1, y, x0, diag
+
+    # ------------------------------------------------------------------ resume
+    def _expected_state(self, next_step: int) -> dict[str, int]:
+        return {"pool_index": next_step // self.pool_batches if self.ot else -1,
+                "position": next_step * self.batch_size}
+
+    def state_dict(self, next_step: int | None = None) -> dict[str, int]:
+        """Where the next batch (next_step, default: the one after the last served) starts: pool index (-1 without
+        OT) and global data position."""
+        return self._expected_state(self._next_step if next_step is None else next_step)
+
+    def load_state_dict(self, state: dict, step: int | None = None) -> None:
+        """Adopt a saved position; when `step` (the next step to run) is given, a mismatch is an error."""
+        if set(state) != {"pool_index", "position"}:
+            raise ValueError(f"PairSource.load_state_dict: expected keys pool_index, position; got {sorted(state)}")
+        pos = int(state["position"])
+        if pos % self.batch_size:
+            raise ValueError(f"PairSource.load_state_dict: position {pos} is not a multiple of batch size "
+                             f"{self.batch_size} (optim.batch_size changed since the checkpoint?)")
+        next_step = pos // self.batch_size if step is None else step
+        want = self._expected_state(next_step)
+        if {k: int(v) for k, v in state.items()} != want:
+            raise ValueError(f"PairSource.load_state_dict: saved state {dict(state)} does not match step {next_step} "
+                             f"(expected {want}); the checkpoint and the data/OT settings disagree")
+        self._next_step = next_step

@@ -1,0 +1,128 @@
+"""sOT: exact assignment, labels stay with images, deterministic pools that regenerate on resume, epoch coverage."""
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ism.config import ConfigError, from_dict
+from ism.objective.coupling import PairSource, ot_assign
+
+torch.set_num_threads(1)
+
+
+def _data(n: int = 100, shape=(1, 8, 8), classes: int = 10, seed: int = 0) -> SimpleNamespace:
+    """A training set whose images encode their own label (so label/image association can be checked)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = torch.randn(n, *shape, generator=g)
+    x.view(n, -1)[:, 0] = y.float() * 100 + torch.arange(n) / n  # unique per item, label recoverable
+    return SimpleNamespace(name="synthetic", train_x=x, train_y=y, shape=shape)
+
+
+def _cfg(ot: bool, k: int = 4, b: int = 8, seed: int = 3, res: int = 0):
+    return from_dict({"ot": {"enabled": ot, "pool_batches": k, "cost_resolution": res},
+                      "optim": {"batch_size": b}, "run": {"seed": seed}})
+
+
+def _brute_force(x0: torch.Tensor, x1: torch.Tensor) -> float:
+    n = len(x0)
+    c = torch.cdist(x1.reshape(n, -1).double(), x0.reshape(n, -1).double()).square()
+    return min(sum(c[i, p[i]].item() for i in range(n)) for p in itertools.permutations(range(n)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ot_assign_is_the_exact_optimum(seed):
+    g = torch.Generator().manual_seed(seed)
+    n = 3 + seed % 5  # 3..7
+    x0, x1 = torch.randn(n, 1, 4, 4, generator=g), torch.randn(n, 1, 4, 4, generator=g)
+    perm, diag = ot_assign(x0, x1)
+    assert sorted(perm.tolist()) == list(range(n))
+    total = ((x0[perm].double() - x1.double()).reshape(n, -1).square().sum(dim=1)).sum().item()
+    assert total == pytest.approx(_brute_force(x0, x1), rel=1e-9)
+    assert diag["ot/cost_after"] == pytest.approx(total / n, rel=1e-9)
+    assert diag["ot/cost_after"] <= diag["ot/cost_before"] + 1e-12
+    assert diag["ot/solve_s"] >= 0
+
+
+def test_ot_assign_pooled_cost_and_errors():
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(64, 1, 16, 16, generator=g), torch.randn(64, 1, 16, 16, generator=g)
+    perm, diag = ot_assign(x0, x1, cost_resolution=4)
+    assert sorted(perm.tolist()) == list(range(64))
+    assert diag["ot/cost_after"] < diag["ot/cost_before"]  # reported at full resolution
+    with pytest.raises(ConfigError, match="ot.cost_resolution"):
+        ot_assign(torch.randn(8, 2), torch.randn(8, 2), cost_resolution=4)
+
+
+def test_pool_pairs_noise_only_and_lowers_cost():
+    data = _data()
+    src = PairSource(data, _cfg(True, k=4, b=8))
+    plain = PairSource(data, _cfg(False, b=8))
+    for step in range(8):
+        x1, y, x0, diag = src.batch(step)
+        px1, py, px0, _ = plain.batch(step)
+        # labels stay with their images: the data side is exactly the un-paired batch, in the same order
+        assert torch.equal(x1, px1) and torch.equal(y, py)
+        assert torch.equal(y, (x1.view(8, -1)[:, 0] // 100).long())
+        assert diag["ot/solved"] == float(step % 4 == 0)
+        assert (diag["ot/solve_s"] > 0) == (step % 4 == 0)  # solver time is charged to the step that solved
+        assert diag["ot/cost_after"] < diag["ot/cost_before"]
+    # the pool's noise is a permutation of the K steps' raw noise
+    pool_noise = torch.cat([src.batch(s)[2] for s in range(4)])
+    raw = torch.cat([plain.batch(s)[2] for s in range(4)])
+    key = lambda t: sorted(map(tuple, t.view(len(t), -1)[:, :3].tolist()))
+    assert key(pool_noise) == key(raw) and not torch.equal(pool_noise, raw)
+    # data (x1, y) multiset over the pool unchanged
+    assert Counter(torch.cat([src.batch(s)[1] for s in range(4)]).tolist()) == \
+        Counter(torch.cat([plain.batch(s)[1] for s in range(4)]).tolist())
+
+
+def test_deterministic_and_resume_mid_pool():
+    data = _data()
+    cfg = _cfg(True, k=4, b=8)
+    a = PairSource(data, cfg)
+    ref = [a.batch(s) for s in range(10)]
+    b = PairSource(data, cfg)  # "resumed" at step 6, in the middle of pool 1 (steps 4..7)
+    state = a.state_dict(6)
+    assert state == {"pool_index": 1, "position": 6 * 8}
+    b.load_state_dict(state, step=6)
+    for s in range(6, 10):
+        x1, y, x0, _ = b.batch(s)
+        assert torch.equal(x1, ref[s][0]) and torch.equal(y, ref[s][1]) and torch.equal(x0, ref[s][2])
+    assert b.state_dict() == {"pool_index": 2, "position": 80}
+    with pytest.raises(ValueError, match="does not match"):
+        PairSource(data, cfg).load_state_dict(state, step=7)
+    with pytest.raises(ValueError, match="does not match"):
+        PairSource(data, cfg).load_state_dict({"pool_index": 0, "position": 48})
+    # another seed gives other batches
+    other = PairSource(data, _cfg(True, k=4, b=8, seed=4)).batch(0)
+    assert not torch.equal(other[2], ref[0][2])
+
+
+def test_without_ot_epochs_cover_the_data_without_repeats():
+    data = _data(n=40)
+    src = PairSource(data, _cfg(False, b=8))
+    ids = lambda x: (x.view(len(x), -1)[:, 0] % 1 * 40).round().long().tolist()
+    epoch0 = sum((ids(src.batch(s)[0]) for s in range(5)), [])
+    epoch1 = sum((ids(src.batch(s)[0]) for s in range(5, 10)), [])
+    assert sorted(epoch0) == sorted(epoch1) == list(range(40))
+    assert epoch0 != epoch1  # a fresh permutation per epoch
+    # a batch straddling epochs (batch 12 over 40 items) still follows the global position rule
+    src12 = PairSource(data, _cfg(False, b=12))
+    seen = sum((ids(src12.batch(s)[0]) for s in range(10)), [])  # 120 positions = 3 epochs
+    assert all(sorted(seen[i * 40:(i + 1) * 40]) == list(range(40)) for i in range(3))
+    assert src12.state_dict() == {"pool_index": -1, "position": 120}
+    x1, y, x0, diag = src.batch(0)
+    assert x0.shape == x1.shape == (8, 1, 8, 8) and y.dtype == torch.int64 and "ot/batch_cost" in diag
+    assert torch.equal(x0, src.batch(0)[2])
+
+
+def test_points_data():
+    pts = SimpleNamespace(name="toy", train_x=torch.randn(50, 2), train_y=torch.zeros(50, dtype=torch.long), shape=(2,))
+    src = PairSource(pts, _cfg(True, k=2, b=10))
+    x1, y, x0, diag = src.batch(3)
+    assert x0.shape == (10, 2) and diag["ot/cost_after"] <= diag["ot/cost_before"]

@@ -1,0 +1,108 @@
+"""The torch DWT equals pywavelets, reconstructs perfectly, carries gradients; the loss's Parseval control and default."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import pywt
+import torch
+import torch.nn.functional as F
+
+from ism.config import ConfigError, WaveletConfig
+from ism.objective.wavelet import dwt2, idwt2, max_levels, wavelet_loss
+
+torch.set_num_threads(1)
+
+
+def _pywt(x: torch.Tensor, name: str, levels: int) -> list:
+    with warnings.catch_warnings():  # pywt warns about "boundary effects" for long filters; periodization has none
+        warnings.simplefilter("ignore", UserWarning)
+        return pywt.wavedec2(x.numpy(), name, mode="periodization", level=levels, axes=(-2, -1))
+
+
+@pytest.mark.parametrize("name", ["haar", "db2"])
+@pytest.mark.parametrize("shape", [(3, 1, 16, 16), (2, 3, 16, 16), (2, 1, 32, 32), (2, 3, 32, 32)])
+def test_dwt_matches_pywt_every_level(name, shape):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)), dtype=torch.float64)
+    top = max_levels(shape[-1], name)
+    assert top == {16: 4, 32: 5}[shape[-1]]
+    for levels in range(1, top + 1):
+        ours, ref = dwt2(x, name, levels), _pywt(x, name, levels)
+        assert len(ours) == len(ref) == levels + 1
+        np.testing.assert_allclose(ours[0].numpy(), ref[0], atol=1e-12)
+        for got, want in zip(ours[1:], ref[1:]):
+            assert len(got) == 3
+            for a, b in zip(got, want):
+                assert a.shape == b.shape
+                np.testing.assert_allclose(a.numpy(), b, atol=1e-12)
+        np.testing.assert_allclose(idwt2(ours, name).numpy(), x.numpy(), atol=1e-12)
+    # levels=0 means the maximum
+    assert len(dwt2(x, name, 0)) == top + 1
+
+
+def test_max_levels_rule():
+    assert max_levels(16) == 4 and max_levels(32) == 5 and max_levels(28) == 2 and max_levels((16, 32)) == 4
+    assert max_levels(16, "db2") == 4  # periodization wraps the filter; not pywt.dwt_max_level's 2
+    with pytest.raises(ConfigError, match="wavelet.levels"):
+        dwt2(torch.zeros(1, 1, 16, 16), "haar", 5)
+    with pytest.raises(ConfigError, match="wavelet.wavelet"):
+        max_levels(16, "bior2.2")  # not orthogonal
+
+
+def test_reconstruction_float32_and_gradients():
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    coeffs = dwt2(x, "db2", 0)
+    torch.testing.assert_close(idwt2(coeffs, "db2"), x, atol=1e-5, rtol=0)
+    # gradients flow through every band; the transform is orthonormal, so d/dx of the sum of squared coefficients
+    # is 2x (Parseval).
+    sq = coeffs[0].square().sum() + sum(t.square().sum() for d in coeffs[1:] for t in d)
+    (g,) = torch.autograd.grad(sq, x)
+    torch.testing.assert_close(g, 2 * x.detach(), atol=1e-4, rtol=0)
+    pred = torch.randn(4, 1, 16, 16, requires_grad=True)
+    per_row, _ = wavelet_loss(pred, torch.randn(4, 1, 16, 16), WaveletConfig(enabled=True, distance="charbonnier"))
+    per_row.sum().backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+
+
+def test_parseval_control_equals_mse():
+    g = torch.Generator().manual_seed(1)
+    pred, tgt = torch.randn(6, 3, 32, 32, generator=g), torch.randn(6, 3, 32, 32, generator=g)
+    mse = F.mse_loss(pred, tgt, reduction="none").mean(dim=(1, 2, 3))
+    for levels in (0, 1, 3):
+        per_row, _ = wavelet_loss(pred, tgt, WaveletConfig(enabled=True, reduction="sum", distance="l2", levels=levels))
+        torch.testing.assert_close(per_row, mse, atol=1e-5, rtol=0)
+
+
+def test_band_mean_differs_from_mse_and_weights_act():
+    g = torch.Generator().manual_seed(2)
+    # a target with structure (smooth + noise) so bands carry different error energy
+    tgt = F.avg_pool2d(torch.randn(4, 1, 32, 32, generator=g), 3, 1, 1)
+    pred = tgt + 0.3 * torch.randn(4, 1, 32, 32, generator=g) + 0.5
+    mse = F.mse_loss(pred, tgt, reduction="none").mean(dim=(1, 2, 3))
+    default, diag = wavelet_loss(pred, tgt, WaveletConfig(enabled=True))
+    assert default.shape == (4,)
+    assert (default - mse).abs().min() > 1e-2
+    # band_mean of l2 = average of the per-band mean squared coefficients
+    bands = [v for k, v in diag.items()]
+    assert default.mean().item() == pytest.approx(np.mean(bands), rel=1e-5)
+    # a plain MSE term adds exactly mse_weight * MSE
+    with_mse, _ = wavelet_loss(pred, tgt, WaveletConfig(enabled=True, mse_weight=0.5))
+    torch.testing.assert_close(with_mse, default + 0.5 * mse)
+    # zero weight on every detail level leaves only the LL band's mean error
+    only_ll, _ = wavelet_loss(pred, tgt, WaveletConfig(enabled=True, level_weights=(0.0,) * 5, ll_weight=2.0))
+    assert only_ll.mean().item() == pytest.approx(diag["wavelet/L5_LL"], rel=1e-5)
+    l1, _ = wavelet_loss(pred, tgt, WaveletConfig(enabled=True, distance="l1"))
+    assert not torch.allclose(l1, default)
+    with pytest.raises(ConfigError, match="wavelet.level_weights"):
+        wavelet_loss(pred, tgt, WaveletConfig(enabled=True, level_weights=(1.0, 2.0)))
+
+
+def test_per_band_diag_keys():
+    pred, tgt = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    _, diag = wavelet_loss(pred, tgt, WaveletConfig(enabled=True))
+    want = {"wavelet/L4_LL"} | {f"wavelet/L{lv}_{b}" for lv in range(1, 5) for b in ("LH", "HL", "HH")}
+    assert set(diag) == want
+    assert all(isinstance(v, float) and v > 0 for v in diag.values())
+    _, diag3 = wavelet_loss(pred, tgt, WaveletConfig(enabled=True, levels=2))
+    assert "wavelet/L2_LL" in diag3 and "wavelet/L3_LH" not in diag3
