@@ -186,12 +186,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
         state.optim.step()
         for e in state.unique_emas():
             e.update(state.model)
-        last_loss = float(loss)
+        last_loss = float(loss.detach())
         with torch.no_grad():
             for kind, name in KIND_NAMES.items():
                 m = rows.kind == kind
                 if m.any():
-                    acc[f"loss_{name}"] = acc.get(f"loss_{name}", 0.0) + float(per_row[m].sum())
+                    acc[f"loss_{name}"] = acc.get(f"loss_{name}", 0.0) + float(per_row[m].detach().sum())
                     counts[f"loss_{name}"] = counts.get(f"loss_{name}", 0.0) + float(m.sum())
         for k, v in {"loss": last_loss, **pdiag, **tdiag, **ldiag}.items():
             acc[k] = acc.get(k, 0.0) + v
