@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     kw = {"w": args.guidance} if cfg.guidance.mode == "intrinsic" else {"cfg_scale": args.guidance}
     out = Path(args.out) if args.out else Path(args.run if Path(args.run).is_dir() else Path(args.run).parent.parent) / "samples"
     for s in steps:
-        x = sample(nets[args.net], x0, y, s, cfg, **{k: v for k, v in kw.items() if v is not None})
+        x = sample(nets[args.net], x0, y, s, cfg, null=data.num_classes, **{k: v for k, v in kw.items() if v is not None})
         p = save_grid(x, out / f"grid_steps_{s}_{args.net}_step{step}.png", nrow=args.per_class)
         print(p)
     return 0

@@ -82,6 +82,7 @@ class State:
     def __init__(self, cfg: Config, data: Dataset, device: torch.device):
         torch.manual_seed(derive_seed(cfg.run.seed, 0, "init"))
         self.model = build_model(cfg, data).to(device)
+        self.model.num_classes = data.num_classes  # the null-class index, read by the sampler
         self.emas = build_emas(self.model, cfg)
         self.optim = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                        betas=(cfg.optim.beta1, cfg.optim.beta2))

@@ -1,0 +1,85 @@
+"""Euler shortcut sampler: step-count rules, forward passes per step, guidance at inference, grids."""
+import pytest
+import torch
+
+from ism.config import ConfigError, resolve
+from ism.sample import fixed_labels, fixed_noise, main as sample_main, sample
+from ism.train import train
+
+
+class Recorder(torch.nn.Module):
+    """Velocity 1 everywhere; records the inputs of every forward pass."""
+
+    num_classes = 4
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x, t, k, y, w):
+        self.calls.append({"n": x.shape[0], "t": t.clone(), "k": k.clone(), "y": y.clone(), "w": w.clone()})
+        return torch.ones_like(x) + (y == self.num_classes).float()[:, None]
+
+
+@pytest.mark.parametrize("n", [0, 3, 6, 256])
+def test_step_counts_must_be_powers_of_two_up_to_128(n):
+    cfg = resolve("toy2d")
+    with pytest.raises(ConfigError, match=f"steps: {n} is not allowed"):
+        sample(Recorder(), torch.zeros(2, 2), torch.zeros(2, dtype=torch.long), n, cfg)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 128])
+def test_euler_steps_levels_and_times(n):
+    cfg = resolve("toy2d", [], ["guidance.mode=none"])
+    net = Recorder()
+    x = sample(net, torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), n, cfg)
+    torch.testing.assert_close(x, torch.ones(3, 2))  # integrating velocity 1 from 0 over [0, 1]
+    assert len(net.calls) == n
+    assert all(int(c["k"][0]) == n.bit_length() - 1 for c in net.calls)
+    torch.testing.assert_close(torch.stack([c["t"][0] for c in net.calls]), torch.arange(n) / n)
+
+
+def test_intrinsic_guidance_is_one_pass_per_step_with_interval():
+    cfg = resolve("toy2d", [], ["guidance.mode=intrinsic", "guidance.t_interval=0.3"])
+    net = Recorder()
+    sample(net, torch.zeros(5, 2), torch.zeros(5, dtype=torch.long), 8, cfg, w=2.0)
+    assert len(net.calls) == 8 and all(c["n"] == 5 for c in net.calls)
+    ws = [float(c["w"][0]) for c in net.calls]
+    # steps [0, .125) and [.125, .25) lie wholly below t_interval = 0.3: w = 0; [.25, .375) straddles it: keeps w
+    assert ws == [0.0, 0.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    net1 = Recorder()
+    sample(net1, torch.zeros(5, 2), torch.zeros(5, dtype=torch.long), 1, cfg, w=2.0)
+    assert float(net1.calls[0]["w"][0]) == 2.0
+
+
+def test_cfg_applies_only_at_the_finest_level_with_two_passes():
+    cfg = resolve("toy2d", [], ["guidance.mode=cfg_finest"])
+    net = Recorder()
+    x = sample(net, torch.zeros(2, 2), torch.ones(2, dtype=torch.long), 128, cfg, cfg_scale=3.0)
+    assert all(c["n"] == 4 for c in net.calls)  # cond + null in one batched pass
+    assert all(torch.equal(c["y"][2:], torch.full((2,), 4)) for c in net.calls)
+    # v = v_null + 3 (v_c - v_null) = 2 + 3 (1 - 2) = -1 per unit time
+    torch.testing.assert_close(x, -torch.ones(2, 2))
+    net4 = Recorder()
+    sample(net4, torch.zeros(2, 2), torch.ones(2, dtype=torch.long), 4, cfg, cfg_scale=3.0)
+    assert all(c["n"] == 2 for c in net4.calls)  # guidance is baked in below the finest level
+
+
+def test_fixed_noise_and_labels_are_reproducible():
+    assert torch.equal(fixed_noise(8, (1, 4, 4), 3), fixed_noise(8, (1, 4, 4), 3))
+    assert not torch.equal(fixed_noise(8, (1, 4, 4), 3), fixed_noise(8, (1, 4, 4), 4))
+    assert fixed_labels(12, 10).tolist() == list(range(10)) + [0, 1]
+
+
+def test_sample_cli_writes_png_grids(tmp_path):
+    cfg = resolve("smoke", [], [f"run.out_dir={tmp_path}", "run.progress=false", "eval.at_end=false"])
+    s = train(cfg)
+    run = tmp_path / s["run_id"]
+    assert sample_main([str(run), "--steps", "1,128", "--per-class", "2"]) == 0
+    pngs = sorted(p.name for p in (run / "samples").glob("*.png"))
+    assert pngs == [f"grid_steps_128_infer_step{cfg.run.steps}.png", f"grid_steps_1_infer_step{cfg.run.steps}.png"]
+    from PIL import Image
+    img = Image.open(run / "samples" / pngs[0])
+    assert img.size[0] > 16 * 2 and img.size[1] > 16 * 10
+    with pytest.raises(ConfigError, match="steps: 5 is not allowed"):
+        sample_main([str(run), "--steps", "5"])
