@@ -93,3 +93,9 @@ def test_cli_dry_run_prints_resolved_config(tmp_path):
     assert body["guidance"]["mode"] == "intrinsic" and body["model"]["name"] == C.PRESETS["smoke"]["model"]["name"]
     assert C.run_id(C.from_dict(body)) in out.stdout.splitlines()[0]
     assert not any(tmp_path.iterdir()), "a dry run does no work"
+
+
+def test_config_reference_doc_is_current():
+    from pathlib import Path
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
+    assert doc.read_text() == C.reference_markdown(), "regenerate: python -m ism.config > docs/config-reference.md"
