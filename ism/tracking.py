@@ -1,0 +1,290 @@
+"""MLflow tracking (the only module importing mlflow): store location, sweep parent runs, trial child runs, `ism ui`.
+
+Layout (docs/architecture.md, "MLflow layout"): experiment `ism/<spec>`; a parent run per sweep; a child run per
+trial whose MLflow run id is kept in the trial directory so a resumed trial continues its own run. Everything goes
+through an explicit MlflowClient (no global active run), so several trials can log from one process or many.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+from urllib.parse import unquote, urlparse
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+STORE_DIR = "mlruns"               # default store: <cwd>/mlruns/mlflow.db with artifacts in <cwd>/mlruns/artifacts
+DB_NAME = "mlflow.db"
+RUN_IDS_FILE = "mlflow_runs.json"  # in a trial dir: {parent run id: child run id}
+BATCH = 100                        # MLflow's limit of params per log_batch call; metrics are chunked alike
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+
+# ----------------------------------------------------------------------------------------------- store
+def tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI: explicit > $MLFLOW_TRACKING_URI > sqlite store under ./mlruns (absolute)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = "sqlite:///" + str(Path(unquote(uri[len("sqlite:///"):])).resolve())
+        return uri
+    return "sqlite:///" + str((Path.cwd() / STORE_DIR / DB_NAME).resolve())
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifact root beside a sqlite store (mlflow would pick ./mlruns of the current dir); servers choose their own."""
+    if uri.startswith("sqlite:///"):
+        db = Path(unquote(uri[len("sqlite:///"):]))
+        return (db.parent / "artifacts").resolve().as_uri()
+    if urlparse(uri).scheme in ("", "file"):
+        raise ValueError(f"tracking URI {uri!r}: the plain file store is refused by mlflow 3; use sqlite:///PATH or http://HOST:PORT")
+    return None
+
+
+_CLIENTS: dict[str, MlflowClient] = {}  # per process: opening a sqlite store costs ~1 s (schema check)
+
+
+def client(uri: str | None = None) -> MlflowClient:
+    """A client bound to the project's tracking URI (one per URI and process)."""
+    uri = tracking_uri(uri)
+    if uri not in _CLIENTS:
+        artifact_root(uri)  # rejects file stores early with a clear message
+        _CLIENTS[uri] = MlflowClient(tracking_uri=uri)
+    return _CLIENTS[uri]
+
+
+def _retry(fn, *args, tries: int = 8, **kw):
+    """Call an MLflow write, retrying briefly: several trial processes share one sqlite file (locks are transient)."""
+    for i in range(tries):
+        try:
+            return fn(*args, **kw)
+        except Exception as e:  # sqlite 'database is locked' and transient HTTP errors surface as several types
+            msg = str(e).lower()
+            if i == tries - 1 or not any(s in msg for s in ("locked", "busy", "timed out", "connection", "503", "502")):
+                raise
+            time.sleep(0.2 * 2 ** i)
+
+
+def experiment_id(c: MlflowClient, name: str) -> str:
+    """Get or create an experiment; local stores get an explicit artifact location beside the database."""
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    root = artifact_root(c.tracking_uri)
+    loc = f"{root}/{name.replace('/', '_')}" if root else None
+    try:
+        return c.create_experiment(name, artifact_location=loc)
+    except MlflowException:  # created concurrently by another process
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def _param_value(v: Any) -> str:
+    return json.dumps(list(v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def log_params(c: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log params in chunks; re-logging identical values (a resumed run) is a no-op."""
+    have = c.get_run(run_id).data.params
+    todo = [Param(k, _param_value(v)) for k, v in params.items() if have.get(k) != _param_value(v)]
+    for i in range(0, len(todo), BATCH):
+        _retry(c.log_batch, run_id, params=todo[i:i + BATCH])
+
+
+def log_metrics(c: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int, skip: set | None = None) -> None:
+    """Log finite numeric metrics at a step; (key, step) pairs in `skip` are left out (already logged)."""
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+             and not (skip and (k, int(step)) in skip)]
+    for i in range(0, len(items), BATCH * 10):
+        _retry(c.log_batch, run_id, metrics=items[i:i + BATCH * 10])
+
+
+def logged_steps(c: MlflowClient, run_id: str, keys: Iterable[str]) -> set[tuple[str, int]]:
+    """(key, step) pairs already in a run, for the given keys (resumed trials must not log a step twice)."""
+    present = set(c.get_run(run_id).data.metrics)
+    out = set()
+    for k in keys:
+        if k in present:
+            out |= {(k, m.step) for m in c.get_metric_history(run_id, k)}
+    return out
+
+
+def set_status(c: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:
+    """Move a run to RUNNING / SCHEDULED / FINISHED / FAILED / KILLED; a failure reason goes to tag ism.error."""
+    if reason is not None:
+        _retry(c.set_tag, run_id, "ism.error", reason[:5000])
+    if status in TERMINAL:
+        _retry(c.set_terminated, run_id, status=status)
+    else:
+        _retry(c.update_run, run_id, status=status)
+
+
+def status(c: MlflowClient, run_id: str) -> str | None:
+    """A run's status, or None when the run does not exist (or was deleted) in this store."""
+    try:
+        run = c.get_run(run_id)
+    except MlflowException:
+        return None
+    return None if run.info.lifecycle_stage == "deleted" else run.info.status
+
+
+# ----------------------------------------------------------------------------------------------- sweeps and trials
+def start_parent(c: MlflowClient, experiment: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any],
+                 artifacts: Mapping[str, str], resume_run_id: str | None = None) -> tuple[str, str]:
+    """(experiment id, parent run id): the stored parent run if it still exists, else a new one."""
+    exp = experiment_id(c, experiment)
+    run_id = resume_run_id if resume_run_id and status(c, resume_run_id) else None
+    if run_id is None:
+        run_id = _retry(c.create_run, exp, run_name=name, tags=dict(tags)).info.run_id
+    else:
+        for k, v in tags.items():
+            _retry(c.set_tag, run_id, k, v)
+    set_status(c, run_id, "RUNNING")
+    log_params(c, run_id, params)
+    for fname, text in artifacts.items():
+        _retry(c.log_text, run_id, text, fname)
+    return exp, run_id
+
+
+def child_run(c: MlflowClient, exp: str, parent: str, trial_dir: Path, name: str, tags: Mapping[str, str],
+              params: Mapping[str, Any]) -> str:
+    """The trial's child run under this parent: reused from the trial dir when it exists, created otherwise."""
+    path = Path(trial_dir) / RUN_IDS_FILE
+    known = json.loads(path.read_text()) if path.exists() else {}
+    rid = known.get(parent)
+    if rid is None or status(c, rid) is None:
+        rid = _retry(c.create_run, exp, run_name=name, tags={**tags, "mlflow.parentRunId": parent}).info.run_id
+        known[parent] = rid
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=2))
+        os.replace(tmp, path)
+    else:
+        for k, v in tags.items():
+            _retry(c.set_tag, rid, k, v)
+    log_params(c, rid, params)
+    return rid
+
+
+def eval_metric_name(row: Mapping[str, Any], sweep: bool) -> str:
+    """MLflow key of one eval-table row: <metric>_steps_N, or <metric>_steps_N_w_W for guidance-sweep rows."""
+    base = f"{row['metric']}_steps_{int(row['steps'])}"
+    return f"{base}_w_{float(row['guidance']):g}" if sweep else base
+
+
+class TrialLog:
+    """Logging of one trial's child run from inside the trial process, safe to re-open when a trial resumes."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.c = client(uri)
+        self.run_id = run_id
+        self.last_step = max((s for _, s in logged_steps(self.c, run_id, ["loss"])), default=-1)
+
+    def running(self) -> None:
+        set_status(self.c, self.run_id, "RUNNING")
+
+    def metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Training metrics at a logged step; steps replayed after a resume are skipped."""
+        if step > self.last_step:
+            log_metrics(self.c, self.run_id, metrics, step)
+            self.last_step = step
+
+    def failures(self) -> int:
+        """Failed attempts recorded so far (tag ism.failures)."""
+        return int(self.c.get_run(self.run_id).data.tags.get("ism.failures", 0))
+
+    def tag(self, key: str, value: Any) -> None:
+        _retry(self.c.set_tag, self.run_id, key, str(value))
+
+    def replay_stats(self, stats_path: Path) -> int:
+        """Log stats.jsonl rows not yet in the run (a trial finished elsewhere or killed mid-log); returns rows added."""
+        if not Path(stats_path).exists():
+            return 0
+        rows = [json.loads(ln) for ln in Path(stats_path).read_text().splitlines() if ln.strip()]
+        rows = [r for r in rows if r.get("step", 0) > self.last_step]
+        for r in rows:
+            log_metrics(self.c, self.run_id, {k: v for k, v in r.items() if k not in ("step", "time")}, r["step"])
+        if rows:
+            self.last_step = rows[-1]["step"]
+        return len(rows)
+
+    def eval_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Eval metrics (fid_steps_N, ...) at a train step, each (key, step) once."""
+        skip = logged_steps(self.c, self.run_id, metrics)
+        log_metrics(self.c, self.run_id, metrics, step, skip)
+
+    def artifacts(self, run_dir: Path, names: Iterable[str] = ("config.yaml", "stats.jsonl", "summary.json", "eval",
+                                                               "samples")) -> None:
+        """Copy the run dir's outputs to the run's artifacts (directories keep their name)."""
+        for name in names:
+            p = Path(run_dir) / name
+            if p.is_dir() and any(p.iterdir()):
+                _retry(self.c.log_artifacts, self.run_id, str(p), name)
+            elif p.is_file():
+                _retry(self.c.log_artifact, self.run_id, str(p))
+
+    def finish(self, status_: str = "FINISHED", reason: str | None = None) -> None:
+        set_status(self.c, self.run_id, status_, reason)
+
+
+# ----------------------------------------------------------------------------------------------- readers
+def find_sweeps(spec: str, profile: str | None = None, uri: str | None = None, kind: str = "sweep") -> list:
+    """Parent runs of a spec (newest first), optionally of one profile: what `ism report` starts from."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(spec if "/" in spec else f"ism/{spec}")
+    if exp is None:
+        return []
+    flt = f"tags.`ism.kind` = '{kind}'" + (f" and tags.`ism.profile` = '{profile}'" if profile else "")
+    return c.search_runs([exp.experiment_id], flt, order_by=["attributes.start_time DESC"], max_results=1000)
+
+
+def child_runs(parent_run_id: str, uri: str | None = None) -> list:
+    """The trial runs of a sweep (every status), one per trial; tag ism.variants lists all names a trial stands for."""
+    c = client(uri)
+    parent = c.get_run(parent_run_id)
+    return c.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                         max_results=5000)
+
+
+# ----------------------------------------------------------------------------------------------- ism ui
+def server_command(uri: str, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> list[str]:
+    """`mlflow server` over a sqlite store with its artifact root beside it, bound to one host."""
+    root = artifact_root(uri)
+    if root is None:
+        raise ValueError(f"{uri} is already a tracking server; open it in a browser instead")
+    return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", str(workers),
+            "--backend-store-uri", uri, "--default-artifact-root", root]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ism ui", description="The MLflow UI on 127.0.0.1 over the project's store.")
+    ap.add_argument("--port", type=int, default=int(os.environ.get("ISM_UI_PORT", 5000)))
+    ap.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlruns/mlflow.db")
+    args = ap.parse_args(argv)
+    uri = tracking_uri(args.tracking_uri)
+    if not uri.startswith("sqlite:"):
+        print(f"ism ui: the tracking URI {uri} is a server already; open it in a browser.")
+        return 0
+    cmd = server_command(uri, port=args.port)
+    print(f"ism ui: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C stops it)", flush=True)
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return 0
