@@ -1,0 +1,175 @@
+"""`ism report`: a sweep's results read from MLflow -> tables, figures, claims check -> reports/NAME/report.{md,pdf}.
+
+No number in a report is typed by hand: every value comes from the MLflow store (runs, metrics, artifacts) through
+ism.report.load; the only constants are the paper's reference numbers in the cumulative table, labelled as such.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ism.report import figures as F
+from ism.report import load as L
+from ism.report import mlflow_io as io
+from ism.report.claims import Result, claims_table
+from ism.report.meta import metadata_table
+from ism.report.render import Block, Figure, Heading, Para, render_markdown, render_pdf
+from ism.report.tables import (Table, config_diff_table, cumulative_table, delta_table, diagnostics_table, fmt,
+                               metric_table, missing_table, sweep_table)
+from ism.report.ci import mean_ci
+
+
+@dataclass
+class Report:
+    """What build_report produced."""
+    out_dir: Path
+    markdown: Path
+    pdf: Path
+    sweep: L.Sweep
+    tables: dict[str, Table]
+    claims: list[Result]
+    figures: dict[str, Path | str] = field(default_factory=dict)
+    logged_to: str | None = None
+
+
+def _summary(sw: L.Sweep, metric: str) -> list[str]:
+    """Headline sentences: trials finished, best variant at the fewest and the most steps."""
+    n_done = sw.finished()["mlflow_id"].nunique()
+    n_plan = len(sw.plan.get("trials", [])) or sw.trials["mlflow_id"].nunique()
+    lines = [f"**{n_done} of {n_plan} trials finished** ({len(sw.variants)} variants × seeds {sw.seeds}); "
+             f"baseline: `{sw.baseline}`."]
+    steps = sw.steps_of(metric)
+    for s in sorted({steps[0], steps[-1]}) if steps else []:
+        vals = {v: mean_ci(list(x.values())) for v, x in sw.values(metric, s).items()}
+        if vals:
+            best = min(vals, key=lambda v: vals[v].mean)
+            base = vals.get(sw.baseline)
+            lines.append(f"Best {metric.upper()} at {s} step{'s' * (s > 1)}: `{best}` {fmt(vals[best].mean)}"
+                         + (f" (baseline {fmt(base.mean)})" if base else "") + ".")
+    return lines
+
+
+def _clean(out: Path) -> None:
+    """Remove the figures and tables of a previous report in the same folder (only the kinds we write)."""
+    for sub, ext in (("figures", ".png"), ("tables", ".csv")):
+        d = out / sub
+        if d.is_dir():
+            for p in d.iterdir():
+                if p.suffix == ext:
+                    p.unlink()
+
+
+def build_report(target: str, tracking_uri: str | None = None, out: str | Path | None = None,
+                 profile: str | None = None, sweep: str | None = None, log: bool = True) -> Report:
+    """Read a sweep from MLflow and write report.md, report.pdf, figures/ and tables/ (and log them on the parent)."""
+    with tempfile.TemporaryDirectory(prefix="ism-report-") as tmp:
+        work = Path(tmp)
+        sw = L.load_sweep(target, tracking_uri, profile, sweep, workdir=work)
+        out_dir = Path(out or Path("reports") / sw.spec)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _clean(out_dir)
+        figdir = out_dir / "figures"
+        hist = L.histories(sw)
+        files = L.trial_files(sw, work)
+        grids = L.sample_grids(sw, work)
+        m1, m2 = sw.primary
+        tables: dict[str, Table] = {}
+        claims, results = claims_table(sw)
+        for t in (metadata_table(sw, files, hist), claims, metric_table(sw, m1, f"{m1.upper()} per variant and step count"),
+                  metric_table(sw, m2, f"{m2.upper()} per variant and step count"), delta_table(sw, m1),
+                  delta_table(sw, m2), cumulative_table(sw, m1), diagnostics_table(sw), sweep_table(sw, m1),
+                  config_diff_table(sw), missing_table(sw)):
+            if t is not None:
+                tables[t.name] = t
+        figs: dict[str, Path | str] = {
+            "metric_vs_steps": F.metric_vs_steps(sw, (m1, m2), figdir / "fid_vs_steps.png"),
+            "ablation_bars": F.ablation_bars(sw, m1, figdir / "ablation_bars.png"),
+            "guidance_sweep": F.guidance_sweep(sw, m1, figdir / "guidance_sweep.png"),
+            "spectra": F.spectra(sw, grids, figdir / "spectra.png"),
+            "straightness_gap": F.straightness_gap(sw, figdir / "straightness_sc_gap.png"),
+            "losses": F.losses(sw, hist, figdir / "losses.png"),
+        }
+        for s in (1, 4, 128):
+            figs[f"samples_{s}"] = F.sample_grid(sw, grids, s, figdir / f"samples_steps_{s}.png")
+        blocks = _blocks(sw, tables, figs, m1)
+        md = render_markdown(blocks, out_dir)
+        pdf = render_pdf(blocks, out_dir / "report.pdf", f"ism report: {sw.spec}")
+        (out_dir / "tables").mkdir(exist_ok=True)
+        for name, t in tables.items():
+            if t.data is not None:
+                t.data.to_csv(out_dir / "tables" / f"{name}.csv", index=False)
+        logged = None
+        if log:
+            io.log_report(sw.parent["mlflow_id"], out_dir, sw.uri)
+            logged = sw.parent["mlflow_id"]
+        return Report(out_dir, md, pdf, sw, tables, results, figs, logged)
+
+
+def _fig(figs: dict, key: str, title: str) -> Figure:
+    v = figs[key]
+    return Figure(title, v, "") if isinstance(v, Path) else Figure(title, None, v)
+
+
+def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[Block]:
+    """The report's layout."""
+    t = tables.get
+    prof = sw.parent["tags"].get("ism.profile", "?")
+    b: list[Block] = [Heading(f"ism report: {sw.spec} (profile {prof})", 1),
+                      Para(f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the MLflow store `{sw.uri}`, experiment "
+                           f"`{sw.experiment}`, sweep run `{sw.parent['mlflow_id']}`. Every number is read from "
+                           "MLflow; intervals are 95 % t-intervals over seeds."),
+                      Heading("Summary")]
+    b += [Para(x) for x in _summary(sw, m1)]
+    b.append(Heading("Missing and failed trials"))
+    b.append(t("missing") or Para(f"None: every planned trial finished with its metrics."))
+    b += [Heading("Claims check"), tables["claims"]]
+    b.append(Heading(f"{m1.upper()} and {sw.primary[1].upper()} versus sampling steps"))
+    b += [x for x in (t(f"{m1}_by_steps"), t(f"{sw.primary[1]}_by_steps")) if x] or [Para("No FID/KID was logged.")]
+    b += [_fig(figs, "metric_vs_steps", f"{m1.upper()} / {sw.primary[1].upper()} versus steps (log2 axis), 95 % CI bands"),
+          _fig(figs, "ablation_bars", f"Ablation bars at 1, 4 and 128 steps ({m1.upper()})")]
+    b.append(Heading("Differences to the baseline"))
+    b += [x for x in (t(f"{m1}_delta"), t(f"{sw.primary[1]}_delta")) if x] or [Para("No variant besides the baseline.")]
+    b.append(Heading("Cumulative ablation"))
+    b.append(t("cumulative") or Para("This spec has no cumulative-order group (a group whose name contains 'cumul')."))
+    b.append(Heading("Diagnostics"))
+    b.append(t("diagnostics") or Para("No diagnostics were logged (eval.diagnostics off)."))
+    b += [_fig(figs, "straightness_gap", "Straightness and self-consistency gap"),
+          _fig(figs, "spectra", "Radial power spectra")]
+    b.append(Heading("Guidance sweep"))
+    if t(f"{m1}_guidance_sweep"):
+        b.append(tables[f"{m1}_guidance_sweep"])
+    b.append(_fig(figs, "guidance_sweep", "Guidance sweep"))
+    b += [Heading("Training losses"), _fig(figs, "losses", "Training losses per row kind")]
+    b.append(Heading("Samples"))
+    b += [_fig(figs, f"samples_{s}", f"Samples at {s} step{'s' * (s > 1)}") for s in (1, 4, 128)]
+    b += [Heading("Configuration differences"), tables["config_diff"], Heading("Run metadata"), tables["metadata"]]
+    return b
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ism report", description="Markdown and PDF report of an ablation sweep, read "
+                                 "from MLflow: FID/KID versus steps with CIs, deltas, claims check, figures.")
+    ap.add_argument("target", help="spec file (ablations/components.yaml), spec name, or experiment (ism/components)")
+    ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
+    ap.add_argument("--out", default=None, help="output folder (default reports/<spec>)")
+    ap.add_argument("--profile", default=os.environ.get("PROFILE") or None,
+                    help="report the newest sweep of this profile (default: the newest sweep of any profile)")
+    ap.add_argument("--sweep", default=None, help="a specific sweep: its parent MLflow run id or ism.sweep_id")
+    ap.add_argument("--no-log", action="store_true", help="do not log the report as artifacts of the sweep's parent run")
+    args = ap.parse_args(argv)
+    r = build_report(args.target, args.tracking_uri, args.out, args.profile, args.sweep, log=not args.no_log)
+    verdicts = ", ".join(f"{c.claim.problem}: {c.verdict}" for c in r.claims)
+    print(f"wrote {r.markdown} and {r.pdf}" + (f"; logged to MLflow run {r.logged_to}" if r.logged_to else ""))
+    print(f"claims: {verdicts}")
+    if not r.sweep.missing.empty:
+        print(f"{len(r.sweep.missing)} trial(s) missing or failed; listed in the report", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

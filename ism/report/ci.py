@@ -1,0 +1,69 @@
+"""Confidence intervals over seeds: t-intervals of means, and of differences (paired by seed, else Welch)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean (or a difference of means) with its t-interval; lo/hi are NaN when n < 2."""
+    mean: float
+    lo: float
+    hi: float
+    n: int
+    method: str = "t"
+    df: float = math.nan
+
+    @property
+    def half(self) -> float:
+        """Half-width of a symmetric interval (NaN when there is none)."""
+        return (self.hi - self.lo) / 2
+
+    @property
+    def has_ci(self) -> bool:
+        return math.isfinite(self.lo) and math.isfinite(self.hi)
+
+    def excludes(self, x: float = 0.0) -> bool:
+        """True when the interval lies wholly above or below x."""
+        return self.has_ci and (self.lo > x or self.hi < x)
+
+
+def mean_ci(values: Sequence[float], level: float = LEVEL) -> Interval:
+    """Mean and two-sided t-interval: mean +- t_{(1+level)/2, n-1} * s / sqrt(n) (s with ddof=1)."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    m = float(x.mean())
+    if n < 2:
+        return Interval(m, math.nan, math.nan, 1)
+    half = float(stats.t.ppf((1 + level) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return Interval(m, m - half, m + half, n, "t", n - 1)
+
+
+def delta_ci(a: Mapping[int, float], b: Mapping[int, float], level: float = LEVEL) -> Interval:
+    """b - a over seeds: paired t-interval when both hold the same seeds (>= 2), else Welch's interval."""
+    a = {k: v for k, v in a.items() if math.isfinite(v)}
+    b = {k: v for k, v in b.items() if math.isfinite(v)}
+    if not a or not b:
+        return Interval(math.nan, math.nan, math.nan, 0, "none")
+    if set(a) == set(b):
+        seeds = sorted(a)
+        d = mean_ci([b[s] - a[s] for s in seeds], level)
+        return Interval(d.mean, d.lo, d.hi, d.n, "paired" if d.n >= 2 else "single seed", d.df)
+    xa, xb = np.array(list(a.values())), np.array(list(b.values()))
+    diff = float(xb.mean() - xa.mean())
+    if len(xa) < 2 or len(xb) < 2:
+        return Interval(diff, math.nan, math.nan, min(len(xa), len(xb)), "n<2")
+    if np.ptp(xa) == 0 and np.ptp(xb) == 0:  # no spread at all: the t statistic is undefined, the interval degenerate
+        return Interval(diff, diff, diff, min(len(xa), len(xb)), "Welch", math.nan)
+    res = stats.ttest_ind(xb, xa, equal_var=False)
+    ci = res.confidence_interval(level)
+    return Interval(diff, float(ci.low), float(ci.high), min(len(xa), len(xb)), "Welch", float(res.df))

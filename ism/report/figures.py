@@ -1,0 +1,234 @@
+"""The report's figures (matplotlib, Agg backend, PNG). Each returns its path, or a one-line reason it has no data."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are built on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ism.report.ci import mean_ci  # noqa: E402
+from ism.report.load import Sweep  # noqa: E402
+
+DPI = 110
+GRID_ROWS = 4          # sample-grid rows shown per variant (one sample per class and row)
+
+
+def _colors(n: int):
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _curve(sw: Sweep, metric: str, v: str, steps: list[int], sweep_w: float | None = None):
+    """(x, mean, lo, hi) of a variant over step counts, NaN where unmeasured."""
+    ivs = [mean_ci(list(sw.values(metric, s).get(v, {}).values())) for s in steps]
+    return (np.array(steps, float), np.array([i.mean for i in ivs]), np.array([i.lo for i in ivs]),
+            np.array([i.hi for i in ivs]))
+
+
+def metric_vs_steps(sw: Sweep, metrics: tuple[str, ...], path: Path) -> Path | str:
+    """Each metric versus sampling steps (log2 axis), one line per variant with its 95 % CI band."""
+    metrics = tuple(m for m in metrics if sw.steps_of(m))
+    if not metrics:
+        return "no FID/KID per step count in this sweep"
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        steps = sw.steps_of(m)
+        for v, c in zip(sw.variants, _colors(len(sw.variants))):
+            x, y, lo, hi = _curve(sw, m, v, steps)
+            if np.isfinite(y).any():
+                ax.plot(x, y, "o-", color=c, label=v, ms=3, lw=1.3)
+                ok = np.isfinite(lo)
+                if ok.any():
+                    ax.fill_between(x[ok], lo[ok], hi[ok], color=c, alpha=0.15, lw=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(steps, [str(s) for s in steps])
+        ax.set_xlabel("sampling steps")
+        ax.set_ylabel(f"{m.upper()} (lower is better)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle("Mean over seeds with 95 % t-interval bands")
+    return _save(fig, path)
+
+
+def ablation_bars(sw: Sweep, metric: str, path: Path, wanted=(1, 4, 128)) -> Path | str:
+    """Horizontal bars per variant at 1, 4 and 128 steps (those measured), CI error bars, baseline line."""
+    have = sw.steps_of(metric)
+    steps = [s for s in wanted if s in have]
+    if not steps:
+        return f"{metric} was not measured at {', '.join(map(str, wanted))} steps"
+    n = len(sw.variants)
+    fig, axes = plt.subplots(1, len(steps), figsize=(4.2 * len(steps), 0.35 * n + 1.6), squeeze=False, sharey=True)
+    ys = np.arange(n)[::-1]
+    for ax, s in zip(axes[0], steps):
+        ivs = [mean_ci(list(sw.values(metric, s).get(v, {}).values())) for v in sw.variants]
+        means = np.array([i.mean for i in ivs])
+        err = np.array([i.half if i.has_ci else 0.0 for i in ivs])
+        ax.barh(ys, np.nan_to_num(means), xerr=err, color=_colors(n), alpha=0.85, capsize=2)
+        if sw.baseline in sw.variants:
+            b = means[sw.variants.index(sw.baseline)]
+            if math.isfinite(b):
+                ax.axvline(b, color="k", ls="--", lw=0.8)
+        ax.set_title(f"{s} step{'s' * (s > 1)}")
+        ax.set_xlabel(metric.upper())
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(ys, sw.variants, fontsize=8)
+    fig.suptitle(f"{metric.upper()} per variant (dashed: baseline '{sw.baseline}')")
+    return _save(fig, path)
+
+
+def guidance_sweep(sw: Sweep, metric: str, path: Path) -> Path | str:
+    """The metric versus the guidance value w at each sweep step count, per variant, with CI bands."""
+    df = sw.scores[(sw.scores["metric"] == metric) & sw.scores["sweep"]] if len(sw.scores) else sw.scores
+    if not len(df):
+        return "no guidance sweep in this spec (eval.guidance_sweep is empty)"
+    steps = sorted(int(s) for s in df["steps"].unique())
+    fig, axes = plt.subplots(1, len(steps), figsize=(4.5 * len(steps), 3.8), squeeze=False)
+    names = [v for v in sw.variants if v in set(df["variant"])]
+    for ax, s in zip(axes[0], steps):
+        for v, c in zip(names, _colors(len(names))):
+            ws = sorted(df[(df["variant"] == v) & (df["steps"] == s)]["guidance"].unique())
+            ivs = [mean_ci(list(sw.values(metric, s, w, sweep=True).get(v, {}).values())) for w in ws]
+            y, lo, hi = (np.array([getattr(i, a) for i in ivs]) for a in ("mean", "lo", "hi"))
+            ax.plot(ws, y, "o-", color=c, label=v, ms=3)
+            ok = np.isfinite(lo)
+            if ok.any():
+                ax.fill_between(np.array(ws)[ok], lo[ok], hi[ok], color=c, alpha=0.15, lw=0)
+        ax.set_title(f"{s} step{'s' * (s > 1)}")
+        ax.set_xlabel("guidance w (or CFG scale)")
+        ax.set_ylabel(metric.upper())
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    return _save(fig, path)
+
+
+def grid_tiles(png: Path, resolution: int) -> np.ndarray:
+    """Images [N, C, H, W] in [-1, 1] cut back out of a torchvision grid PNG (padding 1 around every tile)."""
+    from PIL import Image
+    im = np.asarray(Image.open(png).convert("RGB"), dtype=np.float64) / 127.5 - 1.0
+    step = resolution + 1
+    rows, cols = (im.shape[0] - 1) // step, (im.shape[1] - 1) // step
+    tiles = [im[1 + r * step:1 + r * step + resolution, 1 + c * step:1 + c * step + resolution]
+             for r in range(rows) for c in range(cols)]
+    x = np.stack(tiles).transpose(0, 3, 1, 2)
+    gray = np.allclose(x[:, 0], x[:, 1]) and np.allclose(x[:, 1], x[:, 2])
+    return x[:, :1] if gray else x  # grayscale grids are saved as 3 equal channels
+
+
+def spectra(sw: Sweep, grids: dict[str, dict[int, Path]], path: Path) -> Path | str:
+    """Radially averaged power spectra of each variant's samples (from its sample grids) at the grid step counts."""
+    import torch
+    from ism.diagnostics import radial_power_spectrum
+    if not grids:
+        return "no sample grids were logged as artifacts, so no spectra"
+    res = {v: int(sw.params.get(sw.representative(v) or "", {}).get("data.resolution", 0) or 0) for v in grids}
+    steps = sorted({s for g in grids.values() for s in g})
+    fig, axes = plt.subplots(1, len(steps), figsize=(4.5 * len(steps), 3.8), squeeze=False, sharey=True)
+    for ax, s in zip(axes[0], steps):
+        for v, c in zip(sw.variants, _colors(len(sw.variants))):
+            if s in grids.get(v, {}) and res.get(v):
+                f, p = radial_power_spectrum(torch.from_numpy(grid_tiles(grids[v][s], res[v])))
+                ax.semilogy(f[1:], p[1:], color=c, label=v, lw=1.2)
+        ax.set_title(f"{s} step{'s' * (s > 1)}")
+        ax.set_xlabel("radial frequency (cycles/pixel)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("power")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle("Radial power spectra of the logged sample grids (same noise for every variant)")
+    return _save(fig, path)
+
+
+def straightness_gap(sw: Sweep, path: Path) -> Path | str:
+    """Straightness (path/chord) of the many-step trajectories and the self-consistency gap versus steps."""
+    st, gap = sw.steps_of("straightness"), sw.steps_of("sc_gap")
+    if not st and not gap:
+        return "straightness and sc_gap were not measured (eval.diagnostics off)"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * len(sw.variants) + 2.4))
+    n = len(sw.variants)
+    if st:
+        s = st[-1]
+        ivs = [mean_ci(list(sw.values("straightness", s).get(v, {}).values())) for v in sw.variants]
+        ys = np.arange(n)[::-1]
+        axes[0].barh(ys, np.nan_to_num([i.mean for i in ivs]), xerr=[i.half if i.has_ci else 0 for i in ivs],
+                     color=_colors(n), capsize=2)
+        axes[0].axvline(1.0, color="k", lw=0.8)
+        axes[0].set_yticks(ys, sw.variants, fontsize=8)
+        lo = np.nanmin([i.mean for i in ivs] + [1.0])
+        axes[0].set_xlim(left=max(0.0, lo - 0.05 * abs(lo)))
+        axes[0].set_xlabel(f"straightness @{s} steps (path/chord, 1 = straight)")
+    else:
+        axes[0].text(0.5, 0.5, "straightness not measured", ha="center", transform=axes[0].transAxes)
+    if gap:
+        for v, c in zip(sw.variants, _colors(n)):
+            x, y, lo_, hi = _curve(sw, "sc_gap", v, gap)
+            axes[1].plot(x, y, "o-", color=c, label=v, ms=3)
+            ok = np.isfinite(lo_)
+            if ok.any():
+                axes[1].fill_between(x[ok], lo_[ok], hi[ok], color=c, alpha=0.15, lw=0)
+        axes[1].set_xscale("log", base=2)
+        axes[1].set_xticks(gap, [str(s) for s in gap])
+        axes[1].set_xlabel("sampling steps")
+        axes[1].set_ylabel("sc_gap to the most-step sample")
+        axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    else:
+        axes[1].text(0.5, 0.5, "sc_gap not measured", ha="center", transform=axes[1].transAxes)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def losses(sw: Sweep, hist: pd.DataFrame, path: Path) -> Path | str:
+    """Training loss per row kind (flow matching, self-consistency, guidance) over steps, mean over seeds."""
+    kinds = [k for k in ("loss_fm", "loss_sc", "loss_guid") if len(hist) and (hist["key"] == k).any()]
+    if not kinds:
+        return "no per-kind training losses (loss_fm / loss_sc / loss_guid) were logged"
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.8), squeeze=False)
+    for ax, k in zip(axes[0], kinds):
+        h = hist[hist["key"] == k]
+        for v, c in zip(sw.variants, _colors(len(sw.variants))):
+            g = h[h["variant"] == v].groupby("step")["value"]
+            if len(g):
+                m = g.mean()
+                ax.plot(m.index, m.values, color=c, label=v, lw=1.1)
+                ax.fill_between(m.index, g.min().values, g.max().values, color=c, alpha=0.12, lw=0)
+        ax.set_yscale("log")
+        ax.set_title({"loss_fm": "flow matching rows", "loss_sc": "self-consistency rows",
+                      "loss_guid": "guidance rows"}[k])
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle("Training losses per row kind (mean over seeds; band = min..max)")
+    return _save(fig, path)
+
+
+def sample_grid(sw: Sweep, grids: dict[str, dict[int, Path]], steps: int, path: Path) -> Path | str:
+    """The first rows of every variant's sample grid at one step count, side by side (same eval noise)."""
+    from PIL import Image
+    names = [v for v in sw.variants if steps in grids.get(v, {})]
+    if not names:
+        return f"no sample grid at {steps} step{'s' * (steps > 1)} was logged"
+    cols = min(4, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 1.7 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, v in zip(axes.flat, names):
+        im = np.asarray(Image.open(grids[v][steps]).convert("RGB"))
+        res = int(sw.params.get(sw.representative(v) or "", {}).get("data.resolution", 0) or 0)
+        if res:
+            im = im[: 1 + GRID_ROWS * (res + 1)]
+        ax.imshow(im, interpolation="nearest")
+        ax.set_title(v, fontsize=8)
+    fig.suptitle(f"Samples at {steps} step{'s' * (steps > 1)} (same noise and labels for every variant)")
+    return _save(fig, path)

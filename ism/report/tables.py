@@ -1,0 +1,276 @@
+"""The report's tables, built from a loaded Sweep with pandas; each also keeps its full-precision numbers (CSV)."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from ism.report.ci import Interval, delta_ci, mean_ci
+from ism.report.load import Sweep
+
+# The paper's cumulative ablation (ImageNet-256, 250K iterations, FID 1-step / 4-step), quoted from
+# docs (shared ism-method.md, sec. 5, source [N]): a reference column, never one of our results.
+PAPER_CUMULATIVE = (("intrinsic guidance", 9.62, 3.17), ("+ interval guidance", 8.49, 2.81),
+                    ("+ wavelet loss", 8.12, 2.64), ("+ sOT", 7.97, 2.23), ("+ twin EMA", 6.56, 2.16))
+DIAGNOSTICS = ("effective_guidance", "spectrum_top_err", "sc_gap", "straightness", "pairing_cost")
+
+
+@dataclass
+class Table:
+    """A rendered-as-text table: header, rows of strings, bold cells (row, col), a note, and its raw numbers."""
+    name: str
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    bold: set[tuple[int, int]] = field(default_factory=set)
+    note: str = ""
+    data: pd.DataFrame | None = None
+
+
+def fmt(x: float, digits: int = 4) -> str:
+    """A number for a table cell (significant digits; '-' for missing)."""
+    if x is None or not math.isfinite(x):
+        return "–"
+    return f"{x:.{digits}g}"
+
+
+def cell(iv: Interval, expected: int) -> str:
+    """'mean ± half-width', with n when fewer seeds than planned or no interval."""
+    if iv.n == 0:
+        return "–"
+    s = fmt(iv.mean) + (f" ± {fmt(iv.half, 2)}" if iv.has_ci else "")
+    if iv.n < expected:
+        s += f" (n={iv.n}/{expected})"
+    elif not iv.has_ci:
+        s += " (n=1)"
+    return s
+
+
+def delta_cell(iv: Interval) -> str:
+    """'delta [lo, hi]' of a difference."""
+    if iv.n == 0 or not math.isfinite(iv.mean):
+        return "–"
+    return f"{iv.mean:+.3g}" + (f" [{iv.lo:+.3g}, {iv.hi:+.3g}]" if iv.has_ci else " (no CI)")
+
+
+def expected_seeds(sw: Sweep, variant: str) -> int:
+    """Seeds planned for a variant (the plan's seed list, else the seeds seen)."""
+    return len(sw.seeds) or max(1, len(sw.trials[sw.trials["variant"] == variant]))
+
+
+def label(sw: Sweep, v: str) -> str:
+    """A variant's row label; variants sharing one trial (identical configs) are named together."""
+    t = sw.trials[sw.trials["variant"] == v]
+    other = t.iloc[0]["variants"].split(",") if not t.empty else [v]
+    same = [x for x in other if x != v]
+    return v + (" (= " + ", ".join(same) + ")" if same else "") + (" [baseline]" if v == sw.baseline else "")
+
+
+# ----------------------------------------------------------------------------------------------- metric × steps
+def metric_table(sw: Sweep, metric: str, title: str) -> Table | None:
+    """Mean ± 95 % t-CI over seeds per variant × step count; best (lowest mean) per column in bold."""
+    steps = sw.steps_of(metric)
+    if not steps:
+        return None
+    cols = ["variant", "seeds"] + [f"{s} step{'s' * (s > 1)}" for s in steps]
+    rows, raw, means = [], [], {}
+    for i, v in enumerate(sw.variants):
+        exp = expected_seeds(sw, v)
+        row, nmax = [label(sw, v), ""], 0
+        for j, s in enumerate(steps):
+            vals = sw.values(metric, s).get(v, {})
+            iv = mean_ci(list(vals.values()))
+            nmax = max(nmax, iv.n)
+            row.append(cell(iv, exp))
+            means[(i, j)] = iv.mean
+            raw.append({"variant": v, "steps": s, "mean": iv.mean, "ci_low": iv.lo, "ci_high": iv.hi, "n": iv.n,
+                        "expected": exp, "values": json.dumps({str(k): vals[k] for k in sorted(vals)})})
+        row[1] = f"{nmax}/{exp}" + (" ⚠" if nmax < exp else "")
+        rows.append(row)
+    bold = set()
+    for j in range(len(steps)):
+        col = {i: m for (i, jj), m in means.items() if jj == j and math.isfinite(m)}
+        if col:
+            best = min(col.values())
+            bold |= {(i, j + 2) for i, m in col.items() if m == best}
+    note = (f"Mean ± half-width of the 95 % t-interval over seeds (lower is better; best per column in bold). "
+            f"'seeds' = finished/planned; a cell with fewer seeds shows (n=k/N); n=1 has no interval.")
+    return Table(f"{metric}_by_steps", title, cols, rows, bold, note, pd.DataFrame(raw))
+
+
+def delta_table(sw: Sweep, metric: str) -> Table | None:
+    """variant − baseline per step count with the CI of the difference (paired by seed when possible, else Welch)."""
+    steps = sw.steps_of(metric)
+    if not steps or not sw.baseline:
+        return None
+    base = {s: sw.values(metric, s).get(sw.baseline, {}) for s in steps}
+    cols = ["variant − " + sw.baseline] + [f"{s} step{'s' * (s > 1)}" for s in steps] + ["interval"]
+    rows, bold, raw = [], set(), []
+    for v in sw.variants:
+        if v == sw.baseline:
+            continue
+        row, methods = [label(sw, v)], set()
+        for j, s in enumerate(steps):
+            iv = delta_ci(base[s], sw.values(metric, s).get(v, {}))
+            row.append(delta_cell(iv))
+            if iv.n:
+                methods.add(f"{iv.method} (n={iv.n})" if iv.method == "paired" else iv.method)
+            if iv.excludes(0):
+                bold.add((len(rows), j + 1))
+            raw.append({"variant": v, "baseline": sw.baseline, "steps": s, "delta": iv.mean, "ci_low": iv.lo,
+                        "ci_high": iv.hi, "n": iv.n, "method": iv.method, "df": iv.df})
+        row.append(", ".join(sorted(methods)) or "–")
+        rows.append(row)
+    if not rows:
+        return None
+    note = (f"Difference of means to the baseline '{sw.baseline}' with its 95 % interval: a paired t-interval over "
+            "seeds when both hold the same seeds, else Welch's interval (the last column says which). "
+            "Bold: the interval excludes 0; negative = lower (better) than the baseline.")
+    return Table(f"{metric}_delta", f"{metric.upper()} difference to the baseline", cols, rows, bold, note,
+                 pd.DataFrame(raw))
+
+
+def cumulative_group(sw: Sweep) -> tuple[str, list[str]] | None:
+    """The spec's cumulative-order group (a group whose name mentions 'cumul'), members that ran."""
+    groups = sw.plan.get("groups", {})
+    for name, members in groups.items():
+        if "cumul" in name.lower():
+            return name, [m for m in members if m in sw.variants]
+    return None
+
+
+def cumulative_table(sw: Sweep, metric: str) -> Table | None:
+    """The paper's cumulative order: each row adds one component; delta to the previous row with its CI."""
+    grp = cumulative_group(sw)
+    if grp is None or not grp[1]:
+        return None
+    name, members = grp
+    avail = sw.steps_of(metric)
+    steps = [s for s in (1, 4) if s in avail] or avail[:2]
+    paper = dict(zip(members[-len(PAPER_CUMULATIVE):], PAPER_CUMULATIVE)) if len(members) >= len(PAPER_CUMULATIVE) else {}
+    cols = ["step", "variant"] + [f"{metric.upper()} {s}-step" for s in steps] + [f"Δ prev {s}-step" for s in steps]
+    if paper:
+        cols += ["paper row", "paper 1-step", "paper 4-step"]
+    rows, bold, raw = [], set(), []
+    for i, v in enumerate(members):
+        row = [str(i), label(sw, v)]
+        deltas = []
+        for j, s in enumerate(steps):
+            vals = sw.values(metric, s).get(v, {})
+            iv = mean_ci(list(vals.values()))
+            row.append(cell(iv, expected_seeds(sw, v)))
+            d = delta_ci(sw.values(metric, s).get(members[i - 1], {}), vals) if i else None
+            deltas.append(delta_cell(d) if d else "")
+            if d is not None and d.excludes(0):
+                bold.add((i, 2 + len(steps) + j))
+            raw.append({"order": i, "variant": v, "steps": s, "mean": iv.mean, "ci_low": iv.lo, "ci_high": iv.hi,
+                        "n": iv.n, "delta_prev": d.mean if d else math.nan, "delta_low": d.lo if d else math.nan,
+                        "delta_high": d.hi if d else math.nan, "delta_method": d.method if d else ""})
+        row += deltas
+        if paper:
+            p = paper.get(v)
+            row += [p[0], f"{p[1]:g}", f"{p[2]:g}"] if p else ["", "", ""]
+        rows.append(row)
+    note = (f"Group '{name}' of the spec, in order. Δ prev = this row − the row above, with its 95 % interval "
+            "(bold when it excludes 0). Paper columns: iSM's cumulative ablation on ImageNet-256 (250K iterations), "
+            "for direction only — a different dataset and scale." if paper else
+            f"Group '{name}' of the spec, in order; Δ prev = this row − the row above with its 95 % interval.")
+    return Table("cumulative", "Cumulative ablation (the paper's order)", cols, rows, bold, note, pd.DataFrame(raw))
+
+
+# ----------------------------------------------------------------------------------------------- config, diagnostics
+def _fmt_value(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
+
+
+def config_diff_table(sw: Sweep) -> Table:
+    """Keys that differ from the base, per variant (from plan.json; else the params against the baseline's)."""
+    rows, raw = [], []
+    by_variant: dict[str, dict] = {}
+    for t in sw.plan.get("trials", []):
+        for v in t["variants"]:
+            by_variant.setdefault(v, {k: tuple(x) for k, x in t.get("diff", {}).items() if k != "run.seed"})
+    if not by_variant:
+        base_id = sw.representative(sw.baseline)
+        base = sw.params.get(base_id, {}) if base_id else {}
+        for v in sw.variants:
+            mid = sw.representative(v)
+            p = sw.params.get(mid, {}) if mid else {}
+            by_variant[v] = {k: (base.get(k), p.get(k)) for k in sorted(set(base) | set(p))
+                             if k != "run.seed" and base.get(k) != p.get(k)}
+    reasons = sw.plan.get("reasons", {})
+    for v in sw.variants:
+        d = by_variant.get(v, {})
+        if not d:
+            rows.append([v, "(the base)", "", "", reasons.get(v, "")])
+        for i, (k, (a, b)) in enumerate(sorted(d.items())):
+            rows.append([v if i == 0 else "", k, _fmt_value(a), _fmt_value(b), reasons.get(v, "") if i == 0 else ""])
+            raw.append({"variant": v, "key": k, "base": _fmt_value(a), "value": _fmt_value(b)})
+    return Table("config_diff", "Configuration differences from the base", ["variant", "key", "base", "variant value",
+                 "reason"], rows, set(), "Only keys whose resolved value differs from the base config (seed excluded).",
+                 pd.DataFrame(raw, columns=["variant", "key", "base", "value"]))
+
+
+def diagnostics_table(sw: Sweep) -> Table | None:
+    """The five problems' diagnostics per variant (mean ± CI over seeds) at the step counts they were measured."""
+    colspec = []
+    for m in DIAGNOSTICS:
+        st = sw.steps_of(m)
+        if st:
+            colspec += [(m, s) for s in sorted({st[0], st[-1]})]
+        elif sw.values(m):
+            colspec.append((m, None))
+    if not colspec:
+        return None
+    cols = ["variant"] + [f"{m} @{s}" if s else m for m, s in colspec]
+    rows, raw = [], []
+    for v in sw.variants:
+        row = [label(sw, v)]
+        for m, s in colspec:
+            iv = mean_ci(list(sw.values(m, s).get(v, {}).values()))
+            row.append(cell(iv, expected_seeds(sw, v)))
+            raw.append({"variant": v, "metric": m, "steps": s, "mean": iv.mean, "ci_low": iv.lo, "ci_high": iv.hi, "n": iv.n})
+        rows.append(row)
+    note = ("effective_guidance: guidance scale whose many-step sample best matches the 1-step one; spectrum_top_err: "
+            "log-spectral error in the top frequency bands vs held-out data; sc_gap: few-step vs many-step sample "
+            "distance (same noise); straightness: path length / chord of the many-step trajectory (1 = straight); "
+            "pairing_cost: ||x0 − x1||².")
+    return Table("diagnostics", "Diagnostics of the five problems", cols, rows, set(), note, pd.DataFrame(raw))
+
+
+def sweep_table(sw: Sweep, metric: str) -> Table | None:
+    """The guidance sweep: metric per (variant, w) at each sweep step count, mean ± CI over seeds."""
+    df = sw.scores[(sw.scores["metric"] == metric) & sw.scores["sweep"]] if len(sw.scores) else sw.scores
+    if not len(df):
+        return None
+    steps = sorted(int(s) for s in df["steps"].unique())
+    cols = ["variant", "w"] + [f"{s} step{'s' * (s > 1)}" for s in steps]
+    rows, raw, bold = [], [], set()
+    for v in [x for x in sw.variants if x in set(df["variant"])]:
+        ws = sorted(df[df["variant"] == v]["guidance"].unique())
+        best = {}
+        for w in ws:
+            row = [label(sw, v), f"{w:g}"]
+            for j, s in enumerate(steps):
+                iv = mean_ci(list(sw.values(metric, s, w, sweep=True).get(v, {}).values()))
+                row.append(cell(iv, expected_seeds(sw, v)))
+                raw.append({"variant": v, "w": w, "steps": s, "mean": iv.mean, "ci_low": iv.lo, "ci_high": iv.hi, "n": iv.n})
+                if math.isfinite(iv.mean) and (j not in best or iv.mean < best[j][0]):
+                    best[j] = (iv.mean, len(rows))
+            rows.append(row)
+        bold |= {(r, j + 2) for j, (_, r) in best.items()}
+    return Table(f"{metric}_guidance_sweep", f"Guidance sweep ({metric.upper()})", cols, rows, bold,
+                 "One model sampled at several guidance values; bold = best w per variant and step count.",
+                 pd.DataFrame(raw))
+
+
+def missing_table(sw: Sweep) -> Table | None:
+    """Missing, failed or unfinished trials with their reasons (never silently dropped)."""
+    if sw.missing.empty:
+        return None
+    rows = [[r.variants, str(r.seed), r.run_id, r.status, r.reason] for r in sw.missing.itertuples()]
+    return Table("missing", "Missing and failed trials", ["variant(s)", "seed", "run id", "status", "reason"], rows,
+                 set(), "These trials contribute no numbers to the tables above.", sw.missing.copy())

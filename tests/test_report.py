@@ -1,0 +1,306 @@
+"""ism report on a real MLflow store (sqlite under tmp_path) populated in the documented layout by tracking.py's
+own writers, from a real ablation plan: numbers equal MLflow's, CIs equal scipy's, verdicts, PDF, failed trials."""
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from ism import ablate, tracking
+from ism.config import ConfigError, flatten
+from ism.report import build_report
+from ism.report import figures as F
+from ism.report.ci import delta_ci, mean_ci
+from ism.sample import save_grid
+
+SPEC = """
+name: fixture
+description: synthetic sweep written straight into MLflow (no training)
+base:
+  overrides: {eval.steps: [1, 2, 4, 128]}
+seeds: [0, 1, 2]
+variants:
+  sm: {reason: SM baseline}
+  cfg_every: {reason: the compounding form, overrides: {guidance.mode: cfg_every_level}}
+  ig: {reason: intrinsic guidance alone, overrides: {guidance.mode: intrinsic, guidance.t_interval: 0.0}}
+  ig_int: {reason: + interval guidance, overrides: {guidance.mode: intrinsic}}
+  wavelet: {reason: wavelet loss alone, overrides: {wavelet.enabled: true}}
+  sot: {reason: sOT alone, overrides: {ot.enabled: true}}
+  twin_ema: {reason: twin EMA alone, overrides: {ema.twin: true}}
+groups:
+  cumulative: [ig, ig_int]
+"""
+STEPS = (1, 2, 4, 128)
+FID = {"sm": (50, 40, 30, 10), "cfg_every": (60, 45, 33, 11), "ig": (40, 33, 25, 9), "ig_int": (38, 31, 24, 9),
+       "wavelet": (47, 38, 29, 10), "sot": (49, 39, 28, 10), "twin_ema": (45, 36, 27, 10)}
+NOISE = {0: 0.0, 1: 0.7, 2: -0.4}
+DIAG = {  # per variant: (spectrum_top_err @1, sc_gap @1 by seed, straightness @128 by seed, effective_guidance)
+    "sm": (0.9, (0.10, 0.20, 0.15), (1.10, 1.11, 1.12), None),
+    "cfg_every": (0.9, (0.12, 0.2, 0.1), (1.1, 1.1, 1.1), 15.0),
+    "ig": (0.9, (0.1, 0.1, 0.1), (1.1, 1.1, 1.1), 0.6),
+    "ig_int": (0.9, (0.1, 0.1, 0.1), (1.1, 1.1, 1.1), 0.5),
+    "wavelet": (0.3, (0.1, 0.2, 0.15), (1.1, 1.1, 1.1), None),
+    "sot": (0.9, (0.1, 0.2, 0.15), (1.50, 1.51, 1.52), None),
+    "twin_ema": (0.9, (0.14, 0.12, 0.13), (1.1, 1.1, 1.1), None),
+}
+FAILED = ("sot", 2, "RuntimeError: injected crash at step 4")
+NOT_STARTED = ("twin_ema", 2)
+
+
+def fid(v, s, seed):
+    return FID[v][STEPS.index(s)] + NOISE[seed] * (1 + 0.1 * STEPS.index(s))
+
+
+def eval_metrics(v, seed):
+    m = {}
+    for s in STEPS:
+        m[f"fid_steps_{s}"] = fid(v, s, seed)
+        m[f"kid_steps_{s}"] = fid(v, s, seed) / 1000
+        m[f"spectrum_top_err_steps_{s}"] = DIAG[v][0] + 0.01 * seed + 0.02 * STEPS.index(s)
+    for s in STEPS[:-1]:
+        m[f"sc_gap_steps_{s}"] = DIAG[v][1][seed] * (1 + STEPS.index(s))
+    m["straightness_steps_128"] = DIAG[v][2][seed]
+    m["pairing_cost_steps_128"] = 250.0 + seed
+    if DIAG[v][3] is not None:
+        m["effective_guidance"] = DIAG[v][3] + 0.1 * seed
+    if v == "ig":  # a guidance sweep for the intrinsic model only
+        for w in (0.0, 0.5, 1.5):
+            for s in (1, 128):
+                m[f"fid_steps_{s}_w_{w:g}"] = fid(v, s, seed) - 6 + 4 * abs(w - 0.5)
+    m["extractor_accuracy"] = 0.987
+    return m
+
+
+def write_trial(c, exp, parent, t, p, root, fail=None):
+    v, seed = t.variants[0], t.seed
+    comp = ablate.components(t.cfg)
+    tags = {"ism.kind": "trial", "ism.spec": p.spec.name, "ism.variant": v, "ism.variants": ",".join(t.variants),
+            "ism.seed": str(seed), "ism.run_id": t.run_id, "ism.profile": p.profile, "ism.sweep_id": p.sweep_id,
+            "ism.git_commit": "abc123", "ism.components": ",".join(k for k, on in comp.items() if on) or "none",
+            **{f"ism.component.{k}": "on" if on else "off" for k, on in comp.items()}}
+    run_dir = root / t.run_id
+    rid = tracking.child_run(c, exp, parent, run_dir, f"{t.label}-{t.run_id}", tags, flatten(t.cfg))
+    log = tracking.TrialLog(c.tracking_uri, rid)
+    for step in (2, 4, 6, 8):
+        losses = {"loss": 1.0 / step + seed * 0.01, "loss_fm": 0.8 / step, "loss_sc": 0.3 / step,
+                  "wall_time_s": 0.5 * step, "peak_mem_mb": 300.0 + seed}
+        if t.cfg.guidance.mode == "intrinsic":
+            losses["loss_guid"] = 0.5 / step
+        log.metrics(step, losses)
+        if fail and step == 4:
+            log.finish("FAILED", fail)
+            return rid
+    metrics = eval_metrics(v, seed)
+    log.eval_metrics(8, metrics)
+    log.eval_metrics(8, {"wall_time_s": 4.0, "peak_mem_mb": 310.0 + seed, "params": 12345})
+    (run_dir / "eval").mkdir(parents=True, exist_ok=True)
+    rows = [{"train_step": 8, "steps": s, "guidance": 0.5, "metric": "fid", "value": metrics[f"fid_steps_{s}"], "n": 64,
+             "extractor": "mnist-cnn", "ref_hash": "f00dfeed12345678"} for s in STEPS]
+    (run_dir / "eval" / "eval.json").write_text(json.dumps(rows))
+    (run_dir / "summary.json").write_text(json.dumps({"steps": 8, "device": "cpu"}))
+    g = torch.Generator().manual_seed(seed)
+    for s in (1, 4, 128):  # distinct content per step count so spectra differ
+        x = torch.rand(40, 1, 16, 16, generator=g) * 2 - 1
+        save_grid(x / s ** 0.25, run_dir / "samples" / f"grid_steps_{s}_train_00000008.png", nrow=10)
+    log.artifacts(run_dir)
+    log.finish("FINISHED")
+    return rid
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    spec_path = root / "fixture.yaml"
+    spec_path.write_text(SPEC)
+    p = ablate.plan(ablate.load_spec(spec_path), "smoke")
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    (root / "mlruns").mkdir()
+    c = tracking.client(uri)
+    exp, parent = tracking.start_parent(
+        c, f"ism/{p.spec.name}", "fixture-smoke",
+        {"ism.kind": "sweep", "ism.spec": p.spec.name, "ism.profile": p.profile, "ism.sweep_id": p.sweep_id,
+         "ism.git_commit": "abc123", "ism.preset": p.preset},
+        {"spec": p.spec.name, "resources": json.dumps(dict(p.resources))},
+        {"spec.yaml": SPEC, "plan.json": json.dumps(p.to_json()), "notes.txt": "\n".join(p.notes) + "\n"})
+    for t in p.trials:
+        if (t.variants[0], t.seed) == NOT_STARTED:
+            continue
+        fail = FAILED[2] if (t.variants[0], t.seed) == FAILED[:2] else None
+        write_trial(c, exp, parent, t, p, root / "trials", fail)
+    tracking.set_status(c, parent, "FAILED")
+    out = root / "reports" / "fixture"
+    rep = build_report(str(spec_path), uri, out)
+    return {"uri": uri, "client": c, "parent": parent, "plan": p, "report": rep, "out": out, "root": root}
+
+
+# ----------------------------------------------------------------------------------------------- CI arithmetic
+def test_mean_ci_equals_scipy_t_interval():
+    x = [3.1, 2.7, 3.9, 3.3, 2.2]
+    iv = mean_ci(x)
+    lo, hi = stats.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
+    assert (iv.mean, iv.n) == (pytest.approx(np.mean(x), abs=0), 5)
+    assert iv.lo == pytest.approx(lo, rel=1e-12) and iv.hi == pytest.approx(hi, rel=1e-12)
+    one = mean_ci([4.0])
+    assert one.mean == 4.0 and not one.has_ci
+
+
+def test_delta_ci_paired_and_welch_equal_scipy():
+    a = {0: 10.0, 1: 11.5, 2: 9.0, 3: 10.2}
+    b = {0: 9.1, 1: 10.9, 2: 8.7, 3: 9.0}
+    d = delta_ci(a, b)
+    ref = stats.ttest_rel([b[s] for s in a], [a[s] for s in a]).confidence_interval(0.95)
+    assert d.method == "paired" and d.n == 4
+    assert (d.lo, d.hi) == (pytest.approx(ref.low, rel=1e-12), pytest.approx(ref.high, rel=1e-12))
+    b.pop(3)  # different seed sets: Welch, checked against the Welch-Satterthwaite formula written out
+    w = delta_ci(a, b)
+    xa, xb = np.array(list(a.values())), np.array(list(b.values()))
+    va, vb = xa.var(ddof=1) / len(xa), xb.var(ddof=1) / len(xb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(xa) - 1) + vb ** 2 / (len(xb) - 1))
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    diff = xb.mean() - xa.mean()
+    assert w.method == "Welch" and w.df == pytest.approx(df)
+    assert (w.lo, w.hi) == (pytest.approx(diff - half, rel=1e-9), pytest.approx(diff + half, rel=1e-9))
+
+
+# ----------------------------------------------------------------------------------------------- numbers
+def _mlflow_values(store, metric):
+    """{(variant, steps): {seed: value}} read straight from the store's FINISHED child runs."""
+    out = {}
+    for run in tracking.child_runs(store["parent"], store["uri"]):
+        if run.info.status != "FINISHED":
+            continue
+        for k, v in run.data.metrics.items():
+            m = re.fullmatch(rf"{metric}_steps_(\d+)", k)
+            if m:
+                for name in run.data.tags["ism.variants"].split(","):
+                    out.setdefault((name, int(m.group(1))), {})[int(run.data.tags["ism.seed"])] = v
+    return out
+
+
+def test_report_numbers_are_exactly_mlflows(store):
+    import pandas as pd
+    for metric in ("fid", "kid"):
+        held = _mlflow_values(store, metric)
+        table = pd.read_csv(store["out"] / "tables" / f"{metric}_by_steps.csv")
+        assert len(table) == len(held) == 7 * len(STEPS)
+        for r in table.itertuples():
+            vals = held[(r.variant, r.steps)]
+            assert json.loads(r.values) == {str(k): vals[k] for k in sorted(vals)}
+            assert r.mean == pytest.approx(np.mean(list(vals.values())), rel=1e-12) and r.n == len(vals)
+            iv = stats.t.interval(0.95, len(vals) - 1, loc=np.mean(list(vals.values())),
+                                  scale=stats.sem(list(vals.values())))
+            assert (r.ci_low, r.ci_high) == (pytest.approx(iv[0]), pytest.approx(iv[1]))
+    md = (store["out"] / "report.md").read_text()
+    sm1 = list(_mlflow_values(store, "fid")[("sm", 1)].values())
+    iv = mean_ci(sm1)
+    assert f"{iv.mean:.4g} ± {iv.half:.2g}" in md
+    # the best 1-step FID (ig_int) is bold in the FID table
+    best = mean_ci(list(_mlflow_values(store, "fid")[("ig_int", 1)].values()))
+    assert f"**{best.mean:.4g} ± {best.half:.2g}**" in md
+
+
+def test_failed_and_missing_trials_are_listed_and_short_cells_flagged(store):
+    md = (store["out"] / "report.md").read_text()
+    sec = md.split("## Missing and failed trials")[1].split("## ")[0]
+    assert re.search(r"\| sot \| 2 \| \w+ \| FAILED \| RuntimeError: injected crash at step 4 \|", sec)
+    assert re.search(r"\| twin_ema \| 2 \| \w+ \| MISSING \| planned but no MLflow run", sec)
+    assert "| sot | 2/3 ⚠ |" in md and "(n=2/3)" in md
+    miss = store["report"].sweep.missing
+    assert sorted(zip(miss["variants"], miss["seed"], miss["status"])) == [("sot", 2, "FAILED"), ("twin_ema", 2, "MISSING")]
+
+
+def test_deltas_say_paired_or_welch(store):
+    t = store["report"].tables["fid_delta"]
+    rows = {r[0]: r for r in t.rows}
+    assert rows["ig"][-1] == "paired (n=3)" and rows["sot"][-1] == "Welch"
+    d = t.data[(t.data["variant"] == "ig") & (t.data["steps"] == 1)].iloc[0]
+    held = _mlflow_values(store, "fid")
+    a, b = held[("sm", 1)], held[("ig", 1)]
+    ref = stats.ttest_rel([b[s] for s in a], [a[s] for s in a]).confidence_interval(0.95)
+    assert (d.ci_low, d.ci_high) == (pytest.approx(ref.low), pytest.approx(ref.high))
+
+
+def test_claims_verdicts_follow_the_numbers(store):
+    res = {r.claim.problem: r for r in store["report"].claims}
+    assert res["compounding guidance"].pair == ("cfg_every", "ig")  # the every-level form is preferred
+    assert res["compounding guidance"].verdict == "reproduced"
+    assert res["fixed guidance"].verdict == "reproduced" and res["fixed guidance"].pair == ("sm", "ig")
+    assert res["frequency bias"].pair == ("sm", "wavelet") and res["frequency bias"].verdict == "reproduced"
+    assert res["curvy trajectories"].verdict == "not reproduced" and res["curvy trajectories"].delta.method == "Welch"
+    assert res["divergent self-consistency"].verdict == "inconclusive (CIs overlap)"
+    md = (store["out"] / "report.md").read_text()
+    assert "| frequency bias | spectrum_top_err @1 step | sm → wavelet |" in md
+
+
+def test_cumulative_and_config_diff_tables(store):
+    cum = store["report"].tables["cumulative"]
+    assert [r[1] for r in cum.rows] == ["ig", "ig_int"]
+    diff = store["report"].tables["config_diff"].data
+    assert set(diff[diff["variant"] == "ig"]["key"]) == {"guidance.mode", "guidance.t_interval"}
+    assert diff[diff["variant"] == "wavelet"][["key", "base", "value"]].values.tolist() == [["wavelet.enabled", "False", "True"]]
+    meta = dict(store["report"].tables["metadata"].data.values.tolist())
+    assert meta["git commit"] == "abc123" and meta["reference-statistics hash"] == "f00dfeed12345678"
+    assert "mnist-cnn" in meta["feature extractor"] and "0.987" in meta["feature extractor"]
+    assert meta["N (samples per step count)"] == "64" and "max 302 MB" in meta["peak memory per trial"]
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+def test_pdf_parses_with_tables_and_figures(store):
+    from pypdf import PdfReader
+    pdf = PdfReader(store["out"] / "report.pdf")
+    text = "\n".join(p.extract_text() for p in pdf.pages)
+    assert len(pdf.pages) >= 8
+    for s in ("Claims check", "FID per variant and step count", "Missing and failed trials", "Run metadata",
+              "Cumulative ablation", "Configuration differences", "injected crash", "twin_ema", "reproduced"):
+        assert s in text, s
+    sm1 = mean_ci(list(_mlflow_values(store, "fid")[("sm", 1)].values()))
+    assert f"{sm1.mean:.4g}" in text
+    assert sum(len(p.images) for p in pdf.pages) >= 8  # the figures are embedded
+
+
+def test_figures_exist_and_report_is_logged_on_the_parent(store):
+    figs = store["report"].figures
+    for k in ("metric_vs_steps", "ablation_bars", "guidance_sweep", "spectra", "straightness_gap", "losses",
+              "samples_1", "samples_4", "samples_128"):
+        assert not isinstance(figs[k], str), (k, figs[k])
+        assert figs[k].stat().st_size > 5000
+    names = {a.path for a in store["client"].list_artifacts(store["parent"], "report")}
+    assert {"report/report.md", "report/report.pdf", "report/figures", "report/tables"} <= names
+
+
+def test_grid_tiles_roundtrip(tmp_path):
+    x = (torch.rand(20, 1, 16, 16) * 2 - 1)
+    save_grid(x, tmp_path / "g.png", nrow=10)
+    back = F.grid_tiles(tmp_path / "g.png", 16)
+    assert back.shape == (20, 1, 16, 16)
+    assert np.abs(back - x.numpy()).max() <= 1.01 / 127.5 + 1e-6
+
+
+# ----------------------------------------------------------------------------------------------- sparse sweeps, errors
+def test_sparse_sweep_says_what_is_absent(store, tmp_path):
+    spec = tmp_path / "bare.yaml"
+    spec.write_text("name: bare\nseeds: [0, 1]\nvariants:\n  sm: {reason: only the baseline}\n")
+    p = ablate.plan(ablate.load_spec(spec), "smoke")
+    c = store["client"]
+    exp, parent = tracking.start_parent(c, "ism/bare", "bare", {"ism.kind": "sweep", "ism.profile": "smoke"}, {}, {})
+    for t in p.trials:
+        rid = tracking.child_run(c, exp, parent, tmp_path / t.run_id, t.label,
+                                 {"ism.kind": "trial", "ism.variant": "sm", "ism.seed": str(t.seed)}, {})
+        tracking.TrialLog(store["uri"], rid).eval_metrics(8, {"fid_steps_1": 5.0 + t.seed})
+        tracking.set_status(c, rid, "FINISHED")
+    rep = build_report("bare", store["uri"], tmp_path / "out", log=False)
+    md = rep.markdown.read_text()
+    assert "no guidance sweep in this spec" in md and "no sample grid at 4 steps was logged" in md
+    assert "no per-kind training losses" in md and "no cumulative-order group" in md
+    assert "| sm [baseline] | 2/2 | **5.5 ± 6.4** |" in md
+    assert rep.pdf.stat().st_size > 0
+
+
+def test_unknown_spec_is_a_clear_error(store):
+    from ism.cli import main as cli
+    with pytest.raises(ConfigError, match="no sweep of 'nope'"):
+        build_report("nope", store["uri"], log=False)
+    assert cli(["report", "nope", "--tracking-uri", store["uri"], "--no-log"]) == 2
