@@ -31,7 +31,7 @@ EVAL_SEED = 0             # one noise draw for every run, so variants compare on
 GRID_STEPS = (1, 4, 128)
 KID_SUBSETS = 50
 TRAJ_BATCH = 64           # trajectories keep every state: smaller batches bound memory
-EG_SAMPLES = 500          # samples per guidance value in the 2-D effective-guidance search
+EG_SAMPLES = 256          # samples per guidance value in the 2-D effective-guidance search (128 steps each)
 CFG_GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 17.0)  # reaches w^7 = 17 for SM's w = 1.5
 
 
