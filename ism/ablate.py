@@ -265,7 +265,8 @@ def plan(spec: Spec, profile: str = DEFAULT_PROFILE, variants: list[str] | None 
     adj = spec.profiles.get(profile, {})
     where = f"{spec.path} (profile {profile})"
     preset = spec.base_preset or prof.preset
-    resources = {**prof.resources, **spec.resources, **_resources(f"{where}: resources", adj.get("resources"))}
+    resources = {**_resources("profile", prof.resources), **spec.resources,
+                 **_resources(f"{where}: resources", adj.get("resources"))}
     if resources.get("cpu", 0) <= 0 and resources.get("gpu", 0) <= 0:
         raise ConfigError(f"{where}: resources: a trial needs cpu > 0 or gpu > 0, got {resources}")
     threads = max(1, int(resources.get("cpu", 1)))   # torch threads = the trial's CPU share
@@ -358,6 +359,11 @@ def concurrency(plan_: Plan) -> int:
     return max(1, int(cpus // per)) if not plan_.resources.get("gpu") else 1
 
 
+def fmt_resources(r: Mapping[str, float]) -> str:
+    """{'cpu': 1.0, 'gpu': 0.5} -> 'cpu 1, gpu 0.5'."""
+    return ", ".join(f"{k} {v:g}" for k, v in r.items() if v)
+
+
 def _fmt_s(s: float) -> str:
     return f"{s:.0f}s" if s < 90 else f"{s / 60:.1f}m" if s < 5400 else f"{s / 3600:.1f}h"
 
@@ -371,7 +377,7 @@ def describe_plan(p: Plan, done: set[str] = frozenset()) -> str:
     n_cfg = len({t.variants for t in p.trials})
     lines = [f"spec {p.spec.name} ({p.spec.path}) - profile {p.profile} (preset {p.preset}) - sweep {p.sweep_id}",
              f"{len(p.variants)} variants -> {n_cfg} distinct configs x {len(p.seeds)} seeds {list(p.seeds)} = "
-             f"{len(p.trials)} trials; resources per trial {dict(p.resources)}; max_failures {p.max_failures}"]
+             f"{len(p.trials)} trials; resources per trial {fmt_resources(p.resources)}; max_failures {p.max_failures}"]
     lines += [f"  note: {n}" for n in p.notes]
     total = 0.0
     seen: set[tuple[str, ...]] = set()

@@ -177,12 +177,6 @@ def child_run(c: MlflowClient, exp: str, parent: str, trial_dir: Path, name: str
     return rid
 
 
-def eval_metric_name(row: Mapping[str, Any], sweep: bool) -> str:
-    """MLflow key of one eval-table row: <metric>_steps_N, or <metric>_steps_N_w_W for guidance-sweep rows."""
-    base = f"{row['metric']}_steps_{int(row['steps'])}"
-    return f"{base}_w_{float(row['guidance']):g}" if sweep else base
-
-
 class TrialLog:
     """Logging of one trial's child run from inside the trial process, safe to re-open when a trial resumes."""
 

@@ -1,0 +1,289 @@
+"""Ablation specs and profiles (resolved up front), and end-to-end sweeps on a real local Ray and a real MLflow store."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ism import ablate, cli
+from ism.config import ConfigError, flatten, run_id
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = sorted((ROOT / "ablations").glob("*.yaml"))
+
+
+# ----------------------------------------------------------------------------------------------- specs and profiles
+@pytest.mark.parametrize("profile", list(ablate.PROFILES))
+@pytest.mark.parametrize("spec", SPECS, ids=[p.stem for p in SPECS])
+def test_every_shipped_spec_resolves_on_every_profile(spec, profile):
+    p = ablate.plan(ablate.load_spec(spec), profile)
+    prof = ablate.PROFILES[profile]
+    assert p.preset == prof.preset and p.trials
+    assert len({t.run_id for t in p.trials}) == len(p.trials)           # one trial per distinct config
+    for t in p.trials:
+        assert run_id(t.cfg) == t.run_id and t.cfg.run.seed == t.seed
+        assert t.cfg.run.threads == max(1, int(p.resources.get("cpu", 1)))
+        assert t.cfg.run.device == prof.overrides["run.device"] and t.cfg.run.progress is False
+    assert sorted(v for t in p.trials for v in t.variants) == sorted(v for v in p.variants for _ in p.seeds)
+    if profile.startswith("gpu-"):
+        assert dict(p.resources) == {"gpu": 1.0, "cpu": 8.0}
+
+
+def test_components_matrix_shares_identical_configs():
+    p = ablate.plan(ablate.load_spec(ROOT / "ablations/components.yaml"), "embedded")
+    assert p.seeds == (0, 1, 2) and len(p.variants) == 16
+    assert len(p.trials) == 13 * 3
+    names = {t.variants for t in p.trials if t.seed == 0}
+    assert ("sm+intrinsic", "cum2_interval") in names
+    assert ("cum4_sot", "ism-twin_ema") in names
+    assert ("cum5_twin_ema", "ism") in names
+    base = p.base
+    assert (base.guidance.mode, base.wavelet.enabled, base.ot.enabled, base.ema.twin) == ("cfg_finest", False, False, False)
+    full = next(t for t in p.trials if "ism" in t.variants).cfg
+    assert (full.guidance.mode, full.guidance.t_interval, full.wavelet.enabled, full.ot.enabled, full.ema.twin) == \
+        ("intrinsic", 0.3, True, True, True)
+    cum1 = next(t for t in p.trials if t.variants == ("cum1_intrinsic",)).cfg
+    assert (cum1.guidance.mode, cum1.guidance.t_interval) == ("intrinsic", 0.0)
+    assert set(t.cfg.eval.steps for t in p.trials) == {(1, 2, 4, 8, 16, 32, 64, 128)}
+    assert ablate.components(full) == dict.fromkeys(["intrinsic", "interval", "wavelet", "sot", "twin_ema"], True)
+    assert list(p.spec.groups["cumulative"]) == ["sm", "cum1_intrinsic", "cum2_interval", "cum3_wavelet", "cum4_sot",
+                                                  "cum5_twin_ema"]
+
+
+def test_side_specs_record_fewer_seeds_on_embedded_and_reuse_components_trials():
+    comp = {t.run_id for t in ablate.plan(ablate.load_spec(ROOT / "ablations/components.yaml"), "embedded").trials}
+    for name, shared in (("sot-pool", {"K0", "K32"}), ("wavelet-levels", {"L0", "Lmax"}), ("ema", {"paper"})):
+        spec = ablate.load_spec(ROOT / f"ablations/{name}.yaml")
+        p = ablate.plan(spec, "embedded")
+        assert p.seeds == (0,) and spec.seeds == (0, 1, 2)
+        assert any("seeds [0]" in n for n in p.notes)
+        assert {v for t in p.trials if t.run_id in comp for v in t.variants} == shared
+        assert ablate.plan(spec, "gpu-cifar10").seeds == (0, 1, 2)
+
+
+def test_ema_spec_keeps_the_inference_ema_and_the_papers_ratios():
+    spec = ablate.load_spec(ROOT / "ablations/ema.yaml")
+    for profile in ("embedded", "gpu-fashion", "gpu-cifar10"):
+        p = ablate.plan(spec, profile)
+        by = {t.variants[0]: t.cfg for t in p.trials}
+        infer = (by["paper"].ema.infer_half_life_steps, by["paper"].ema.infer_decay)
+        for v in ("long", "live"):
+            assert (by[v].ema.infer_half_life_steps, by[v].ema.infer_decay) == infer and by[v].ema.twin
+        none = by["none"].ema
+        assert not none.twin and (none.half_life_steps == infer[0] if infer[0] else none.decay == infer[1])
+        if infer[0]:
+            assert by["long"].ema.target_half_life_steps == pytest.approx(infer[0] / 10)
+        assert by["live"].shortcut.target == "online"
+
+
+def test_guidance_spec_sweeps_guidance_per_mode():
+    p = ablate.plan(ablate.load_spec(ROOT / "ablations/guidance.yaml"), "embedded")
+    by = {t.variants[0]: t.cfg for t in p.trials}
+    assert {v: c.guidance.mode for v, c in by.items()} == {"cfg_finest": "cfg_finest", "cfg_every_level": "cfg_every_level",
+                                                           "intrinsic": "intrinsic"}
+    assert all(c.eval.guidance_sweep and c.eval.sweep_steps == (1, 4, 128) for c in by.values())
+    assert 0.0 in by["intrinsic"].eval.guidance_sweep and 1.0 in by["cfg_finest"].eval.guidance_sweep
+
+
+def write_spec(path: Path, **over) -> Path:
+    spec = {"name": "mini", "base": {"overrides": {"eval.at_end": False}},
+            "variants": {"a": {"reason": "baseline"}, "b": {"reason": "intrinsic", "overrides": {"guidance.mode": "intrinsic"}}},
+            "seeds": [0, 1]}
+    spec.update(over)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"variants": {"a": {"reason": "x", "overides": {}}}}, r"variants\.a: unknown key 'overides'.*Did you mean 'overrides'"),
+    ({"variants": {"a": {"reason": "x", "overrides": {"guidance.mod": "intrinsic"}}}},
+     r"variant 'a' seed 0: unknown config key 'guidance.mod'"),
+    ({"variants": {"a": {"reason": "x", "overrides": {"guidance.mode": "cfg_sometimes"}}}},
+     r"variant 'a'.*guidance.mode: 'cfg_sometimes' is not allowed"),
+    ({"variants": {"a": {"overrides": {}}}}, r"variants\.a: a one-line 'reason' is required"),
+    ({"profiles": {"laptop": {"seeds": [0]}}}, r"unknown profile 'laptop'"),
+    ({"profiles": {"smoke": {"variants": ["c"]}}}, r"unknown variant 'c'"),
+    ({"groups": {"g": ["a", "zz"]}}, r"groups\.g: unknown variant 'zz'"),
+    ({"seeds": [0, 0]}, r"seeds: repeated"),
+    ({"resources": {"tpu": 1}}, r"unknown resource 'tpu'"),
+    ({"base": {"overrides": {"nosuch.key": 1}}}, r"base: unknown config section 'nosuch'"),
+    ({"varients": {}}, r"unknown key 'varients'"),
+])
+def test_bad_specs_fail_with_a_clear_error(tmp_path, over, match):
+    path = write_spec(tmp_path / "bad.yaml", **over)
+    with pytest.raises(ConfigError, match=match):
+        ablate.plan(ablate.load_spec(path), "smoke")
+
+
+def test_bad_spec_on_the_command_line_exits_2_before_anything_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    good = write_spec(tmp_path / "good.yaml")
+    bad = write_spec(tmp_path / "bad.yaml", variants={"a": {"reason": "x", "overrides": {"optim.lrate": 1}}})
+    assert cli.main(["ablate", str(bad), "--profile", "smoke", "--storage", str(tmp_path / "st")]) == 2
+    assert "unknown config key 'optim.lrate'" in capsys.readouterr().err
+    assert cli.main(["ablate", str(good), "--profile", "laptop"]) == 2
+    assert "unknown profile 'laptop'" in capsys.readouterr().err
+    assert cli.main(["ablate", str(good), "--profile", "smoke", "--variants", "a,zz"]) == 2
+    assert "unknown variant 'zz'" in capsys.readouterr().err
+    assert not (tmp_path / "st").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_dry_run_lists_trials_diffs_resources_and_cost(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml", variants={"a": {"reason": "baseline"}, "b": {"reason": "b", "overrides": {}},
+                                                     "c": {"reason": "wavelets", "overrides": {"wavelet.enabled": True}}})
+    assert ablate.main([str(spec), "--profile", "smoke", "--dry-run", "--storage", str(tmp_path / "st")]) == 0
+    out = capsys.readouterr().out
+    assert "3 variants -> 2 distinct configs x 2 seeds [0, 1] = 4 trials" in out
+    assert "a = b: baseline" in out and "diff vs base: (the base)" in out
+    assert "diff vs base: wavelet.enabled: False -> True" in out
+    assert "resources per trial cpu 1;" in out and "estimated cost: 4 trials" in out
+    assert out.count("  pending\n") == 4 and "4 pending" in out
+    assert not (tmp_path / "st").exists()
+
+
+def test_sweep_id_is_stable_and_follows_the_trial_set(tmp_path):
+    spec = ablate.load_spec(write_spec(tmp_path / "s.yaml"))
+    a, b = ablate.plan(spec, "smoke"), ablate.plan(spec, "smoke")
+    assert a.sweep_id == b.sweep_id
+    assert ablate.plan(spec, "smoke", seeds=[0]).sweep_id != a.sweep_id
+    assert ablate.plan(spec, "embedded").sweep_id != a.sweep_id
+    plan_json = a.to_json()
+    assert [t["variants"] for t in plan_json["trials"]] == [["a"], ["a"], ["b"], ["b"]]
+    assert plan_json["trials"][2]["diff"] == {"guidance.mode": ["cfg_finest", "intrinsic"]}
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+def run_ablate(spec: Path, storage: Path, uri: str, *extra: str, env: dict | None = None, timeout: float = 600):
+    return subprocess.run([sys.executable, "-m", "ism.cli", "ablate", str(spec), "--profile", "smoke", "--storage",
+                           str(storage), "--tracking-uri", uri, *extra], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=storage.parent)
+
+
+def children(uri: str, spec: str) -> tuple:
+    from ism import tracking
+    sweeps = tracking.find_sweeps(spec, "smoke", uri)
+    assert len(sweeps) == 1, "one parent run per sweep, reused on rerun"
+    return sweeps[0], tracking.child_runs(sweeps[0].info.run_id, uri)
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    """2 variants x 2 seeds with evaluation; one trial crashes once at step 6 (checkpoint at 4) and is retried."""
+    root = tmp_path_factory.mktemp("sweep")
+    spec = write_spec(root / "mini.yaml", base={"overrides": {"eval.steps": [1, 2], "eval.sweep_steps": [1]}})
+    uri = f"sqlite:///{root}/mlruns/mlflow.db"
+    t0 = time.time()
+    res = run_ablate(spec, root / "st", uri, env={"ISM_INJECT_CRASH": "b@6"})
+    assert res.returncode == 0, res.stderr[-4000:]
+    return {"root": root, "spec": spec, "uri": uri, "out": res.stderr, "wall": time.time() - t0,
+            "plan": ablate.plan(ablate.load_spec(spec), "smoke")}
+
+
+@pytest.mark.slow
+def test_smoke_sweep_leaves_parent_and_child_runs_with_params_metrics_artifacts(smoke_sweep):
+    from ism import tracking
+    uri, p = smoke_sweep["uri"], smoke_sweep["plan"]
+    parent, kids = children(uri, "mini")
+    assert parent.info.status == "FINISHED"
+    tags = parent.data.tags
+    assert (tags["ism.kind"], tags["ism.spec"], tags["ism.profile"], tags["ism.sweep_id"]) == ("sweep", "mini", "smoke", p.sweep_id)
+    assert tags["ism.git_commit"] != "unknown"
+    c = tracking.client(uri)
+    assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"plan.json", "spec.yaml", "notes.txt"}
+    assert len(kids) == 4 and {k.info.status for k in kids} == {"FINISHED"}
+    by = {(k.data.tags["ism.variant"], int(k.data.tags["ism.seed"])): k for k in kids}
+    assert set(by) == {("a", 0), ("a", 1), ("b", 0), ("b", 1)}
+    for t in p.trials:
+        k = by[(t.variants[0], t.seed)]
+        assert k.data.tags["ism.run_id"] == t.run_id and k.data.tags["ism.profile"] == "smoke"
+        assert k.data.tags["ism.component.intrinsic"] == ("on" if t.variants[0] == "b" else "off")
+        assert k.data.params == {key: (json.dumps(list(v)) if isinstance(v, (list, tuple)) else str(v))
+                                 for key, v in flatten(t.cfg).items()}
+        m = k.data.metrics
+        for key in ("loss", "loss_fm", "loss_sc", "wall_time_s", "peak_mem_mb", "fid_steps_1", "fid_steps_2",
+                    "kid_steps_1"):
+            assert key in m, key
+        steps = [h.step for h in c.get_metric_history(k.info.run_id, "loss")]
+        assert steps == sorted(set(steps)) and steps[-1] == t.cfg.run.steps, "each logged step once"
+        arts = {a.path for a in c.list_artifacts(k.info.run_id)}
+        assert {"config.yaml", "stats.jsonl", "eval", "samples"} <= arts
+        assert {"eval/eval.csv", "eval/eval.json"} <= {a.path for a in c.list_artifacts(k.info.run_id, "eval")}
+        assert any(a.path.endswith(".png") for a in c.list_artifacts(k.info.run_id, "samples"))
+    assert "loss_guid" in by[("b", 0)].data.metrics
+
+
+@pytest.mark.slow
+def test_injected_crash_is_retried_from_its_checkpoint(smoke_sweep):
+    _, kids = children(smoke_sweep["uri"], "mini")
+    for t in smoke_sweep["plan"].trials:
+        k = next(k for k in kids if k.data.tags["ism.run_id"] == t.run_id)
+        summary = json.loads((smoke_sweep["root"] / "st" / "trials" / t.run_id / "summary.json").read_text())
+        if t.variants[0] == "b":
+            assert k.data.tags["ism.failures"] == "1" and "injected crash at step 6" in k.data.tags["ism.last_error"]
+            assert summary["resumed_from"] == 4
+        else:
+            assert "ism.failures" not in k.data.tags and summary["resumed_from"] == 0
+    assert "retry b/s" in smoke_sweep["out"]
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_sweep_reruns_nothing(smoke_sweep):
+    root = smoke_sweep["root"]
+    summaries = {p: p.stat().st_mtime_ns for p in (root / "st" / "trials").glob("*/summary.json")}
+    _, before = children(smoke_sweep["uri"], "mini")
+    res = run_ablate(smoke_sweep["spec"], root / "st", smoke_sweep["uri"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "4 already done, 0 to run" in res.stderr
+    assert {p: p.stat().st_mtime_ns for p in summaries} == summaries
+    _, after = children(smoke_sweep["uri"], "mini")
+    assert sorted(k.info.run_id for k in after) == sorted(k.info.run_id for k in before)
+
+
+def _wait_for(cond, proc, timeout=400):
+    t0 = time.time()
+    while not cond():
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        assert time.time() - t0 < timeout, "timed out waiting for the sweep"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_sweep_killed_after_first_trial_resumes_without_rerun_or_duplicates(tmp_path):
+    """kill -9 of the whole sweep (driver and its Ray) once the short trial finished and the long one checkpointed."""
+    spec = write_spec(tmp_path / "kill.yaml", name="killed", seeds=[0],
+                      variants={"short": {"reason": "done first", "overrides": {"run.steps": 4}},
+                                "long": {"reason": "interrupted", "overrides": {"run.steps": 400, "run.checkpoint_every": 8}}})
+    st, uri = tmp_path / "st", f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    p = ablate.plan(ablate.load_spec(spec), "smoke")
+    short, long_ = (next(t for t in p.trials if t.variants[0] == v) for v in ("short", "long"))
+    proc = subprocess.Popen([sys.executable, "-m", "ism.cli", "ablate", str(spec), "--profile", "smoke", "--storage",
+                             str(st), "--tracking-uri", uri], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: (st / "trials" / short.run_id / "summary.json").exists()
+                  and list((st / "trials" / long_.run_id / "checkpoints").glob("ckpt-*.pt")), proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started share its session
+        proc.wait()
+    assert not (st / "trials" / long_.run_id / "summary.json").exists()
+    short_mtime = (st / "trials" / short.run_id / "summary.json").stat().st_mtime_ns
+    _, before = children(uri, "killed")
+    res = run_ablate(spec, st, uri)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "1 already done, 1 to run" in res.stderr
+    assert (st / "trials" / short.run_id / "summary.json").stat().st_mtime_ns == short_mtime
+    summary = json.loads((st / "trials" / long_.run_id / "summary.json").read_text())
+    assert summary["resumed_from"] >= 8
+    from ism import tracking
+    parent, kids = children(uri, "killed")
+    assert parent.info.status == "FINISHED"
+    assert sorted(k.info.run_id for k in kids) == sorted(k.info.run_id for k in before) and len(kids) == 2
+    assert {k.info.status for k in kids} == {"FINISHED"}
+    k = next(k for k in kids if k.data.tags["ism.variant"] == "long")
+    steps = [h.step for h in tracking.client(uri).get_metric_history(k.info.run_id, "loss")]
+    assert steps == list(range(2, 401, 2)), "every logged step exactly once across the kill and the resume"

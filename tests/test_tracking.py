@@ -1,0 +1,170 @@
+"""MLflow tracking on a real store: URIs, parent/child runs that survive resumes, metric de-duplication, `ism ui`."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ism import tracking
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store for the module (creating its schema takes seconds); tests use their own experiments."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store')}/mlruns/mlflow.db"
+
+
+def test_default_uri_is_sqlite_under_cwd_with_artifacts_beside_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = tracking.tracking_uri()
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    assert tracking.artifact_root(uri) == (tmp_path / "mlruns" / "artifacts").resolve().as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5999"
+    assert tracking.artifact_root("http://127.0.0.1:5999") is None  # the server picks its artifact store
+    assert tracking.tracking_uri("sqlite:///rel/x.db") == f"sqlite:///{tmp_path.resolve()}/rel/x.db"
+
+
+def test_plain_file_store_is_refused_with_a_clear_message(tmp_path):
+    with pytest.raises(ValueError, match="sqlite"):
+        tracking.client(f"file://{tmp_path}/mlruns")
+
+
+def _sweep(uri, name, resume=None):
+    c = tracking.client(uri)
+    return c, *tracking.start_parent(c, f"ism/{name}", f"{name}-smoke", {"ism.kind": "sweep", "ism.profile": "smoke"},
+                                     {"trials": 1}, {"plan.json": "{}"}, resume)
+
+
+def test_parent_and_child_runs_are_reused_not_duplicated(store, tmp_path):
+    c, exp, parent = _sweep(store, "reuse")
+    root = Path(store[len("sqlite:///"):]).parent / "artifacts"
+    assert c.get_experiment(exp).artifact_location == f"{root.as_uri()}/ism_reuse"
+    tdir = tmp_path / "trial"
+    child = tracking.child_run(c, exp, parent, tdir, "v/s0", {"ism.kind": "trial", "ism.variant": "v"},
+                               {"optim.lr": 0.001, "eval.steps": (1, 2)})
+    assert json.loads((tdir / tracking.RUN_IDS_FILE).read_text()) == {parent: child}
+    # a rerun of the sweep finds the same parent and the same child
+    _, exp2, parent2 = _sweep(store, "reuse", resume=parent)
+    child2 = tracking.child_run(c, exp2, parent2, tdir, "v/s0", {"ism.kind": "trial", "ism.variant": "v"},
+                                {"optim.lr": 0.001, "eval.steps": (1, 2)})
+    assert (exp2, parent2, child2) == (exp, parent, child)
+    runs = tracking.child_runs(parent, store)
+    assert [r.info.run_id for r in runs] == [child]
+    run = runs[0]
+    assert run.data.params == {"optim.lr": "0.001", "eval.steps": "[1, 2]"}
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["ism.variant"] == "v"
+    assert [r.info.run_id for r in tracking.find_sweeps("reuse", "smoke", store)] == [parent]
+    assert tracking.find_sweeps("reuse", "embedded", store) == []
+
+
+def test_trial_log_skips_replayed_steps_and_logs_eval_once(store, tmp_path):
+    c, exp, parent = _sweep(store, "triallog")
+    rid = tracking.child_run(c, exp, parent, tmp_path / "t", "t", {}, {})
+    log = tracking.TrialLog(store, rid)
+    log.running()
+    for step in (2, 4, 6):
+        log.metrics(step, {"loss": 1.0 / step, "loss_fm": 0.5, "bad": float("nan")})
+    # the trial process dies and is restarted: a new TrialLog resumes after the last logged step
+    log = tracking.TrialLog(store, rid)
+    assert log.last_step == 6
+    for step in (6, 8):  # training resumed from a step-4 checkpoint and reached 6 again
+        log.metrics(step, {"loss": 1.0 / step})
+    stats = tmp_path / "stats.jsonl"
+    stats.write_text("".join(json.dumps({"step": s, "time": 0, "loss": 1.0 / s}) + "\n" for s in (2, 4, 6, 8, 10)))
+    assert log.replay_stats(stats) == 1
+    log.eval_metrics(10, {"fid_steps_1": 50.0, "fid_steps_128": 20.0})
+    log.eval_metrics(10, {"fid_steps_1": 50.0, "fid_steps_128": 20.0})
+    hist = c.get_metric_history(rid, "loss")
+    assert sorted(m.step for m in hist) == [2, 4, 6, 8, 10]
+    assert [m.step for m in c.get_metric_history(rid, "fid_steps_1")] == [10]
+    assert "bad" not in c.get_run(rid).data.metrics
+    run_dir = tmp_path / "rundir"
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "eval" / "eval.csv").write_text("metric,value\nfid,1\n")
+    (run_dir / "config.yaml").write_text("run: {}\n")
+    log.artifacts(run_dir)
+    log.tag("ism.failures", 1)
+    assert log.failures() == 1
+    log.finish("FAILED", "RuntimeError: boom")
+    run = c.get_run(rid)
+    assert run.info.status == "FAILED" and run.data.tags["ism.error"] == "RuntimeError: boom"
+    assert {a.path for a in c.list_artifacts(rid)} == {"config.yaml", "eval"}
+    assert [a.path for a in c.list_artifacts(rid, "eval")] == ["eval/eval.csv"]
+
+
+def test_ui_command_binds_localhost_over_the_store(store):
+    cmd = tracking.server_command(store, port=5123)
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--workers") + 1] == "1"
+    assert cmd[cmd.index("--backend-store-uri") + 1] == store
+    assert cmd[cmd.index("--default-artifact-root") + 1] == tracking.artifact_root(store)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until a server answers (or its process died)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a process we started in its own session, with everything it spawned."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_ism_ui_serves_the_store_and_works_as_a_tracking_server(store, tmp_path):
+    """`ism ui` runs a real MLflow server (one worker) on 127.0.0.1; the tracking API works through it."""
+    c, exp, parent = _sweep(store, "ui")  # something to show
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ism.cli", "ui", "--port", str(port), "--tracking-uri", store],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
+        listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
+        assert f"127.0.0.1:{port}" in listening and f"0.0.0.0:{port}" not in listening
+        http = f"http://127.0.0.1:{port}"
+        assert [r.info.run_id for r in tracking.find_sweeps("ui", "smoke", http)] == [parent]
+        hc, hexp, hparent = _sweep(http, "ui", resume=parent)
+        assert (hexp, hparent) == (exp, parent)
+        rid = tracking.child_run(hc, hexp, hparent, tmp_path / "t", "t", {"ism.kind": "trial"}, {"a": 1})
+        log = tracking.TrialLog(http, rid)
+        log.metrics(2, {"loss": 0.5})
+        (tmp_path / "rd").mkdir()
+        (tmp_path / "rd" / "stats.jsonl").write_text('{"step": 2, "loss": 0.5}\n')
+        log.artifacts(tmp_path / "rd")
+        log.finish()
+        # what went through the server is in the sqlite store
+        run = tracking.client(store).get_run(rid)
+        assert run.info.status == "FINISHED" and run.data.metrics["loss"] == 0.5
+        assert [a.path for a in tracking.client(store).list_artifacts(rid)] == ["stats.jsonl"]
+    finally:
+        stop_group(proc)
