@@ -338,7 +338,14 @@ class StudyPlan:
         return from_dict(deep_merge(deep_merge(self.portable, self.scale), self.decode(params)))
 
     def portable_config(self, params: Mapping[str, Any]) -> Config:
-        return from_dict(deep_merge(self.portable, self.decode(params)))
+        """The tuned recipe without the profile's scale; carries the study's eval step counts only when the
+        preset's do not fit the recipe (e.g. a smaller shortcut.max_steps_log2)."""
+        d = deep_merge(self.portable, self.decode(params))
+        try:
+            return from_dict(d)
+        except ConfigError:
+            flat = flatten(unflatten(self.scale))
+            return from_dict(deep_merge(d, {k: flat[k] for k in ("eval.steps", "eval.sweep_steps")}))
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         return {p.key: p.distribution() for p in self.spec.space}
@@ -509,7 +516,6 @@ def storage_url(url: str | None, root: Path) -> str:
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
             url = "sqlite:///" + str(Path(url[len("sqlite:///"):]).resolve())
         return url
-    root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'optuna.db'}"
 
 
@@ -525,6 +531,12 @@ def study_dir(root: Path, p: StudyPlan) -> Path:
 
 def open_study(p: StudyPlan, url: str, create: bool = True) -> optuna.Study:
     """Load (or create) the plan's study; refuse a study made from a different space, objective or base."""
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///"):])
+        if not db.exists() and not create:
+            raise ConfigError(f"no study '{p.study_name}' in {url} (no such file); run `ism study {p.spec.path} "
+                              f"--profile {p.profile}` first")
+        db.parent.mkdir(parents=True, exist_ok=True)
     storage = rdb(url)
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if p.study_name not in names and not create:
@@ -730,6 +742,11 @@ class Bookkeeper:
             self.told[state] += 1
         if child:
             c = self.client()
+            tdir = Path(ot.user_attrs.get("ism.trial_dir", ""))
+            if state in ("PRUNED", "FAIL") and tdir.is_dir():  # stopped mid-run: keep what it wrote (when visible here)
+                log = tracking.TrialLog(self.uri, child)
+                log.replay_stats(tdir / "stats.jsonl")
+                log.artifacts(tdir)
             tracking._retry(c.set_tag, child, "ism.trial_state", state)
             status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}.get(state, "KILLED")
             tracking.set_status(c, child, status, reason)
@@ -869,6 +886,7 @@ def _tune_classes() -> tuple[type, type]:
 def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str | None = None, train_fn=None) -> int:
     """Run (or continue) a study to p.n_trials finished trials; 0 when done, 1 when trials failed, 130 when interrupted."""
     from ray import tune as rt
+    from ray.tune.logger import JsonLoggerCallback
     from ism import tracking, tune
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -920,15 +938,16 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str | None = Non
                 trial_name_creator=lambda t: f"trial-{t.config['_ism']['number']:04d}",
                 trial_dirname_creator=lambda t: f"trial-{t.config['_ism']['number']:04d}-{t.trial_id}"),
                 run_config=rt.RunConfig(name=f"ray-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(sdir / "ray"),
-                                        verbose=0, failure_config=rt.FailureConfig(max_failures=p.spec.max_failures)))
+                                        verbose=0, callbacks=[JsonLoggerCallback()],
+                                        failure_config=rt.FailureConfig(max_failures=p.spec.max_failures)))
             results = tuner.fit()
             errors = [tune._short_error(r.error) for r in results if r.error is not None]
     except KeyboardInterrupt:
         interrupted = True
     stale = search.unfinished()
+    requeue_stale(study)
     for ot in stale:
         books.finish(ot, "INTERRUPTED", None, "the study was interrupted; rerun to resume this trial")
-    requeue_stale(study)
     interrupted = interrupted or bool(stale)
     for e in errors:
         books.say(f"trial error: {e}")
