@@ -41,7 +41,7 @@ SPEC_KEYS = ("name", "description", "base", "space", "objective", "n_trials", "p
 BASE_KEYS = ("preset", "ablation", "variant", "overrides")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
 PARAM_TYPES = ("float", "log-float", "int", "log-int", "categorical")
-PROFILE_KEYS = ("n_trials", "parallelism", "overrides", "pruner", "sampler", "resources", "note")
+PROFILE_KEYS = ("n_trials", "parallelism", "overrides", "space", "pruner", "sampler", "resources", "note")
 METRICS = {"points": ("energy_distance", "sliced_wasserstein"), "image": ("fid", "kid", "spectrum_top_err"),
            "latent": ("fid", "kid")}
 METRIC = "objective"                 # the value trials report to Tune and log to MLflow
@@ -314,6 +314,7 @@ class StudyPlan:
     scale: Mapping[str, Any]         # profile settings and how the study evaluates: not exported
     base: Config
     objective: Objective
+    space: tuple[Param, ...]         # the spec's space with this profile's re-ranged keys
     n_trials: int
     parallelism: int
     resources: Mapping[str, float]
@@ -330,7 +331,7 @@ class StudyPlan:
         return "min" if self.objective.direction == "minimize" else "max"
 
     def decode(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        by_key = {p.key: p for p in self.spec.space}
+        by_key = {p.key: p for p in self.space}
         return {k: by_key[k].decode(v) if k in by_key else v for k, v in params.items()}
 
     def config(self, params: Mapping[str, Any]) -> Config:
@@ -348,11 +349,11 @@ class StudyPlan:
             return from_dict(deep_merge(d, {k: flat[k] for k in ("eval.steps", "eval.sweep_steps")}))
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
-        return {p.key: p.distribution() for p in self.spec.space}
+        return {p.key: p.distribution() for p in self.space}
 
     def fingerprint(self) -> str:
         """What must not change under a running study: space, objective and the base config."""
-        blob = json.dumps({"space": [p.__dict__ for p in self.spec.space], "objective": dict(self.objective.terms),
+        blob = json.dumps({"space": [p.__dict__ for p in self.space], "objective": dict(self.objective.terms),
                            "direction": self.objective.direction, "base": identity_dict(self.base)},
                           sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -361,8 +362,8 @@ class StudyPlan:
 def _ablation_layers(spec: StudySpec) -> tuple[str | None, list[Mapping[str, Any]]]:
     """(preset, [ablation base overrides, variant overrides]) of an ablation-variant base."""
     path = Path(spec.ablation)
-    if not path.is_absolute() and not path.exists():
-        path = Path(spec.path).parent / spec.ablation
+    if not path.is_absolute() and (Path(spec.path).parent / path).exists():  # relative to the study spec first
+        path = Path(spec.path).parent / path
     a = ablate.load_spec(path)
     names = [v.name for v in a.variants]
     if spec.variant not in names:
@@ -392,6 +393,15 @@ def plan(spec: StudySpec, profile: str = ablate.DEFAULT_PROFILE, n_trials: int |
     pruner = {**spec.pruner, **ablate._mapping(f"{where}: pruner", adj.get("pruner"))}
     sampler = {**spec.sampler, **ablate._mapping(f"{where}: sampler", adj.get("sampler"))}
     every = pruner.get("every_steps", 0)
+    space = {x.key: x for x in spec.space}
+    for k, v in flatten_space(ablate._mapping(f"{where}: space", adj.get("space"))).items():
+        if k not in space:
+            raise ConfigError(f"{where}: profiles.{profile}.space: '{k}' is not in the spec's space; a profile may only "
+                              f"re-range searched keys ({', '.join(space)})." + _suggest(k, space))
+        try:
+            space[k] = parse_param(k, v)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: profiles.{profile}.{e}") from None
     # How the study evaluates (intermediate evals for pruning, no diagnostics or sweeps the objective ignores):
     # settings of the study, not of the tuned recipe, so they stay out of --export-best.
     study_eval = {"eval.every_steps": _posint(f"{where}: pruner.every_steps", every, 0), "eval.diagnostics": False,
@@ -405,7 +415,7 @@ def plan(spec: StudySpec, profile: str = ablate.DEFAULT_PROFILE, n_trials: int |
     for layer in [dict(prof.overrides), {"run.threads": max(1, int(resources.get("cpu", 1)))}, study_eval,
                   ablate._overrides(f"{where}: overrides", adj.get("overrides"))]:
         scale = deep_merge(scale, layer)
-    clash = sorted(set(flatten(unflatten(scale))) & {p.key for p in spec.space})
+    clash = sorted(set(flatten(unflatten(scale))) & set(space))
     if clash:
         raise ConfigError(f"{where}: the profile or study settings fix {', '.join(clash)}, which the space searches")
     base = from_dict_where(f"{where}: base", deep_merge(portable, scale))
@@ -416,7 +426,7 @@ def plan(spec: StudySpec, profile: str = ablate.DEFAULT_PROFILE, n_trials: int |
         if every >= base.run.steps:
             raise ConfigError(f"{where}: pruner.every_steps: {every} leaves no intermediate evaluation before "
                               f"run.steps={base.run.steps}; lower it")
-    p = StudyPlan(spec, profile, preset, portable, scale, base, objective,
+    p = StudyPlan(spec, profile, preset, portable, scale, base, objective, tuple(space.values()),
                   n_trials or _posint(f"{where}: n_trials", adj.get("n_trials", spec.n_trials)),
                   _posint(f"{where}: parallelism", adj.get("parallelism", spec.parallelism)), resources,
                   sampler, pruner, tuple(x for x in [adj.get("note")] if x))
@@ -437,17 +447,17 @@ def from_dict_where(where: str, d: Mapping[str, Any]) -> Config:
 def check_space(p: StudyPlan) -> None:
     """Every bound and choice must give a valid config; all corners too when there are few of them."""
     where = f"{p.spec.path} (profile {p.profile}): space"
-    for prm in p.spec.space:
+    for prm in p.space:
         for v in prm.extremes():
             try:
                 p.config({prm.key: _encode(v)})
             except ConfigError as e:
                 what = "choice" if prm.kind == "categorical" else ("low" if v == prm.low else "high")
                 raise ConfigError(f"{where}.{prm.key}: {what} {v!r} is not allowed: {e}") from None
-    combos = math.prod(len(prm.extremes()) for prm in p.spec.space)
+    combos = math.prod(len(prm.extremes()) for prm in p.space)
     if combos <= CORNER_LIMIT:
-        for vals in product(*(prm.extremes() for prm in p.spec.space)):
-            point = {prm.key: _encode(v) for prm, v in zip(p.spec.space, vals)}
+        for vals in product(*(prm.extremes() for prm in p.space)):
+            point = {prm.key: _encode(v) for prm, v in zip(p.space, vals)}
             try:
                 p.config(point)
             except ConfigError as e:
@@ -461,7 +471,7 @@ def check_point(p: StudyPlan, point: Mapping[str, Any], where: str) -> None:
         if k not in dists:
             raise ConfigError(f"{where}: '{k}' is not a searched key; the space has {', '.join(dists)}." + _suggest(k, dists))
         if not dists[k]._contains(dists[k].to_internal_repr(_encode(v))):
-            raise ConfigError(f"{where}: {k}={v!r} lies outside the space ({next(x for x in p.spec.space if x.key == k).describe()})")
+            raise ConfigError(f"{where}: {k}={v!r} lies outside the space ({next(x for x in p.space if x.key == k).describe()})")
     try:
         p.config({k: _encode(v) for k, v in point.items()})
     except ConfigError as e:
@@ -551,7 +561,7 @@ def open_study(p: StudyPlan, url: str, create: bool = True) -> optuna.Study:
     if fp is None:
         for k, v in {"ism.fingerprint": p.fingerprint(), "ism.spec": p.spec.name, "ism.profile": p.profile,
                      "ism.objective": p.objective.describe(), "ism.preset": p.preset,
-                     "ism.space": {x.key: x.describe() for x in p.spec.space}}.items():
+                     "ism.space": {x.key: x.describe() for x in p.space}}.items():
             study.set_user_attr(k, v)
         for point in p.spec.enqueue:
             study.enqueue_trial({k: _encode(v) for k, v in point.items()}, skip_if_exists=True)
@@ -625,8 +635,8 @@ def describe_plan(p: StudyPlan, url: str) -> str:
         lines.append(f"  {p.spec.description}")
     d = {k: v for k, v in diff(preset_cfg, p.base).items() if k not in NON_IDENTITY_KEYS}
     lines.append("base vs preset: " + (", ".join(f"{k}: {ablate._fmt_v(a)} -> {ablate._fmt_v(b)}" for k, (a, b) in d.items()) or "(the preset)"))
-    lines.append(f"base run id {run_id(p.base)}; space ({len(p.spec.space)} keys):")
-    lines += [f"  {x.key:<32} {x.describe()}" for x in p.spec.space]
+    lines.append(f"base run id {run_id(p.base)}; space ({len(p.space)} keys):")
+    lines += [f"  {x.key:<32} {x.describe()}" for x in p.space]
     lines.append(f"objective: {p.objective.describe()}")
     lines.append(f"trials {p.n_trials}, parallelism {p.parallelism}, resources per trial {dict(p.resources)}; "
                  f"sampler {dict(p.sampler) or {'type': 'tpe'}}, pruner {dict(p.pruner) or {'type': 'none'}}")
@@ -901,7 +911,7 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str | None = Non
             "ism.sweep_id": p.fingerprint(), "ism.git_commit": git, "ism.preset": p.preset,
             "ism.optuna_storage": url, "ism.optuna_study": p.study_name, "ism.objective": p.objective.describe()}
     params = {"n_trials": p.n_trials, "parallelism": p.parallelism, "direction": p.objective.direction,
-              "objective": json.dumps(dict(p.objective.terms)), "space": json.dumps({x.key: x.describe() for x in p.spec.space}),
+              "objective": json.dumps(dict(p.objective.terms)), "space": json.dumps({x.key: x.describe() for x in p.space}),
               "sampler": json.dumps(dict(p.sampler)), "pruner": json.dumps(dict(p.pruner)),
               "resources": json.dumps(dict(p.resources)), "profile": p.profile, "preset": p.preset}
     prior = study.user_attrs.get("ism.mlflow_parent") or {}
