@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,7 +42,14 @@ def ray_session(num_cpus: int | None = None):
     common = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     if address:
         local = any(h in address for h in ("127.0.0.1", "localhost"))
-        ray.init(address=address, **common, **({"_node_ip_address": "127.0.0.1"} if local else {}))
+        try:
+            ray.init(address=address, **common, **({"_node_ip_address": "127.0.0.1"} if local else {}))
+        except (ConnectionError, ray.exceptions.AuthenticationError) as e:
+            # Ray 2.60 turns token auth on for `ray start --head` but never for an explicit address: every node and
+            # the driver need the same RAY_AUTH_MODE (and the head's ~/.ray/auth_token or RAY_AUTH_TOKEN).
+            raise ConfigError(f"RAY_ADDRESS={address}: could not join the Ray cluster ({str(e).splitlines()[0]}). "
+                              "If the head uses token authentication (Ray's default), set RAY_AUTH_MODE=token here and "
+                              "on every node, with the head's ~/.ray/auth_token copied or RAY_AUTH_TOKEN set") from None
     else:
         ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **common)
     try:
@@ -54,11 +61,12 @@ def ray_session(num_cpus: int | None = None):
 def check_resources(resources: dict[str, float]) -> None:
     """Fail before any trial when no node of the cluster can ever hold one trial."""
     have = ray.cluster_resources()
-    for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU"), ("memory", "memory")):
-        need = resources.get(key, 0)
-        if need and have.get(ray_key, 0) < need:
-            raise ConfigError(f"resources: a trial needs {key}={need:g} but the Ray cluster offers {have.get(ray_key, 0):g}; "
-                              "join a bigger cluster with RAY_ADDRESS=<head>:6379 or pick another --profile")
+    short = [f"{key}={resources[key]:g} (cluster: {have.get(ray_key, 0):g})"
+             for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU"), ("memory", "memory"))
+             if resources.get(key, 0) and have.get(ray_key, 0) < resources[key]]
+    if short:
+        raise ConfigError(f"resources: a trial needs {', '.join(short)}; join a bigger cluster with "
+                          "RAY_ADDRESS=<head>:6379 or pick another --profile")
 
 
 def _ray_resources(resources: dict[str, float]) -> dict[str, float]:
@@ -288,16 +296,10 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def run_sweep(plan: Plan, storage: Path, tracking_uri: str | None = None, train_fn: Callable | None = None,
-              progress_every_s: float = 20.0) -> int:
-    """Run (or resume) a sweep; returns 0 when every trial finished, 1 when some failed, 130 when interrupted."""
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow holds the results; skip CSV/TBX copies
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Ray warns when checkpoints come faster than every 5 s (smoke runs); the snapshots are cheap here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+def _open_tracking(plan: Plan, storage: Path, uri: str) -> tuple[Any, str, dict[str, str], list[Trial]]:
+    """The sweep's parent run and one child run per trial (reused on reruns); returns the trials still to run."""
     sdir = sweep_dir(storage, plan)
     _write_json(sdir / "plan.json", plan.to_json())
-    uri = tracking.tracking_uri(tracking_uri)
     c = tracking.client(uri)
     git = git_commit()
     stored = _read_json(sdir / "mlflow.json")
@@ -313,7 +315,6 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str | None = None, train_
                                         stored.get(uri))
     _write_json(sdir / "mlflow.json", {**stored, uri: parent})
     finished = finished_trials(plan, storage)
-    crash = _crash_target(plan)
     children, pending = {}, []
     for t in plan.trials:
         rid = tracking.child_run(c, exp, parent, trial_dir(storage, t.run_id), f"{t.label}-{t.run_id}",
@@ -321,44 +322,68 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str | None = None, train_
         children[t.run_id] = rid
         if t.run_id in finished and tracking.status(c, rid) == "FINISHED":
             continue
-        tracking.set_status(c, rid, "SCHEDULED")
+        tracking.set_status(c, rid, "SCHEDULED")  # also clears a RUNNING left behind by a kill -9
         pending.append(t)
-    done_before = len(plan.trials) - len(pending)
-    print(f"[{plan.spec.name}/{plan.profile}] sweep {plan.sweep_id}: {len(plan.trials)} trials, {done_before} already "
-          f"done, {len(pending)} to run; MLflow {uri} experiment ism/{plan.spec.name} run {parent}", file=sys.stderr)
-    if not pending:
-        tracking.set_status(c, parent, "FINISHED")
-        return 0
-    payloads = {t.run_id: {"cfg": to_dict(t.cfg), "trial_dir": str(trial_dir(storage, t.run_id)), "tracking_uri": uri,
-                           "mlflow_run_id": children[t.run_id], "label": t.label,
-                           "crash_at_step": crash[1] if crash and crash[0] in (t.run_id, *t.variants) else None}
-                for t in pending}
-    progress = Progress(plan, pending, done_before, every_s=progress_every_s)
-    errors: dict[str, str] = {}
-    interrupted = False
-    try:
-        with ray_session(num_cpus=_local_cpus(plan)):
-            check_resources(dict(plan.resources))
+    print(f"[{plan.spec.name}/{plan.profile}] sweep {plan.sweep_id}: {len(plan.trials)} trials, "
+          f"{len(plan.trials) - len(pending)} already done, {len(pending)} to run; MLflow {uri} experiment "
+          f"ism/{plan.spec.name} run {parent}", file=sys.stderr)
+    return c, parent, children, pending
+
+
+def run_sweep(plan: Plan, storage: Path, tracking_uri: str | None = None, train_fn: Callable | None = None,
+              progress_every_s: float = 20.0) -> int:
+    """Run (or resume) a sweep; returns 0 when every trial finished, 1 when some failed, 130 when interrupted."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow holds the results; skip CSV/TBX copies
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ray warns when checkpoints come faster than every 5 s (smoke runs); the snapshots are cheap here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    uri = tracking.tracking_uri(tracking_uri)
+    crash = _crash_target(plan)
+    with ExitStack() as stack:
+        def start_ray() -> None:
+            if not ray.is_initialized():
+                stack.enter_context(ray_session(num_cpus=_local_cpus(plan)))
+            check_resources(dict(plan.resources))  # before any MLflow run when work is known to be left
+
+        if finished_trials(plan, storage) != {t.run_id for t in plan.trials}:
+            start_ray()
+        c, parent, children, pending = _open_tracking(plan, storage, uri)
+        if not pending:
+            tracking.set_status(c, parent, "FINISHED")
+            return 0
+        payloads = {t.run_id: {"cfg": to_dict(t.cfg), "trial_dir": str(trial_dir(storage, t.run_id)),
+                               "tracking_uri": uri, "mlflow_run_id": children[t.run_id], "label": t.label,
+                               "crash_at_step": crash[1] if crash and crash[0] in (t.run_id, *t.variants) else None}
+                    for t in pending}
+        progress = Progress(plan, pending, len(plan.trials) - len(pending), every_s=progress_every_s)
+        errors: dict[str, str] = {}
+        interrupted = False
+        labels = {t.run_id: f"{t.label.replace('/', '-')}-{t.run_id}" for t in pending}
+        try:
+            start_ray()
             trainable = rt.with_resources(rt.with_parameters(_trainable, payloads=payloads, train_fn=train_fn),
                                           _ray_resources(dict(plan.resources)))
-            labels = {t.run_id: t.label.replace("/", "-") for t in pending}
             tuner = rt.Tuner(
                 trainable,
                 param_space={"run_id": rt.grid_search([t.run_id for t in pending])},
-                tune_config=rt.TuneConfig(trial_name_creator=lambda tr: f"{labels[tr.config['run_id']]}-{tr.config['run_id']}",
-                                          trial_dirname_creator=lambda tr: f"{labels[tr.config['run_id']]}-{tr.config['run_id']}",
+                tune_config=rt.TuneConfig(trial_name_creator=lambda tr: labels[tr.config["run_id"]],
+                                          trial_dirname_creator=lambda tr: labels[tr.config["run_id"]],
                                           reuse_actors=True),  # keeps worker imports (torch, mlflow) warm
-                run_config=rt.RunConfig(name=f"ray-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(sdir / "ray"),
+                run_config=rt.RunConfig(name=f"ray-{time.strftime('%Y%m%d-%H%M%S')}",
+                                        storage_path=str(sweep_dir(storage, plan) / "ray"),
                                         verbose=0, callbacks=[progress, JsonLoggerCallback()],
                                         failure_config=rt.FailureConfig(max_failures=plan.max_failures),
                                         checkpoint_config=rt.CheckpointConfig(num_to_keep=1)))
-            results = tuner.fit()
-            for r in results:
+            for r in tuner.fit():  # fit() does not raise for failed trials: each result carries its error
                 if r.error is not None:
                     errors[r.config["run_id"]] = _short_error(r.error)
-    except KeyboardInterrupt:
-        interrupted = True
-    return _finish(plan, c, parent, children, pending, errors, interrupted)
+        except KeyboardInterrupt:
+            interrupted = True
+        except BaseException as e:  # Ray could not start, the cluster vanished, ...: settle MLflow, then re-raise
+            reason = f"sweep aborted: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            _finish(plan, c, parent, children, pending, {t.run_id: reason for t in pending}, False)
+            raise
+        return _finish(plan, c, parent, children, pending, errors, interrupted)
 
 
 def _local_cpus(plan: Plan) -> int | None:

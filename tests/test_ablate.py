@@ -244,6 +244,19 @@ def test_rerunning_a_finished_sweep_reruns_nothing(smoke_sweep):
     assert sorted(k.info.run_id for k in after) == sorted(k.info.run_id for k in before)
 
 
+def _tagged_pids(tag: str) -> list[int]:
+    """Processes whose environment carries our tag: the sweep, its Ray daemons and Ray's trial workers."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if tag.encode() in (d / "environ").read_bytes():
+                    found.append(int(d.name))
+            except OSError:
+                pass
+    return found
+
+
 def _wait_for(cond, proc, timeout=400):
     t0 = time.time()
     while not cond():
@@ -261,15 +274,24 @@ def test_sweep_killed_after_first_trial_resumes_without_rerun_or_duplicates(tmp_
     st, uri = tmp_path / "st", f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     p = ablate.plan(ablate.load_spec(spec), "smoke")
     short, long_ = (next(t for t in p.trials if t.variants[0] == v) for v in ("short", "long"))
+    tag = f"ISM_TEST_SWEEP={os.getpid()}-{time.time_ns()}"
     proc = subprocess.Popen([sys.executable, "-m", "ism.cli", "ablate", str(spec), "--profile", "smoke", "--storage",
                              str(st), "--tracking-uri", uri], cwd=tmp_path, start_new_session=True,
+                            env={**os.environ, tag.split("=")[0]: tag.split("=")[1]},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(lambda: (st / "trials" / short.run_id / "summary.json").exists()
                   and list((st / "trials" / long_.run_id / "checkpoints").glob("ckpt-*.pt")), proc)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started share its session
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray daemons it started share its session
         proc.wait()
+        # Ray's trial workers sit in process groups of their own; they exit once their raylet is gone.
+        t0 = time.time()
+        while (left := _tagged_pids(tag)) and time.time() - t0 < 60:
+            time.sleep(1)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"processes outlived the killed sweep: {left}"
     assert not (st / "trials" / long_.run_id / "summary.json").exists()
     short_mtime = (st / "trials" / short.run_id / "summary.json").stat().st_mtime_ns
     _, before = children(uri, "killed")

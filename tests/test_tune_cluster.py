@@ -1,0 +1,122 @@
+"""A Ray cluster of two nodes started with `ray start` on this machine, joined through RAY_ADDRESS, tracked by a real
+`mlflow server --workers 1`: the trials of one sweep run on both nodes and land in MLflow through the server."""
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """A long-running process in its own session, so that it and all it spawns stop together by its pid."""
+    fh = open(log, "w")
+    return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def wait_until(cond, procs, timeout: float, what: str) -> None:
+    t0 = time.time()
+    while not cond():
+        for p in procs:
+            assert p.poll() is None, f"{p.args[:3]} exited while waiting for {what}"
+        assert time.time() - t0 < timeout, f"timed out waiting for {what}"
+        time.sleep(1)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def alive_nodes(address: str, env: dict) -> int:
+    code = ("import ray; ray.init(address=%r, log_to_driver=False, logging_level='ERROR'); "
+            "print(sum(n['Alive'] for n in ray.nodes())); ray.shutdown()" % address)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return int(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 and res.stdout.strip() else 0
+
+
+def http_ok(url: str) -> bool:
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_sweep_runs_on_a_two_node_ray_cluster_tracked_by_an_mlflow_server(tmp_path):
+    # Short temp dirs: Ray's unix socket paths must stay under ~107 characters.
+    rt_head, rt_worker = tempfile.mkdtemp(prefix="rh", dir="/tmp"), tempfile.mkdtemp(prefix="rw", dir="/tmp")
+    # A fresh token for this cluster only: head, worker and driver all use token auth (Ray's default for heads).
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    ray_port, ml_port = free_port(), free_port()
+    address = f"127.0.0.1:{ray_port}"
+    store = f"sqlite:///{tmp_path}/server/mlflow.db"
+    procs = []
+    try:
+        procs.append(start([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                            f"--port={ray_port}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
+                            "--disable-usage-stats", f"--temp-dir={rt_head}"], env, tmp_path / "head.log"))
+        procs.append(start([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(ml_port),
+                            "--workers", "1", "--backend-store-uri", store, "--default-artifact-root",
+                            (tmp_path / "server" / "artifacts").as_uri()], env, tmp_path / "mlflow.log"))
+        wait_until(lambda: listening(ray_port), procs, 120, "the Ray head")
+        procs.append(start([str(BIN / "ray"), "start", f"--address={address}", "--block", "--num-cpus=1",
+                            "--num-gpus=0", "--disable-usage-stats", f"--temp-dir={rt_worker}"], env,
+                           tmp_path / "worker.log"))
+        wait_until(lambda: alive_nodes(address, env) == 2, procs, 180, "two Ray nodes")
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{ml_port}/health"), procs, 120, "the MLflow server")
+
+        spec = tmp_path / "cluster.yaml"
+        spec.write_text(yaml.safe_dump({"name": "cluster", "seeds": [0, 1],
+                                        "base": {"overrides": {"eval.at_end": False, "run.steps": 24}},
+                                        "variants": {"sm": {"reason": "one config, two seeds, two nodes"}}}))
+        uri = f"http://127.0.0.1:{ml_port}"
+        res = subprocess.run([sys.executable, "-m", "ism.cli", "ablate", str(spec), "--profile", "smoke", "--storage",
+                              str(tmp_path / "st")], env={**env, "RAY_ADDRESS": address, "MLFLOW_TRACKING_URI": uri},
+                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-4000:]
+
+        from ism import tracking
+        parent = tracking.find_sweeps("cluster", "smoke", uri)
+        assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+        kids = tracking.child_runs(parent[0].info.run_id, uri)
+        assert len(kids) == 2 and {k.info.status for k in kids} == {"FINISHED"}
+        nodes = {k.data.tags["ism.node_id"] for k in kids}
+        assert len(nodes) == 2, f"both trials ran on one node: {nodes}"
+        assert all(k.data.tags["ism.node_ip"] not in ("", "unknown") for k in kids)
+        assert all("loss" in k.data.metrics for k in kids)
+        # the server wrote into its own sqlite store and artifact root
+        local = tracking.client(store)
+        assert {local.get_run(k.info.run_id).info.status for k in kids} == {"FINISHED"}
+        assert "config.yaml" in {a.path for a in local.list_artifacts(kids[0].info.run_id)}
+    finally:
+        for p in reversed(procs):
+            stop(p)
+        shutil.rmtree(rt_head, ignore_errors=True)
+        shutil.rmtree(rt_worker, ignore_errors=True)
