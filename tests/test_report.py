@@ -14,6 +14,7 @@ from ism.config import ConfigError, flatten
 from ism.report import build_report
 from ism.report import figures as F
 from ism.report.ci import delta_ci, mean_ci
+from ism.report.tables import fmt
 from ism.sample import save_grid
 
 SPEC = """
@@ -32,6 +33,7 @@ variants:
   twin_ema: {reason: twin EMA alone, overrides: {ema.twin: true}}
 groups:
   cumulative: [ig, ig_int]
+  alone: [sm, ig, wavelet, sot]
 """
 STEPS = (1, 2, 4, 128)
 FID = {"sm": (50, 40, 30, 10), "cfg_every": (60, 45, 33, 11), "ig": (40, 33, 25, 9), "ig_int": (38, 31, 24, 9),
@@ -196,10 +198,10 @@ def test_report_numbers_are_exactly_mlflows(store):
     md = (store["out"] / "report.md").read_text()
     sm1 = list(_mlflow_values(store, "fid")[("sm", 1)].values())
     iv = mean_ci(sm1)
-    assert f"{iv.mean:.4g} ± {iv.half:.2g}" in md
+    assert f"{fmt(iv.mean)} ± {fmt(iv.half, 2)}" in md
     # the best 1-step FID (ig_int) is bold in the FID table
     best = mean_ci(list(_mlflow_values(store, "fid")[("ig_int", 1)].values()))
-    assert f"**{best.mean:.4g} ± {best.half:.2g}**" in md
+    assert f"**{fmt(best.mean)} ± {fmt(best.half, 2)}**" in md
 
 
 def test_failed_and_missing_trials_are_listed_and_short_cells_flagged(store):
@@ -238,13 +240,15 @@ def test_claims_verdicts_follow_the_numbers(store):
 def test_cumulative_and_config_diff_tables(store):
     cum = store["report"].tables["cumulative"]
     assert [r[1] for r in cum.rows] == ["ig", "ig_int"]
+    alone = store["report"].tables["group_alone"]
+    assert [r[0] for r in alone.rows] == ["ig", "wavelet", "sot"] and alone.rows[2][-1] == "Welch"
     diff = store["report"].tables["config_diff"].data
     assert set(diff[diff["variant"] == "ig"]["key"]) == {"guidance.mode", "guidance.t_interval"}
     assert diff[diff["variant"] == "wavelet"][["key", "base", "value"]].values.tolist() == [["wavelet.enabled", "False", "True"]]
     meta = dict(store["report"].tables["metadata"].data.values.tolist())
     assert meta["git commit"] == "abc123" and meta["reference-statistics hash"] == "f00dfeed12345678"
     assert "mnist-cnn" in meta["feature extractor"] and "0.987" in meta["feature extractor"]
-    assert meta["N (samples per step count)"] == "64" and "max 302 MB" in meta["peak memory per trial"]
+    assert meta["N (samples per step count)"] == "64" and "max 302.0 MB" in meta["peak memory per trial"]
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -257,7 +261,7 @@ def test_pdf_parses_with_tables_and_figures(store):
               "Cumulative ablation", "Configuration differences", "injected crash", "twin_ema", "reproduced"):
         assert s in text, s
     sm1 = mean_ci(list(_mlflow_values(store, "fid")[("sm", 1)].values()))
-    assert f"{sm1.mean:.4g}" in text
+    assert fmt(sm1.mean) in text
     assert sum(len(p.images) for p in pdf.pages) >= 8  # the figures are embedded
 
 
@@ -295,7 +299,7 @@ def test_sparse_sweep_says_what_is_absent(store, tmp_path):
     md = rep.markdown.read_text()
     assert "no guidance sweep in this spec" in md and "no sample grid at 4 steps was logged" in md
     assert "no per-kind training losses" in md and "no cumulative-order group" in md
-    assert "| sm [baseline] | 2/2 | **5.5 ± 6.4** |" in md
+    assert "| sm [baseline] | 2/2 | **5.500 ± 6.4** |" in md
     assert rep.pdf.stat().st_size > 0
 
 

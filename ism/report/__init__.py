@@ -20,7 +20,7 @@ from ism.report.claims import Result, claims_table
 from ism.report.meta import metadata_table
 from ism.report.render import Block, Figure, Heading, Para, render_markdown, render_pdf
 from ism.report.tables import (Table, config_diff_table, cumulative_table, delta_table, diagnostics_table, fmt,
-                               metric_table, missing_table, sweep_table)
+                               group_tables, metric_table, missing_table, sweep_table)
 from ism.report.ci import mean_ci
 
 
@@ -83,7 +83,7 @@ def build_report(target: str, tracking_uri: str | None = None, out: str | Path |
         for t in (metadata_table(sw, files, hist), claims, metric_table(sw, m1, f"{m1.upper()} per variant and step count"),
                   metric_table(sw, m2, f"{m2.upper()} per variant and step count"), delta_table(sw, m1),
                   delta_table(sw, m2), cumulative_table(sw, m1), diagnostics_table(sw), sweep_table(sw, m1),
-                  config_diff_table(sw), missing_table(sw)):
+                  config_diff_table(sw), missing_table(sw), *group_tables(sw, m1)):
             if t is not None:
                 tables[t.name] = t
         figs: dict[str, Path | str] = {
@@ -136,6 +136,9 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
     b += [x for x in (t(f"{m1}_delta"), t(f"{sw.primary[1]}_delta")) if x] or [Para("No variant besides the baseline.")]
     b.append(Heading("Cumulative ablation"))
     b.append(t("cumulative") or Para("This spec has no cumulative-order group (a group whose name contains 'cumul')."))
+    groups = [x for k, x in tables.items() if k.startswith("group_")]
+    if groups:
+        b += [Heading("Other groups of the spec")] + groups
     b.append(Heading("Diagnostics"))
     b.append(t("diagnostics") or Para("No diagnostics were logged (eval.diagnostics off)."))
     b += [_fig(figs, "straightness_gap", "Straightness and self-consistency gap"),

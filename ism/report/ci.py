@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -64,6 +65,8 @@ def delta_ci(a: Mapping[int, float], b: Mapping[int, float], level: float = LEVE
         return Interval(diff, math.nan, math.nan, min(len(xa), len(xb)), "n<2")
     if np.ptp(xa) == 0 and np.ptp(xb) == 0:  # no spread at all: the t statistic is undefined, the interval degenerate
         return Interval(diff, diff, diff, min(len(xa), len(xb)), "Welch", math.nan)
-    res = stats.ttest_ind(xb, xa, equal_var=False)
-    ci = res.confidence_interval(level)
+    with warnings.catch_warnings():  # near-identical seeds: scipy warns about precision, the interval is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.ttest_ind(xb, xa, equal_var=False)
+        ci = res.confidence_interval(level)
     return Interval(diff, float(ci.low), float(ci.high), min(len(xa), len(xb)), "Welch", float(res.df))

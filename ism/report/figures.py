@@ -207,7 +207,11 @@ def losses(sw: Sweep, hist: pd.DataFrame, path: Path) -> Path | str:
                       "loss_guid": "guidance rows"}[k])
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3, which="both")
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    handles = {}
+    for ax in axes[0]:  # guidance rows exist only for intrinsic variants: collect the legend from every panel
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    axes[0][-1].legend(handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle("Training losses per row kind (mean over seeds; band = min..max)")
     return _save(fig, path)
 

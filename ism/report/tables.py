@@ -31,10 +31,15 @@ class Table:
 
 
 def fmt(x: float, digits: int = 4) -> str:
-    """A number for a table cell (significant digits; '-' for missing)."""
+    """A number for a table cell: `digits` significant digits, fixed-point between 1e-3 and 1e6 ('–' if missing)."""
     if x is None or not math.isfinite(x):
         return "–"
-    return f"{x:.{digits}g}"
+    if x == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(x)))
+    if -3 <= mag < 6:
+        return f"{x:.{max(0, digits - 1 - mag)}f}"
+    return f"{x:.{digits - 1}e}"
 
 
 def cell(iv: Interval, expected: int) -> str:
@@ -53,7 +58,8 @@ def delta_cell(iv: Interval) -> str:
     """'delta [lo, hi]' of a difference."""
     if iv.n == 0 or not math.isfinite(iv.mean):
         return "–"
-    return f"{iv.mean:+.3g}" + (f" [{iv.lo:+.3g}, {iv.hi:+.3g}]" if iv.has_ci else " (no CI)")
+    sign = lambda x: ("+" if x >= 0 else "") + fmt(x, 3)  # noqa: E731
+    return sign(iv.mean) + (f" [{sign(iv.lo)}, {sign(iv.hi)}]" if iv.has_ci else " (no CI)")
 
 
 def expected_seeds(sw: Sweep, variant: str) -> int:
@@ -151,7 +157,7 @@ def cumulative_table(sw: Sweep, metric: str) -> Table | None:
     avail = sw.steps_of(metric)
     steps = [s for s in (1, 4) if s in avail] or avail[:2]
     paper = dict(zip(members[-len(PAPER_CUMULATIVE):], PAPER_CUMULATIVE)) if len(members) >= len(PAPER_CUMULATIVE) else {}
-    cols = ["step", "variant"] + [f"{metric.upper()} {s}-step" for s in steps] + [f"Δ prev {s}-step" for s in steps]
+    cols = ["order", "variant"] + [f"{metric.upper()} {s}-step" for s in steps] + [f"Δ prev {s}-step" for s in steps]
     if paper:
         cols += ["paper row", "paper 1-step", "paper 4-step"]
     rows, bold, raw = [], set(), []
@@ -179,6 +185,36 @@ def cumulative_table(sw: Sweep, metric: str) -> Table | None:
             "for direction only — a different dataset and scale." if paper else
             f"Group '{name}' of the spec, in order; Δ prev = this row − the row above with its 95 % interval.")
     return Table("cumulative", "Cumulative ablation (the paper's order)", cols, rows, bold, note, pd.DataFrame(raw))
+
+
+def group_tables(sw: Sweep, metric: str) -> list[Table]:
+    """Every other group of the spec (e.g. leave-one-out): each member against the group's first member."""
+    out = []
+    avail = sw.steps_of(metric)
+    steps = [s for s in (1, 4, 128) if s in avail] or avail[:1] + avail[-1:]
+    for name, members in sw.plan.get("groups", {}).items():
+        members = [m for m in members if m in sw.variants]
+        if "cumul" in name.lower() or len(members) < 2 or not steps:
+            continue
+        ref = members[0]
+        cols = [f"variant − {ref}"] + [f"Δ {s}-step" for s in steps] + ["interval"]
+        rows, bold, raw = [], set(), []
+        for v in members[1:]:
+            row, methods = [label(sw, v)], set()
+            for j, s in enumerate(steps):
+                d = delta_ci(sw.values(metric, s).get(ref, {}), sw.values(metric, s).get(v, {}))
+                row.append(delta_cell(d))
+                if d.n:
+                    methods.add(f"{d.method} (n={d.n})" if d.method == "paired" else d.method)
+                if d.excludes(0):
+                    bold.add((len(rows), j + 1))
+                raw.append({"group": name, "reference": ref, "variant": v, "steps": s, "delta": d.mean,
+                            "ci_low": d.lo, "ci_high": d.hi, "n": d.n, "method": d.method})
+            rows.append(row + [", ".join(sorted(methods)) or "–"])
+        out.append(Table(f"group_{name}", f"Group '{name}': {metric.upper()} against {ref}", cols, rows, bold,
+                         f"Δ = variant − {ref} with its 95 % interval (paired by seed when possible, else Welch); "
+                         "bold when it excludes 0.", pd.DataFrame(raw)))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- config, diagnostics
