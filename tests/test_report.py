@@ -308,3 +308,27 @@ def test_unknown_spec_is_a_clear_error(store):
     with pytest.raises(ConfigError, match="no sweep of 'nope'"):
         build_report("nope", store["uri"], log=False)
     assert cli(["report", "nope", "--tracking-uri", store["uri"], "--no-log"]) == 2
+
+
+def test_guidance_claims_pair_modes_even_with_interval_guidance(store, tmp_path):
+    """guidance.yaml-like: cfg_finest, cfg_every_level, intrinsic (with interval guidance) and a guidance sweep."""
+    c, uri = store["client"], store["uri"]
+    exp, parent = tracking.start_parent(c, "ism/modes", "modes", {"ism.kind": "sweep", "ism.profile": "smoke"}, {}, {})
+    modes = {"cfg_finest": (set(), 1.6, 30.0), "cfg_every_level": (set(), 9.0, 35.0),
+             "intrinsic": ({"intrinsic", "interval"}, 1.4, 25.0)}
+    for v, (comps, eff, fid1) in modes.items():
+        for seed in (0, 1, 2):
+            tags = {"ism.kind": "trial", "ism.variant": v, "ism.seed": str(seed),
+                    **{f"ism.component.{k}": "on" if k in comps else "off" for k in ("intrinsic", "interval")}}
+            rid = tracking.child_run(c, exp, parent, tmp_path / f"{v}{seed}", v, tags, {"guidance.mode": v})
+            m = {"effective_guidance": eff + 0.05 * seed, "fid_steps_1": fid1 + seed,
+                 **{f"fid_steps_1_w_{w:g}": fid1 + seed + abs(w - 1) * 3 - 2 for w in (0.0, 1.0, 2.0)}}
+            tracking.TrialLog(uri, rid).eval_metrics(8, m)
+            tracking.set_status(c, rid, "FINISHED")
+    rep = build_report("modes", uri, tmp_path / "out", log=False)
+    res = {r.claim.problem: r for r in rep.claims}
+    assert rep.sweep.baseline == "cfg_finest"
+    assert res["compounding guidance"].pair == ("cfg_every_level", "intrinsic")
+    assert res["compounding guidance"].verdict == "reproduced"
+    assert res["fixed guidance"].pair == ("cfg_finest", "intrinsic") and res["fixed guidance"].verdict == "reproduced"
+    assert res["frequency bias"].verdict.startswith("inconclusive (not measured")

@@ -26,16 +26,18 @@ class Claim:
     at: str | None                 # "min" / "max" step count measured, None for step-less metrics
     paper: str                     # the paper's direction, in words ("lower with the fix")
     prefer: dict = field(default_factory=dict)   # params the problem-side variant should preferably have
+    rides: frozenset = frozenset()  # components that may come along (interval guidance exists only with intrinsic)
     sweep_best: bool = False       # compare the fix's best value over its guidance sweep
 
 
 CLAIMS = (
     Claim("compounding guidance", "intrinsic", "effective_guidance", None,
           "CFG baked into the targets compounds to w^log2 N (1.5^7 ≈ 17); intrinsic guidance keeps the effective "
-          "scale near the nominal one: lower with the fix", {"guidance.mode": "cfg_every_level"}),
+          "scale near the nominal one: lower with the fix", {"guidance.mode": "cfg_every_level"},
+          frozenset({"interval"})),
     Claim("fixed guidance", "intrinsic", "fid", "min",
           "w becomes an input, so the best w of one model beats the single scale baked into SM: lower 1-step FID "
-          "at the best w", sweep_best=True),
+          "at the best w", rides=frozenset({"interval"}), sweep_best=True),
     Claim("frequency bias", "wavelet", "spectrum_top_err", "min",
           "the multi-level wavelet loss restores high frequencies: lower top-band log-spectral error"),
     Claim("divergent self-consistency", "twin_ema", "sc_gap", "min",
@@ -64,17 +66,26 @@ def _n_diff(sw: Sweep, a: str, b: str) -> int:
 
 
 def find_pair(sw: Sweep, claim: Claim, ok_a, ok_b) -> tuple[str, str] | None:
-    """(without, with) the claim's component, each side with data (ok_a / ok_b), ranked by preference."""
+    """(without, with) the claim's component, each side with data (ok_a / ok_b), ranked by preference.
+
+    The two must differ by the component alone (plus components allowed to ride along with it); preferred: the
+    claim's preferred problem side, then no riding components, then the baseline as the side without, then the
+    fewest other config differences, then spec order.
+    """
     cands = []
     for a in sw.variants:
         ca = sw.components(a)
         if claim.component in ca or not ok_a(a):
             continue
         for b in sw.variants:
-            if b != a and sw.components(b) == ca | {claim.component} and ok_b(b):
-                pa = sw.params.get(sw.representative(a) or "", {})
-                pref = all(pa.get(k) == str(v) for k, v in claim.prefer.items()) if claim.prefer else True
-                cands.append(((not pref, a != sw.baseline, _n_diff(sw, a, b), sw.variants.index(b)), (a, b)))
+            added = sw.components(b) - ca
+            if b == a or not ca <= sw.components(b) or claim.component not in added:
+                continue
+            if not added - {claim.component} <= claim.rides or not ok_b(b):
+                continue
+            pa = sw.params.get(sw.representative(a) or "", {})
+            pref = all(pa.get(k) == str(v) for k, v in claim.prefer.items())
+            cands.append(((not pref, len(added), a != sw.baseline, _n_diff(sw, a, b), sw.variants.index(b)), (a, b)))
     return min(cands)[1] if cands else None
 
 

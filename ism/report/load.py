@@ -252,10 +252,7 @@ def histories(sw: Sweep, keys: tuple[str, ...] = LOSS_KEYS + ("wall_time_s",)) -
     """Metric histories over train steps of every finished trial: variant, seed, key, step, value, timestamp."""
     rows = []
     for mid in sw.trial_ids():
-        present = sw.params.get(mid) is not None
         t = sw.trials[sw.trials["mlflow_id"] == mid]
-        if not present or t.empty:
-            continue
         for key in keys:
             for step, val, ts in io.metric_history(mid, key, sw.uri):
                 for v in t["variant"]:
