@@ -184,15 +184,24 @@ def evaluate_run(nets: dict, cfg: Config, data, step: int, run_dir: str | Path,
             rows.append(D.row("sc_gap", D.sc_gap(samples[s], samples[steps[-1]]), s, g0))
 
     # Guidance sweep: one model, several w (or CFG scales), at eval.sweep_steps.
-    sweep_top = {}
-    for w in ev.guidance_sweep:
-        for s in ev.sweep_steps:
-            _, x, _ = generate(net, cfg, data, n, s, w)
-            rows += [dict(r, sweep=True) for r in score(x, s, w, kid=False)]
-            if s == top:
-                sweep_top[float(w)] = x
+    sweep_top: dict[float, torch.Tensor] = {}
+
+    def sweep_sample(w: float, s: int) -> torch.Tensor:
+        x = generate(net, cfg, data, n, s, w)[1]
+        if s == top:
+            sweep_top[w] = x  # reused by the effective-guidance search on images
+        return x
+
+    def sweep_score(x: torch.Tensor) -> float:
+        if points:
+            return D.energy_distance(x, data.test_x)
+        return fid_kid(x, ref, ext, fid_root, kid=False, image=is_image)["fid"]
+
+    rows += [dict(r, sweep=True) for r in D.guidance_sweep(sweep_sample, sweep_score, ev.guidance_sweep,
+                                                           ev.sweep_steps, "energy_distance" if points else "fid")]
 
     # Effective guidance: the w' whose 2^K-step sample best matches the 1-step sample at the run's guidance.
+    # 2-D: energy distance over a grid; images: FID over the sweep's 2^K-step samples (needs a sweep with 2^K).
     if ev.diagnostics and cfg.guidance.mode != "none" and 1 in samples:
         if points:
             grid = ev.guidance_sweep or (CFG_GRID if cfg.guidance.mode != "intrinsic" else

@@ -1,0 +1,142 @@
+"""Evaluation cost on CPU: FID per 1,000 samples per extractor, sampling time per step count, guided-step cost.
+
+- FID (+KID for mnist-cnn) goes through ism.evaluate.fid_kid against the cached held-out statistics of the
+  embedded MNIST (mnist-cpu preset). It is measured on a few hundred samples and scaled to 1,000 (feature
+  extraction is linear in N; the FID matrix work is a fixed cost, timed separately and added once).
+- Sampling: the mnist-cpu network (unet-tiny, untrained weights: the cost does not depend on them) from fixed
+  noise, timed per step count and scaled to 1,000 samples.
+- Guided sampling: seconds per sampling step at the finest level, intrinsic guidance (w is an input: one
+  forward pass) against CFG (conditional + null pass); the goal ratio is 0.5.
+Wall and CPU (process) time are both given: this machine's 2 cores are shared, so wall time includes waiting.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+
+N_FID_CNN = 500
+N_FID_INCEPTION = 96
+N_SAMPLE = 100
+GUIDED_N = 250
+
+
+def _timed(fn, repeats: int = 1):
+    """(result, median wall s, median CPU s) over repeats."""
+    walls, cpus, out = [], [], None
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return out, statistics.median(walls), statistics.median(cpus)
+
+
+def _fid_fixed_seconds(dim: int) -> float:
+    """Wall seconds of torch-fidelity's FID from two dim-d statistics (the part that does not scale with N)."""
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+    g = np.random.default_rng(0)
+    a, b = g.standard_normal((dim + 50, dim)).astype(np.float32), g.standard_normal((dim + 50, dim)).astype(np.float32)
+    sa = {"mu": a.mean(0), "sigma": np.cov(a, rowvar=False).astype(np.float32)}
+    sb = {"mu": b.mean(0), "sigma": np.cov(b, rowvar=False).astype(np.float32)}
+    return _timed(lambda: fid_statistics_to_metric(sa, sb, False))[1]
+
+
+def fid_rows(cfg, data) -> list[dict]:
+    """FID wall time per 1,000 samples for mnist-cnn and inception-fid-helper."""
+    from ism import evaluate as EV
+    from ism import extractors as E
+    rows = []
+    samples = data.train_x[torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))]
+    # mnist-cnn: one-time classifier training (cached afterwards) and reference statistics, then per-N cost.
+    cnn, t_setup, _ = _timed(lambda: E.setup("mnist-cnn", data))
+    ref = EV.reference(data, cnn)
+    EV.fid_kid(samples[:10], ref, cnn)  # warm the reference cache
+    _, wall, cpu = _timed(lambda: EV.fid_kid(samples[:N_FID_CNN], ref, cnn), repeats=2)
+    fixed = _fid_fixed_seconds(128)
+    per_k = (wall - fixed) * 1000 / N_FID_CNN + fixed
+    rows += [
+        {"case": "fid_kid_per_1k_samples/mnist-cnn", "value": per_k, "unit": "s",
+         "note": f"measured {wall:.2f}s wall ({cpu:.2f}s CPU) on {N_FID_CNN} samples vs cached held-out stats, "
+                 f"scaled to 1,000 (fixed FID part {fixed:.2f}s added once); FID + KID ({EV.KID_SUBSETS} subsets)"},
+        {"case": "mnist-cnn_setup", "value": t_setup, "unit": "s",
+         "note": f"classifier training or cache load (held-out acc {cnn.accuracy:.3f}); once per data fingerprint"},
+    ]
+    try:
+        inc = E.setup("inception-fid-helper", data)
+    except Exception as e:  # noqa: BLE001 - the optional extra may be missing; say so instead of failing
+        return rows + [{"case": "fid_per_1k_samples/inception-fid-helper", "value": float("nan"), "unit": "s",
+                        "note": f"unavailable: {e}"}]
+    other = EV.ImageSet(data.test_x[:N_FID_INCEPTION], rgb=True)
+    _, wall, cpu = _timed(lambda: EV.fid_kid(samples[:N_FID_INCEPTION], other, inc, kid=False))
+    fixed = _fid_fixed_seconds(2048)
+    per_img = (wall - fixed) / (2 * N_FID_INCEPTION)
+    rows += [
+        {"case": "fid_per_1k_samples/inception-fid-helper", "value": per_img * 1000 + fixed, "unit": "s",
+         "note": f"measured {wall:.1f}s wall ({cpu:.1f}s CPU) for {N_FID_INCEPTION}+{N_FID_INCEPTION} images "
+                 f"(both sides extracted), {per_img:.3f}s/image at 299x299; scaled to 1,000 samples vs cached "
+                 f"reference + fixed 2048-d FID part {fixed:.1f}s; threads={torch.get_num_threads()}"},
+    ]
+    return rows
+
+
+def sampling_rows(cfg, data) -> list[dict]:
+    """Seconds per 1,000 samples for each sampling step count (unet-tiny, one thread)."""
+    from ism.models import build_model
+    from ism.sample import fixed_labels, fixed_noise, sample
+    net = build_model(cfg, data).eval()
+    x0, y = fixed_noise(N_SAMPLE, data.shape, 0), fixed_labels(N_SAMPLE, data.num_classes)
+    rows = []
+    for s in cfg.eval.steps:
+        _, wall, cpu = _timed(lambda: sample(net, x0, y, s, cfg, null=data.num_classes))
+        rows.append({"case": f"sample_per_1k/steps_{s}", "value": wall * 1000 / N_SAMPLE, "unit": "s",
+                     "note": f"{cfg.model.name}, {cfg.guidance.mode}, {N_SAMPLE} samples measured "
+                             f"({wall:.2f}s wall, {cpu:.2f}s CPU), scaled to 1,000"})
+    return rows
+
+
+def guided_rows(data) -> list[dict]:
+    """Seconds per guided sampling step: intrinsic (one pass) vs CFG at the finest level (two passes)."""
+    from ism.config import resolve
+    from ism.models import build_model
+    from ism.sample import fixed_labels, fixed_noise, sample
+    steps = 8
+    base = {"shortcut.max_steps_log2": 3, "eval.steps": [1, steps], "eval.sweep_steps": [1, steps]}
+    x0, y = fixed_noise(GUIDED_N, data.shape, 0), fixed_labels(GUIDED_N, data.num_classes)
+    per_step = {}
+    for mode, kw in (("intrinsic", {"w": 1.0}), ("cfg_finest", {"cfg_scale": 1.5})):
+        cfg = resolve("mnist-cpu", overrides={**base, "guidance.mode": mode})
+        torch.manual_seed(0)
+        net = build_model(cfg, data).eval()
+        sample(net, x0[:8], y[:8], steps, cfg, null=data.num_classes, **kw)  # warm-up
+        _, wall, cpu = _timed(lambda: sample(net, x0, y, steps, cfg, null=data.num_classes, **kw), repeats=3)
+        per_step[mode] = (wall / steps, cpu / steps)
+    ratio = per_step["intrinsic"][1] / per_step["cfg_finest"][1]
+    return [
+        {"case": "guided_step/intrinsic", "value": per_step["intrinsic"][0], "unit": "s/step",
+         "note": f"{GUIDED_N} samples, one forward pass per step (w input); CPU {per_step['intrinsic'][1]:.3f}s"},
+        {"case": "guided_step/cfg", "value": per_step["cfg_finest"][0], "unit": "s/step",
+         "note": f"{GUIDED_N} samples, conditional + null pass per step; CPU {per_step['cfg_finest'][1]:.3f}s"},
+        {"case": "guided_step_ratio/intrinsic_over_cfg", "value": ratio, "unit": "x", "goal": "0.5",
+         "note": "CPU-time ratio per finest-level step (the w embedding adds a little to the single pass)"},
+    ]
+
+
+def run() -> list[dict]:
+    from ism.config import resolve
+    from ism.data import load_dataset
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = resolve("mnist-cpu")
+        data = load_dataset(cfg.data)
+        return fid_rows(cfg, data) + sampling_rows(cfg, data) + guided_rows(data)
+    finally:
+        torch.set_num_threads(threads)
+
+
+if __name__ == "__main__":
+    for r in run():
+        print(r)
