@@ -133,3 +133,25 @@ def test_packaged_inception_runs_through_torch_fidelity_and_matches_the_package(
         ours = E.FidHelperInception("inception-fid-helper", ["2048"])(E.to_uint8(data.test_x[0:10:5]))[0].numpy()
     assert ours.shape == (2, 2048)
     assert np.abs(ours - ref).max() < 1e-3
+
+
+@pytest.mark.slow
+def test_inception_compat_uses_a_local_weights_file(tmp_path, monkeypatch):
+    """eval.weights_path reaches torch-fidelity's own Inception (a randomly initialised stand-in for the real file)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as inc
+    with monkeypatch.context() as m:
+        # Only to build a stand-in weights file: skip the download and the load, keep the random init.
+        m.setattr(inc, "load_state_dict_from_url", lambda *a, **k: None)
+        m.setattr(inc.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
+        sd = inc.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict()
+    weights = tmp_path / "inception.pth"
+    torch.save(sd, weights)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    data = load_dataset(resolve("smoke").data)
+    s = E.setup("inception-v3-compat", data, weights_path=str(weights))
+    assert s.kwargs["feature_extractor_weights_path"] == str(weights) and s.rgb
+    x = E.to_uint8(data.test_x[0:20:5]).expand(-1, 3, -1, -1)
+    y = E.to_uint8(data.test_x[1:20:5]).expand(-1, 3, -1, -1)
+    m = torch_fidelity.calculate_metrics(input1=Images(x), input2=Images(y), kid=True, kid_subset_size=4, cuda=False,
+                                         save_cpu_ram=True, verbose=False, cache=False, **s.kwargs)
+    assert np.isfinite(m["kernel_inception_distance_mean"])
