@@ -353,7 +353,7 @@ class StudyPlan:
 
     def fingerprint(self) -> str:
         """What must not change under a running study: space, objective and the base config."""
-        blob = json.dumps({"space": [p.__dict__ for p in self.space], "objective": dict(self.objective.terms),
+        blob = json.dumps({"space": sorted((p.__dict__ for p in self.space), key=lambda d: d["key"]), "objective": dict(self.objective.terms),
                            "direction": self.objective.direction, "base": identity_dict(self.base)},
                           sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -744,7 +744,7 @@ class Bookkeeper:
         return {"number": ot.number, "cfg": to_dict(cfg),
                 "trial_dir": str(tdir), "mlflow_run_id": child}
 
-    def finish(self, ot: optuna.Trial, state: str, value: float | None, reason: str | None = None) -> None:
+    def finish(self, ot, state: str, value: float | None, reason: str | None = None, quiet: bool = False) -> None:
         """Settle a trial's MLflow run: COMPLETE/PRUNED finish, FAIL fails, INTERRUPTED is killed (it will resume)."""
         from ism import tracking
         child = ot.user_attrs.get("ism.mlflow_run_id")
@@ -760,9 +760,24 @@ class Bookkeeper:
             tracking._retry(c.set_tag, child, "ism.trial_state", state)
             status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}.get(state, "KILLED")
             tracking.set_status(c, child, status, reason)
+        if quiet:
+            return
         self.progress()
         val = "" if value is None or not math.isfinite(value) else f" objective {value:.5g}"
         self.say(f"{state.lower()} #{ot.number}{val}" + (f": {reason}" if reason else ""))
+
+    def reconcile(self) -> int:
+        """Settle MLflow runs of trials the study finished while the driver died before logging it; returns how many."""
+        from ism import tracking
+        n = 0
+        for t in self.study.get_trials(deepcopy=False, states=FINISHED):
+            child = t.user_attrs.get("ism.mlflow_run_id")
+            if not child or tracking.status(self.client(), child) is None:
+                continue
+            if self.client().get_run(child).data.tags.get("ism.trial_state") != t.state.name:
+                self.finish(t, t.state.name, t.value, None, quiet=True)
+                n += 1
+        return n
 
     def progress(self) -> None:
         from ism import tracking
@@ -922,6 +937,8 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str | None = Non
     books = Bookkeeper(p, study, root, uri, parent, exp, git)
     for n in back:
         books.say(f"#{n} was interrupted: re-queued, it resumes from its last checkpoint")
+    if books.reconcile():
+        books.progress()
     done = sum(counts(study)[s.name] for s in FINISHED)
     todo = max(0, p.n_trials - done)
     books.say(f"storage {url}; MLflow {uri} experiment ism-study/{p.spec.name} run {parent}; {todo} trial(s) to run")
