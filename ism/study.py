@@ -15,6 +15,7 @@ restart; a Tune scheduler only carries them out. The study DB holds nothing but 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -23,6 +24,7 @@ import re
 import socket
 import sys
 import time
+import typing
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -140,10 +142,8 @@ def _num(where: str, v: Any) -> float:
     return v
 
 
-def _config_field(key: str):
-    """(dataclass field, type hint) of a dotted config key, or a ConfigError naming the allowed keys."""
-    import dataclasses
-    import typing
+def _config_hint(key: str):
+    """The type hint of a dotted config key, or a ConfigError naming the allowed keys."""
     sections = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
     sec, _, name = key.partition(".")
     if sec not in sections or not name:
@@ -152,13 +152,13 @@ def _config_field(key: str):
     fields = {f.name: f for f in dataclasses.fields(sections[sec])}
     if name not in fields:
         raise ConfigError(f"space: unknown config key '{key}'; allowed in '{sec}': {', '.join(fields)}." + _suggest(name, fields))
-    return fields[name], typing.get_type_hints(sections[sec])[name]
+    return typing.get_type_hints(sections[sec])[name]
 
 
 def parse_param(key: str, raw: Any) -> Param:
     """Shape-check one search-space entry (bounds are checked against the config in plan())."""
     where = f"space.{key}"
-    _, hint = _config_field(key)
+    hint = _config_hint(key)
     if key in NON_IDENTITY_KEYS:
         raise ConfigError(f"{where}: {key} does not change what a run computes; search a key that does")
     raw = ablate._mapping(where, raw)
@@ -177,7 +177,7 @@ def parse_param(key: str, raw: Any) -> Param:
         if len(set(map(json.dumps, enc))) != len(enc):
             raise ConfigError(f"{where}.choices: repeated values in {choices!r}")
         return Param(key, "categorical", choices=tuple(tuple(c) if isinstance(c, list) else c for c in choices))
-    if typing_origin(hint) is tuple or hint not in (int, float):
+    if typing.get_origin(hint) is tuple or hint not in (int, float):
         raise ConfigError(f"{where}: {key} holds {getattr(hint, '__name__', hint)} values; search it with type: categorical")
     if kind == "float" and hint is int:
         raise ConfigError(f"{where}: {key} is an integer key; use type: int")
@@ -200,11 +200,6 @@ def parse_param(key: str, raw: Any) -> Param:
             raise ConfigError(f"{where}.step: {step!r} must be > 0 and <= high - low, and not combined with log")
     return Param(key, kind, float(low) if kind == "float" else int(low), float(high) if kind == "float" else int(high),
                  log, step)
-
-
-def typing_origin(hint):
-    import typing
-    return typing.get_origin(hint)
 
 
 def load_spec(path: str | Path) -> StudySpec:
@@ -653,8 +648,9 @@ def describe_plan(p: StudyPlan, url: str) -> str:
         lines.append(f"existing study: none ({str(e).split(';')[0]})" if "no study" in str(e) else f"existing study: {e}")
     est = ablate.estimate_s(p.base, p.profile)
     left = max(0, p.n_trials - done)
-    k = max(1, min(p.parallelism, ablate.PROFILES[p.profile].cpus // max(1, int(p.resources.get('cpu', 1)))
-                   if ablate.PROFILES[p.profile].cpus and not p.resources.get("gpu") else p.parallelism))
+    cpus = ablate.PROFILES[p.profile].cpus  # the local Ray of CPU profiles caps how many trials run at once
+    k = p.parallelism if p.resources.get("gpu") or not cpus else \
+        max(1, min(p.parallelism, cpus // max(1, int(p.resources.get("cpu", 1)))))
     lines.append(f"estimated cost: ~{ablate._fmt_s(est)} per full trial; {left} to run -> ~{ablate._fmt_s(est * left / k)} "
                  f"wall at {k} at once (pruning shortens it)")
     return "\n".join(lines)
@@ -819,7 +815,7 @@ def _tune_classes() -> tuple[type, type]:
         trial on interrupt, and COMPLETE for an errored trial that had reported)."""
 
         def __init__(self, study: optuna.Study, p: StudyPlan, books: Bookkeeper):
-            self._given, self._books, self._pruned, self._requeue = study, books, set(), []
+            self._given, self._books, self._pruned, self._requeue, self._step = study, books, set(), [], {}
             super().__init__(space=p.distributions(), metric=METRIC, mode=p.mode, sampler=study.sampler,
                              study_name=study.study_name)
 
@@ -847,6 +843,7 @@ def _tune_classes() -> tuple[type, type]:
             if ot is None or result.get("final") or METRIC not in result:
                 return False
             ot.report(float(result[METRIC]), int(result["eval_step"]))
+            self._step[trial_id] = int(result["eval_step"])
             if ot.should_prune():
                 self._pruned.add(trial_id)
                 return True
@@ -859,8 +856,7 @@ def _tune_classes() -> tuple[type, type]:
             self._completed_trials.add(trial_id)
             if trial_id in self._pruned:
                 self._ot_study.tell(ot, state=TrialState.PRUNED, skip_if_finished=True)
-                step = ot.storage.get_trial(ot._trial_id).last_step
-                self._books.finish(ot, "PRUNED", None, f"pruned at step {step}")
+                self._books.finish(ot, "PRUNED", None, f"pruned at step {self._step.get(trial_id)}")
             elif error:
                 self._ot_study.tell(ot, state=TrialState.FAIL, skip_if_finished=True)
                 self._books.finish(ot, "FAIL", None)
@@ -979,8 +975,8 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str | None = Non
     for e in errors:
         books.say(f"trial error: {e}")
     c_ = counts(study)
-    done = sum(c_[s.name] for s in FINISHED)
     tracking.set_status(c, parent, "KILLED" if interrupted else "FINISHED")
+    study.set_user_attr("ism.driver", {})
     books.progress()
     books.say("interrupted: rerun the same command to continue" if interrupted else "study finished")
     return 130 if interrupted else 1 if c_["FAIL"] else 0
