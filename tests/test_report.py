@@ -267,7 +267,7 @@ def test_pdf_parses_with_tables_and_figures(store):
 
 def test_figures_exist_and_report_is_logged_on_the_parent(store):
     figs = store["report"].figures
-    for k in ("metric_vs_steps", "ablation_bars", "guidance_sweep", "spectra", "straightness_gap", "losses",
+    for k in ("metric_vs_steps", "metric2_vs_steps", "ablation_bars", "guidance_sweep", "spectra", "straightness_gap", "losses",
               "samples_1", "samples_4", "samples_128"):
         assert not isinstance(figs[k], str), (k, figs[k])
         assert figs[k].stat().st_size > 5000

@@ -87,7 +87,8 @@ def build_report(target: str, tracking_uri: str | None = None, out: str | Path |
             if t is not None:
                 tables[t.name] = t
         figs: dict[str, Path | str] = {
-            "metric_vs_steps": F.metric_vs_steps(sw, (m1, m2), figdir / "fid_vs_steps.png"),
+            "metric_vs_steps": F.metric_vs_steps(sw, m1, figdir / f"{m1}_vs_steps.png"),
+            "metric2_vs_steps": F.metric_vs_steps(sw, m2, figdir / f"{m2}_vs_steps.png"),
             "ablation_bars": F.ablation_bars(sw, m1, figdir / "ablation_bars.png"),
             "guidance_sweep": F.guidance_sweep(sw, m1, figdir / "guidance_sweep.png"),
             "spectra": F.spectra(sw, grids, figdir / "spectra.png"),
@@ -130,7 +131,8 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
     b += [Heading("Claims check"), tables["claims"]]
     b.append(Heading(f"{m1.upper()} and {sw.primary[1].upper()} versus sampling steps"))
     b += [x for x in (t(f"{m1}_by_steps"), t(f"{sw.primary[1]}_by_steps")) if x] or [Para("No FID/KID was logged.")]
-    b += [_fig(figs, "metric_vs_steps", f"{m1.upper()} / {sw.primary[1].upper()} versus steps (log2 axis), 95 % CI bands"),
+    b += [_fig(figs, "metric_vs_steps", f"{m1.upper()} versus steps (log2 axis), 95 % CI bands"),
+          _fig(figs, "metric2_vs_steps", f"{sw.primary[1].upper()} versus steps (log2 axis), 95 % CI bands"),
           _fig(figs, "ablation_bars", f"Ablation bars at 1, 4 and 128 steps ({m1.upper()})")]
     b.append(Heading("Differences to the baseline"))
     b += [x for x in (t(f"{m1}_delta"), t(f"{sw.primary[1]}_delta")) if x] or [Para("No variant besides the baseline.")]

@@ -37,28 +37,37 @@ def _curve(sw: Sweep, metric: str, v: str, steps: list[int], sweep_w: float | No
             np.array([i.hi for i in ivs]))
 
 
-def metric_vs_steps(sw: Sweep, metrics: tuple[str, ...], path: Path) -> Path | str:
-    """Each metric versus sampling steps (log2 axis), one line per variant with its 95 % CI band."""
-    metrics = tuple(m for m in metrics if sw.steps_of(m))
-    if not metrics:
-        return "no FID/KID per step count in this sweep"
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        steps = sw.steps_of(m)
-        for v, c in zip(sw.variants, _colors(len(sw.variants))):
-            x, y, lo, hi = _curve(sw, m, v, steps)
+def panels(sw: Sweep) -> list[tuple[str, list[str]]]:
+    """Variant sets to plot side by side: the spec's groups when it has some (a 16-line plot is unreadable)."""
+    groups = [(name, [v for v in members if v in sw.variants]) for name, members in sw.plan.get("groups", {}).items()]
+    groups = [(n, m) for n, m in groups if m]
+    return groups if groups and len(sw.variants) > 6 else [("all variants", list(sw.variants))]
+
+
+def metric_vs_steps(sw: Sweep, metric: str, path: Path) -> Path | str:
+    """The metric versus sampling steps (log2 axis), one line per variant with its 95 % CI band, a panel per group."""
+    steps = sw.steps_of(metric)
+    if not steps:
+        return f"no {metric} per step count in this sweep"
+    groups = panels(sw)
+    color = dict(zip(sw.variants, _colors(len(sw.variants))))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), squeeze=False, sharey=True)
+    for ax, (name, members) in zip(axes[0], groups):
+        for v in members:
+            x, y, lo, hi = _curve(sw, metric, v, steps)
             if np.isfinite(y).any():
-                ax.plot(x, y, "o-", color=c, label=v, ms=3, lw=1.3)
+                ax.plot(x, y, "o-", color=color[v], label=v, ms=3, lw=1.3)
                 ok = np.isfinite(lo)
                 if ok.any():
-                    ax.fill_between(x[ok], lo[ok], hi[ok], color=c, alpha=0.15, lw=0)
+                    ax.fill_between(x[ok], lo[ok], hi[ok], color=color[v], alpha=0.15, lw=0)
         ax.set_xscale("log", base=2)
         ax.set_xticks(steps, [str(s) for s in steps])
         ax.set_xlabel("sampling steps")
-        ax.set_ylabel(f"{m.upper()} (lower is better)")
+        ax.set_title(name if len(groups) > 1 else "")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
-    fig.suptitle("Mean over seeds with 95 % t-interval bands")
+        ax.legend(fontsize=7, loc="upper right")
+    axes[0][0].set_ylabel(f"{metric.upper()} (lower is better)")
+    fig.suptitle(f"{metric.upper()} versus sampling steps: mean over seeds, 95 % t-interval bands")
     return _save(fig, path)
 
 
@@ -224,7 +233,8 @@ def sample_grid(sw: Sweep, grids: dict[str, dict[int, Path]], steps: int, path: 
         return f"no sample grid at {steps} step{'s' * (steps > 1)} was logged"
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 1.7 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 1.45 * rows + 0.5), squeeze=False)
+    fig.subplots_adjust(hspace=0.3, wspace=0.08)
     for ax in axes.flat:
         ax.axis("off")
     for ax, v in zip(axes.flat, names):
