@@ -8,6 +8,7 @@ fails with a ConfigError before Ray starts. Variants whose resolved configs are 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -423,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     p = plan(load_spec(args.spec), args.profile, args.variants, args.seeds)
     if args.max_failures is not None:
-        p = Plan(**{**p.__dict__, "max_failures": args.max_failures})
+        p = dataclasses.replace(p, max_failures=args.max_failures)
     storage = storage_root(args.storage)
     if args.dry_run:
         print(describe_plan(p, finished_trials(p, storage)))

@@ -38,6 +38,8 @@ def ray_session(num_cpus: int | None = None):
         yield
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls from a machine without internet
+    # Ray runs workers at nice 15 by default; trials are the work here, and plain `ism train` runs at nice 0.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     address = os.environ.get("RAY_ADDRESS")
     common = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     if address:
@@ -117,6 +119,7 @@ def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> dict
     log.tag("ism.node_id", node)
     log.tag("ism.node_ip", next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node), "unknown"))
     latest: dict[str, float] = {}
+    evaluated: set[int] = set()
 
     def callback(kind: str, ev: dict) -> None:
         if kind == "metrics":
@@ -127,6 +130,7 @@ def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> dict
             _report_checkpoint({**latest, "step": ev["step"]}, ev["path"])
         elif kind == "eval":
             log.eval_metrics(ev["step"], ev["metrics"])
+            evaluated.add(ev["step"])
             latest.update({k: v for k, v in ev["metrics"].items() if isinstance(v, (int, float))})
             rt.report(dict(latest))
 
@@ -148,9 +152,10 @@ def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> dict
         log.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", reason)
         raise
     log.replay_stats(run_dir / "stats.jsonl")   # a run finished by another sweep, or killed while logging
-    log.eval_metrics(summary["steps"], summary.get("metrics", {}))
-    log.eval_metrics(summary["steps"], {k: summary[k] for k in ("wall_time_s", "peak_mem_mb", "final_loss", "params")
-                                        if k in summary})
+    final_metrics = {k: summary[k] for k in ("wall_time_s", "peak_mem_mb", "final_loss", "params") if k in summary}
+    if summary["steps"] not in evaluated:  # finished before this process (another sweep, or killed after eval)
+        final_metrics.update(summary.get("metrics", {}))
+    log.eval_metrics(summary["steps"], final_metrics)
     log.artifacts(run_dir)
     log.finish("FINISHED")
     final = {**latest, **{k: v for k, v in summary.get("metrics", {}).items() if isinstance(v, (int, float))},
@@ -165,6 +170,12 @@ def _trainable(config: dict, payloads: dict, train_fn=None) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- progress
+def _fids(result: dict) -> str:
+    """' FID@1 85.2 @4 40.1 @128 20.3' from a trial's latest result (empty before its evaluation)."""
+    fids = sorted((int(k.split("_")[2]), v) for k, v in result.items() if k.startswith("fid_steps_") and k.count("_") == 2)
+    return (" FID " + " ".join(f"@{n} {v:.1f}" for n, v in fids if n in (1, 4, 128) or len(fids) <= 3)) if fids else ""
+
+
 class Progress(rt.Callback):
     """Compact terminal progress: trials done / running / failed, latest loss and FID per running trial, ETA."""
 
@@ -195,7 +206,7 @@ class Progress(rt.Callback):
         self.running.pop(rid, None)
         self.done += 1
         self.finished_work += self.work.get(rid, 0.0)
-        self._print(force=True, event=f"done {self._label(trial)}")
+        self._print(force=True, event=f"done {self._label(trial)}{_fids(trial.last_result or {})}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.retries += 1
@@ -243,10 +254,7 @@ class Progress(rt.Callback):
             s = f"{t.label} step {res.get('step', 0)}/{t.cfg.run.steps}"
             if "loss" in res:
                 s += f" loss {res['loss']:.4f}"
-            fids = sorted((int(k.split('_')[2]), v) for k, v in res.items() if k.startswith("fid_steps_") and k.count("_") == 2)
-            if fids:
-                s += " FID " + " ".join(f"{n}:{v:.1f}" for n, v in fids[:3])
-            parts.append(s)
+            parts.append(s + _fids(res))
         print(head + (f" | {event}" if event else "") + ("\n    " + "\n    ".join(parts) if parts else ""),
               file=self.out, flush=True)
 
