@@ -308,6 +308,9 @@ def test_unknown_spec_is_a_clear_error(store):
     with pytest.raises(ConfigError, match="no sweep of 'nope'"):
         build_report("nope", store["uri"], log=False)
     assert cli(["report", "nope", "--tracking-uri", store["uri"], "--no-log"]) == 2
+    with pytest.raises(ConfigError, match="no MLflow store at"):
+        build_report("fixture", f"sqlite:///{store['root'] / 'absent.db'}", log=False)
+    assert not (store["root"] / "absent.db").exists()
 
 
 def test_guidance_claims_pair_modes_even_with_interval_guidance(store, tmp_path):

@@ -144,7 +144,7 @@ def pick_sweep(spec: str, uri: str, profile: str | None = None, sweep: str | Non
     runs = io.find_sweeps(spec, profile, uri)
     if not runs:
         where = f" with profile {profile}" if profile else ""
-        raise ConfigError(f"ism report: no sweep of '{spec}'{where} in the MLflow store {uri} "
+        raise ConfigError(f"no sweep of '{spec}'{where} in the MLflow store {uri} "
                           f"(experiment ism/{spec}); run `ism ablate ablations/{spec}.yaml` first or pass --tracking-uri")
     if sweep:
         chosen = [r for r in runs if sweep in (r.info.run_id, r.data.tags.get("ism.sweep_id"))]
@@ -160,6 +160,9 @@ def load_sweep(target: str, uri: str | None = None, profile: str | None = None, 
     """Read one sweep from MLflow into a Sweep (runs, metrics, plan); artifacts go to workdir."""
     import tempfile
     uri = io.resolve_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise ConfigError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `ism ablate` first, or pass --tracking-uri "
+                          "(or set MLFLOW_TRACKING_URI) to the store the sweep used")
     spec = spec_name(target)
     parent_run, all_runs = pick_sweep(spec, uri, profile, sweep)
     parent = io.run_summary(parent_run)
