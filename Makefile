@@ -36,14 +36,14 @@ bench: $(VENV)/.installed ## benchmarks -> benchmarks/out/*.json and *.md
 	$(BIN)/python -m benchmarks.run $(ARGS)
 
 ablation-all: $(VENV)/.installed ## every spec in ablations/ on PROFILE (default embedded), then its report
-	@set -e; for spec in $(SPECS); do \
-	  $(BIN)/ism ablate $$spec --profile $(PROFILE) $(ARGS); \
-	  $(BIN)/ism report $$spec --profile $(PROFILE); \
-	done
+	@status=0; for spec in $(SPECS); do \
+	  $(BIN)/ism ablate $$spec --profile $(PROFILE) $(ARGS) || status=1; \
+	  $(BIN)/ism report $$spec --profile $(PROFILE) || status=1; \
+	done; exit $$status
 
 ablation: $(VENV)/.installed ## one spec: make ablation NAME=components [PROFILE=...]
-	$(BIN)/ism ablate ablations/$(NAME).yaml --profile $(PROFILE) $(ARGS)
-	$(BIN)/ism report ablations/$(NAME).yaml --profile $(PROFILE)
+	@status=0; $(BIN)/ism ablate ablations/$(NAME).yaml --profile $(PROFILE) $(ARGS) || status=1; \
+	$(BIN)/ism report ablations/$(NAME).yaml --profile $(PROFILE) || status=1; exit $$status
 
 report: $(VENV)/.installed ## report of one spec: make report NAME=components
 	$(BIN)/ism report ablations/$(NAME).yaml --profile $(PROFILE) $(ARGS)
