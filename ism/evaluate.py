@@ -67,6 +67,11 @@ def reference(data, ext: E.ExtractorSetup) -> Reference:
     return Reference(ImageSet(data.test_x, ext.rgb, data.kind == "image"), f"ism-ref-{h}", h)
 
 
+def kid_subset_size(n1: int, n2: int) -> int:
+    """KID subsets of half the smaller set (at most 1,000): subsets as large as the set would all be equal."""
+    return max(min(1000, min(n1, n2) // 2), min(n1, n2, 2))
+
+
 def fid_kid(samples: torch.Tensor | ImageSet, ref: Reference | ImageSet, ext: E.ExtractorSetup,
             cache_root: str | Path | None = None, kid: bool = True, image: bool = True) -> dict[str, float]:
     """FID (and KID) of samples against a Reference (cached stats) or another ImageSet (not cached)."""
@@ -79,7 +84,7 @@ def fid_kid(samples: torch.Tensor | ImageSet, ref: Reference | ImageSet, ext: E.
     else:
         kw.update(cache=False)
     m = torch_fidelity.calculate_metrics(
-        input1=a, input2=b, fid=True, kid=kid, kid_subsets=KID_SUBSETS, kid_subset_size=min(1000, len(a), len(b)),
+        input1=a, input2=b, fid=True, kid=kid, kid_subsets=KID_SUBSETS, kid_subset_size=kid_subset_size(len(a), len(b)),
         cuda=torch.cuda.is_available(), save_cpu_ram=True, verbose=False, batch_size=ext.batch_size, **kw)
     out = {"fid": m["frechet_inception_distance"]}
     if kid:
@@ -168,11 +173,11 @@ def evaluate_run(nets: dict, cfg: Config, data, step: int, run_dir: str | Path,
                     D.row("sliced_wasserstein", D.sliced_wasserstein(x, held), s, g)]
         return [D.row(k, v, s, g) for k, v in fid_kid(x, ref, ext, fid_root, kid=kid, image=is_image).items()]
 
-    samples, x0s = {}, {}
+    samples = {}
     for s in steps:
         want_paths = ev.diagnostics and s == steps[-1]
         x0, x, lc = generate(net, cfg, data, n, s, g0, paths=want_paths)
-        samples[s], x0s[s] = x, x0
+        samples[s] = x
         rows += score(x, s, g0)
         if ev.diagnostics and is_image:
             rows.append(D.row("spectrum_top_err", D.spectrum_top_error(x, data.test_x), s, g0))
@@ -216,11 +221,13 @@ def evaluate_run(nets: dict, cfg: Config, data, step: int, run_dir: str | Path,
                                            distance=lambda a, b: fid_kid(b, a, ext, kid=False, image=is_image)["fid"])
             rows.append(D.row("effective_guidance", best, top, None))
 
-    # Sample grids at 1/4/128 steps (those the step budget allows), first 100 samples: one column per class.
+    # Sample grids at 1/4/128 steps (those the step budget allows): the first 100 images, one column per class;
+    # for 2-D points a scatter of all samples over the held-out points.
     for s in GRID_STEPS:
         if s > top:
             continue
-        x = samples[s][:100] if s in samples else generate(net, cfg, data, min(n, 100), s, g0)[1]
+        k = n if points else min(n, 100)
+        x = samples[s][:k] if s in samples else generate(net, cfg, data, k, s, g0)[1]
         name = run_dir / "samples" / f"grid_steps_{s}_train_{step:08d}.png"
         if points:
             _save_points(x, data.test_x, name)
