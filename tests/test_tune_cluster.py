@@ -45,16 +45,9 @@ def wait_until(cond, procs, timeout: float, what: str) -> None:
         time.sleep(1)
 
 
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def alive_nodes(address: str, env: dict) -> int:
-    code = ("import ray; ray.init(address=%r, log_to_driver=False, logging_level='ERROR'); "
-            "print(sum(n['Alive'] for n in ray.nodes())); ray.shutdown()" % address)
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    return int(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 and res.stdout.strip() else 0
+def started(log: Path) -> bool:
+    """`ray start` prints this once its node has registered with the head."""
+    return log.exists() and "Ray runtime started" in log.read_text()
 
 
 def http_ok(url: str) -> bool:
@@ -85,11 +78,11 @@ def test_sweep_runs_on_a_two_node_ray_cluster_tracked_by_an_mlflow_server(tmp_pa
         procs.append(start([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(ml_port),
                             "--workers", "1", "--backend-store-uri", store, "--default-artifact-root",
                             (tmp_path / "server" / "artifacts").as_uri()], env, tmp_path / "mlflow.log"))
-        wait_until(lambda: listening(ray_port), procs, 120, "the Ray head")
+        wait_until(lambda: started(tmp_path / "head.log"), procs, 120, "the Ray head")
         procs.append(start([str(BIN / "ray"), "start", f"--address={address}", "--block", "--num-cpus=1",
                             "--num-gpus=0", "--disable-usage-stats", f"--temp-dir={rt_worker}"], env,
                            tmp_path / "worker.log"))
-        wait_until(lambda: alive_nodes(address, env) == 2, procs, 180, "two Ray nodes")
+        wait_until(lambda: started(tmp_path / "worker.log"), procs, 180, "the second Ray node")
         wait_until(lambda: http_ok(f"http://127.0.0.1:{ml_port}/health"), procs, 120, "the MLflow server")
 
         spec = tmp_path / "cluster.yaml"
