@@ -349,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             over["eval.w" if cfg.guidance.mode == "intrinsic" else "eval.cfg_scale"] = args.guidance
         cfg = replace(cfg, **over) if over else cfg
         check_available(cfg)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
         p = Path(args.run)
         run_dir = p if p.is_dir() else p.parent.parent
         rows, metrics = evaluate_run(nets, cfg, data, step, run_dir)
