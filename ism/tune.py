@@ -359,6 +359,8 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str | None = None, train_
         if not pending:
             tracking.set_status(c, parent, "FINISHED")
             return 0
+        # Seed-major order: an interrupted or time-boxed sweep still covers every variant with its first seeds.
+        pending = sorted(pending, key=lambda t: t.seed)
         payloads = {t.run_id: {"cfg": to_dict(t.cfg), "trial_dir": str(trial_dir(storage, t.run_id)),
                                "tracking_uri": uri, "mlflow_run_id": children[t.run_id], "label": t.label,
                                "crash_at_step": crash[1] if crash and crash[0] in (t.run_id, *t.variants) else None}
