@@ -11,8 +11,10 @@ On a shared 2-core machine the neighbours' load enters every figure; each row sa
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,6 +32,7 @@ BIN = Path(sys.executable).parent
 OVERHEAD_VARIANT = {"sm": {"reason": "SM baseline, the embedded preset as is"}}
 THROUGHPUT_TRIALS = 4          # per cluster size; seeds differ so that no trial is reused
 THROUGHPUT_STEPS = 300         # mnist-cpu steps per throughput trial (no eval): ~25 s of training on one core
+PROFILE = "embedded"
 
 
 def _spec(path: Path, name: str, variants: dict, seeds: list[int], overrides: dict | None = None) -> Path:
@@ -51,7 +54,7 @@ def overhead(tmp: Path) -> list[dict]:
     """One trial via Ray Tune + MLflow vs `ism train` on the same config."""
     uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
     tracking.experiment_id(tracking.client(uri), "ism/bench-overhead")  # create the store before timing
-    plan = ablate.plan(ablate.load_spec(_spec(tmp / "o.yaml", "bench-overhead", OVERHEAD_VARIANT, [0])), "embedded")
+    plan = ablate.plan(ablate.load_spec(_spec(tmp / "o.yaml", "bench-overhead", OVERHEAD_VARIANT, [0])), PROFILE)
     cfg = plan.trials[0].cfg
     with tune.ray_session(num_cpus=2):
         t_tune = _sweep_seconds(plan, tmp / "st", uri)
@@ -60,7 +63,7 @@ def overhead(tmp: Path) -> list[dict]:
     subprocess.run([str(BIN / "ism"), "train", "--preset", plan.preset, "-c", str(tmp / "resolved.yaml"), "--run-dir",
                     str(tmp / "plain")], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t_plain = time.perf_counter() - t0
-    note = f"mnist-cpu, {cfg.run.steps} steps + eval at {len(cfg.eval.steps)} step counts, 1 thread"
+    note = f"{plan.preset}, {cfg.run.steps} steps + eval of {cfg.eval.num_samples} samples at {len(cfg.eval.steps)} step counts, 1 thread"
     return [{"case": "one trial via `ism train`", "value": t_plain, "unit": "s", "note": note},
             {"case": "one trial via Ray Tune + MLflow", "value": t_tune, "unit": "s", "note": "Ray started beforehand"},
             {"case": "Ray Tune + MLflow / ism train", "value": t_tune / t_plain, "unit": "x", "goal": "<= 1.05",
@@ -73,21 +76,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
 
 
-def _alive_nodes(address: str, env: dict) -> int:
-    code = ("import ray; ray.init(address=%r, log_to_driver=False, logging_level='ERROR'); "
-            "print(sum(n['Alive'] for n in ray.nodes())); ray.shutdown()" % address)
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
-    return int(res.stdout.split()[-1]) if res.returncode == 0 and res.stdout.strip() else 0
+def _started(log: Path) -> bool:
+    """`ray start` prints this once its node has registered with the head."""
+    return log.exists() and "Ray runtime started" in log.read_text()
 
 
 def _wait(cond, what: str, timeout: float = 240) -> None:
@@ -98,51 +94,54 @@ def _wait(cond, what: str, timeout: float = 240) -> None:
         time.sleep(1)
 
 
+def _timed_sweep_child(spec: str, storage: str, uri: str, profile: str) -> None:
+    """In a fresh process (Ray caches its auth settings per process): join RAY_ADDRESS, then time one sweep."""
+    plan = ablate.plan(ablate.load_spec(spec), profile)
+    with tune.ray_session():
+        print(json.dumps({"seconds": _sweep_seconds(plan, Path(storage), uri)}))
+
+
 def throughput(tmp: Path) -> list[dict]:
     """Trials per minute on one 1-CPU Ray node, then on two (head + worker via `ray start` on 127.0.0.1)."""
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"}
     port = _free_port()
     address = f"127.0.0.1:{port}"
     uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
-    tracking.experiment_id(tracking.client(uri), "ism/bench-nodes1")
+    tracking.experiment_id(tracking.client(uri), "ism/bench-nodes1")  # create the store before timing
     procs, dirs = [], [tempfile.mkdtemp(prefix="bh", dir="/tmp"), tempfile.mkdtemp(prefix="bw", dir="/tmp")]
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS")}
     times = {}
     over = {"run.steps": THROUGHPUT_STEPS, "eval.at_end": False}
     try:
         procs.append(_start([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                              f"--port={port}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
                              "--disable-usage-stats", f"--temp-dir={dirs[0]}"], env, tmp / "head.log"))
-        _wait(lambda: _listening(port), "Ray head")
-        _wait(lambda: _alive_nodes(address, env) == 1, "one Ray node")
-        os.environ.update({"RAY_AUTH_MODE": env["RAY_AUTH_MODE"], "RAY_AUTH_TOKEN": env["RAY_AUTH_TOKEN"],
-                           "RAY_ADDRESS": address})
+        _wait(lambda: _started(tmp / "head.log"), "Ray head")
         for nodes in (1, 2):
             if nodes == 2:
                 procs.append(_start([str(BIN / "ray"), "start", f"--address={address}", "--block", "--num-cpus=1",
                                      "--num-gpus=0", "--disable-usage-stats", f"--temp-dir={dirs[1]}"], env,
                                     tmp / "worker.log"))
-                _wait(lambda: _alive_nodes(address, env) == 2, "two Ray nodes")
+                _wait(lambda: _started(tmp / "worker.log"), "second Ray node")
             seeds = list(range(100 * nodes, 100 * nodes + THROUGHPUT_TRIALS))
-            plan = ablate.plan(ablate.load_spec(_spec(tmp / f"n{nodes}.yaml", f"bench-nodes{nodes}", OVERHEAD_VARIANT,
-                                                      seeds, over)), "embedded")
-            with tune.ray_session():
-                times[nodes] = _sweep_seconds(plan, tmp / f"st{nodes}", uri)
+            spec = _spec(tmp / f"n{nodes}.yaml", f"bench-nodes{nodes}", OVERHEAD_VARIANT, seeds, over)
+            code = ("import sys; from benchmarks.bench_tune import _timed_sweep_child as f; f(*sys.argv[1:])")
+            res = subprocess.run([sys.executable, "-c", code, str(spec), str(tmp / f"st{nodes}"), uri, PROFILE],
+                                 env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).resolve().parent.parent)
+            times[nodes] = json.loads(res.stdout.strip().splitlines()[-1])["seconds"]
     finally:
         for p in reversed(procs):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    note = f"{THROUGHPUT_TRIALS} trials of {THROUGHPUT_STEPS} mnist-cpu steps, 1 CPU + 1 thread each"
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+    note = f"{THROUGHPUT_TRIALS} trials of {THROUGHPUT_STEPS} {PROFILE} steps, 1 CPU + 1 thread each"
     return [{"case": "trials/min, one 1-CPU node", "value": 60 * THROUGHPUT_TRIALS / times[1], "unit": "1/min", "note": note},
             {"case": "trials/min, two 1-CPU nodes", "value": 60 * THROUGHPUT_TRIALS / times[2], "unit": "1/min", "note": note},
             {"case": "two nodes / one node throughput", "value": times[1] / times[2], "unit": "x", "goal": ">= 1.8",
-             "note": "both nodes on this 2-core machine; Ray start excluded"}]
+             "note": "both nodes on this 2-core machine; Ray start and join excluded"}]
 
 
 def run() -> list[dict]:

@@ -37,14 +37,15 @@ class Profile:
     overhead_s: float = 0.0         # per-trial start-up (worker, imports, data, MLflow) and FID feature cost
 
 
-# Rates for the CPU profiles were measured on this project's 2-core machine (1 torch thread per trial);
+# Rates for the CPU profiles were measured on this project's 2-core machine (1 torch thread per trial; mnist-cpu:
+# 74 ms per step at batch 32, ~50 s for 500 samples at each of 1 ... 128 steps, docs/embedded-model.md);
 # GPU rates are order-of-magnitude guesses for one A100-class GPU per trial.
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", {"cpu": 1}, {"run.device": "cpu", "run.progress": False},
                      "seconds per trial, for tests", cpus=2, train_step_s=0.01, sample_nfe_s=2e-5, overhead_s=8.0),
     "embedded": Profile("mnist-cpu", {"cpu": 1}, {"run.device": "cpu", "run.progress": False},
                         "MNIST-5k on 2 CPU cores, 1 CPU and 1 torch thread per trial (two trials at once)",
-                        cpus=2, train_step_s=0.02, sample_nfe_s=1e-4, overhead_s=12.0),
+                        cpus=2, train_step_s=0.074, sample_nfe_s=4e-4, overhead_s=15.0),
     "gpu-fashion": Profile("fashion-gpu", {"gpu": 1, "cpu": 8}, {"run.device": "cuda", "run.progress": False},
                            "Fashion-MNIST 32x32, DiT-S/2, 1 GPU per trial", train_step_s=0.05, sample_nfe_s=2e-5,
                            overhead_s=120.0),
@@ -348,7 +349,8 @@ def estimate_s(cfg: Config, profile: str) -> float:
     p = PROFILES[profile]
     e = cfg.eval
     nfe = sum(e.steps) + (len(e.guidance_sweep) * sum(e.sweep_steps) if e.guidance_sweep else 0)
-    extra = 1.0 + 0.05 * cfg.ot.enabled + 0.05 * cfg.wavelet.enabled
+    # step-cost shares of the components measured on the embedded preset (full iSM ~1.15x the SM step)
+    extra = 1.0 + 0.08 * (cfg.guidance.mode == "intrinsic") + 0.04 * cfg.ot.enabled + 0.03 * cfg.wavelet.enabled
     evals = (1 if e.at_end else 0) + (cfg.run.steps // e.every_steps if e.every_steps else 0)
     return cfg.run.steps * p.train_step_s * extra + evals * e.num_samples * nfe * p.sample_nfe_s + p.overhead_s
 
