@@ -9,6 +9,7 @@ lost nodes alike, which Tuner.restore does not promise for a killed driver. Fail
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -369,6 +370,8 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str | None = None, train_
         errors: dict[str, str] = {}
         interrupted = False
         labels = {t.run_id: f"{t.label.replace('/', '-')}-{t.run_id}" for t in pending}
+        # Ray's own advice on interruption (Tuner.restore) does not apply: rerunning the command resumes.
+        logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
         try:
             start_ray()
             trainable = rt.with_resources(rt.with_parameters(_trainable, payloads=payloads, train_fn=train_fn),
