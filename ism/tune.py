@@ -116,6 +116,7 @@ def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> dict
     _restore_from_ray(run_dir)
     log = tracking.TrialLog(payload["tracking_uri"], payload["mlflow_run_id"])
     log.running()
+    log.tag("ism.started_at", f"{time.time():.3f}")  # the run's start_time is its creation, when it was queued
     node = ray.get_runtime_context().get_node_id()
     log.tag("ism.node_id", node)
     log.tag("ism.node_ip", next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node), "unknown"))
