@@ -218,6 +218,18 @@ class TrialLog:
         skip = logged_steps(self.c, self.run_id, metrics)
         log_metrics(self.c, self.run_id, metrics, step, skip)
 
+    def steps_curves(self, metrics: Mapping[str, float], names: Iterable[str] = ("fid", "kid")) -> None:
+        """FID/KID against the sampling step count as MLflow series (`fid_vs_steps` at step N), for the UI's charts."""
+        curves: dict[str, dict[int, float]] = {}
+        for key, value in metrics.items():
+            head, sep, n = key.rpartition("_steps_")
+            if sep and head in names and n.isdigit():
+                curves.setdefault(f"{head}_vs_steps", {})[int(n)] = value
+        skip = logged_steps(self.c, self.run_id, curves)
+        for name, points in curves.items():
+            for n, value in sorted(points.items()):
+                log_metrics(self.c, self.run_id, {name: value}, n, skip)
+
     def artifacts(self, run_dir: Path, names: Iterable[str] = ("config.yaml", "stats.jsonl", "summary.json", "eval",
                                                                "samples")) -> None:
         """Copy the run dir's outputs to the run's artifacts (directories keep their name)."""

@@ -92,6 +92,20 @@ def _restore_from_ray(run_dir: Path) -> None:
             shutil.copy2(found[-1][1], dst)
 
 
+def hardware(cfg) -> str:
+    """What the trial ran on: GPU name when it trains on CUDA, CPU model, cores and torch threads."""
+    import platform
+    import torch
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
+    except OSError:
+        cpu = ""
+    out = f"{cpu or platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    if torch.cuda.is_available() and cfg.run.device != "cpu":
+        out = f"{torch.cuda.get_device_name()}; {out}"
+    return out
+
+
 def _report_checkpoint(metrics: dict, path: str) -> None:
     """Report a checkpoint file to Ray (persisted under the sweep's storage) without copying it twice."""
     with tempfile.TemporaryDirectory(prefix="ism-ckpt-") as tmp:
@@ -120,6 +134,7 @@ def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> dict
     node = ray.get_runtime_context().get_node_id()
     log.tag("ism.node_id", node)
     log.tag("ism.node_ip", next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node), "unknown"))
+    log.tag("ism.hardware", hardware(cfg))
     latest: dict[str, float] = {}
     evaluated: set[int] = set()
 
@@ -158,6 +173,7 @@ def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> dict
     if summary["steps"] not in evaluated:  # finished before this process (another sweep, or killed after eval)
         final_metrics.update(summary.get("metrics", {}))
     log.eval_metrics(summary["steps"], final_metrics)
+    log.steps_curves(summary.get("metrics", {}))
     log.artifacts(run_dir)
     log.finish("FINISHED")
     final = {**latest, **{k: v for k, v in summary.get("metrics", {}).items() if isinstance(v, (int, float))},
