@@ -186,6 +186,11 @@ class TrialLog:
         self.last_step = max((s for _, s in logged_steps(self.c, run_id, ["loss"])), default=-1)
 
     def running(self) -> None:
+        """A new attempt starts: RUNNING, and the previous attempt's final verdict no longer holds."""
+        tags = self.c.get_run(self.run_id).data.tags
+        for key in ("ism.error", "ism.permanent"):
+            if key in tags:
+                _retry(self.c.delete_tag, self.run_id, key)
         set_status(self.c, self.run_id, "RUNNING")
 
     def metrics(self, step: int, metrics: Mapping[str, float]) -> None:

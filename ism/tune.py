@@ -122,7 +122,9 @@ def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> dict
     """Body of one Tune trial: train (resuming), report to Tune, log to the trial's MLflow child run."""
     import torch
     from ism.train import train as default_train
+    from ism.train import Diverged
     train_fn = train_fn or default_train
+    permanent = (Diverged, ConfigError)  # deterministic: a retry resumes from the same checkpoint and fails alike
     cfg = from_dict(payload["cfg"])
     torch.set_num_threads(max(1, cfg.run.threads))
     run_dir = Path(payload["trial_dir"])
@@ -162,11 +164,16 @@ def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> dict
         os.environ.pop(TRAIN_CRASH_ENV, None)
     try:
         summary = train_fn(cfg, run_dir, callback, evaluator)
-    except BaseException as e:
+    except permanent as e:
         reason = f"{type(e).__name__}: {e}"
-        log.tag("ism.last_error", reason[:5000])
+        log.tag("ism.permanent", "1")
+        log.finish("FAILED", reason)
+        rt.report({**latest, "failed": 1})
+        return {**latest, "failed": 1}
+    except BaseException as e:
+        log.tag("ism.last_error", f"{type(e).__name__}: {e}"[:5000])
         log.tag("ism.failures", log.failures() + 1)
-        log.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", reason)
+        log.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")  # the driver records the final reason
         raise
     log.replay_stats(run_dir / "stats.jsonl")   # a run finished by another sweep, or killed while logging
     final_metrics = {k: summary[k] for k in ("wall_time_s", "peak_mem_mb", "final_loss", "params") if k in summary}
@@ -222,8 +229,12 @@ class Progress(rt.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         rid = trial.config["run_id"]
         self.running.pop(rid, None)
-        self.done += 1
         self.finished_work += self.work.get(rid, 0.0)
+        if (trial.last_result or {}).get("failed"):
+            self.failed += 1
+            self._print(force=True, event=f"FAILED {self._label(trial)} (not retried: the same error would recur)")
+            return
+        self.done += 1
         self._print(force=True, event=f"done {self._label(trial)}{_fids(trial.last_result or {})}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -433,13 +444,13 @@ def _finish(plan: Plan, c, parent: str, children: dict, pending: list[Trial], er
     failed, killed = [], []
     for t in pending:
         rid = children[t.run_id]
-        st = tracking.status(c, rid)
+        run = c.get_run(rid)
+        st, tags = run.info.status, run.data.tags
         if st == "FINISHED":
             continue
-        if t.run_id in errors:
-            run = c.get_run(rid)
-            reason = run.data.tags.get("ism.error") or errors[t.run_id]
-            if st != "FAILED":
+        if t.run_id in errors or (st == "FAILED" and tags.get("ism.permanent")):
+            reason = tags.get("ism.error") or tags.get("ism.last_error") or errors[t.run_id]
+            if st != "FAILED" or "ism.error" not in tags:
                 tracking.set_status(c, rid, "FAILED", reason)
             failed.append((t, reason))
         else:

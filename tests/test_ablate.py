@@ -173,13 +173,17 @@ def children(uri: str, spec: str) -> tuple:
 
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory):
-    """2 variants x 2 seeds with evaluation; one trial crashes once at step 6 (checkpoint at 4) and is retried."""
+    """2 variants x 2 seeds with evaluation; one trial crashes once at step 6 (checkpoint at 4) and is retried; a third
+    variant points at a dataset that does not exist, a permanent error that must fail without retries."""
     root = tmp_path_factory.mktemp("sweep")
-    spec = write_spec(root / "mini.yaml", base={"overrides": {"eval.steps": [1, 2], "eval.sweep_steps": [1]}})
+    variants = {"a": {"reason": "baseline"}, "b": {"reason": "intrinsic", "overrides": {"guidance.mode": "intrinsic"}},
+                "broken": {"reason": "missing data", "overrides": {"data.name": "idx", "data.path": str(root / "nodata")}}}
+    spec = write_spec(root / "mini.yaml", variants=variants,
+                      base={"overrides": {"eval.steps": [1, 2], "eval.sweep_steps": [1]}})
     uri = f"sqlite:///{root}/mlruns/mlflow.db"
     t0 = time.time()
     res = run_ablate(spec, root / "st", uri, env={"ISM_INJECT_CRASH": "b@6"})
-    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.returncode == 1, res.stderr[-4000:]  # 1: some trials failed
     return {"root": root, "spec": spec, "uri": uri, "out": res.stderr, "wall": time.time() - t0,
             "plan": ablate.plan(ablate.load_spec(spec), "smoke")}
 
@@ -189,16 +193,16 @@ def test_smoke_sweep_leaves_parent_and_child_runs_with_params_metrics_artifacts(
     from ism import tracking
     uri, p = smoke_sweep["uri"], smoke_sweep["plan"]
     parent, kids = children(uri, "mini")
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FAILED"
     tags = parent.data.tags
     assert (tags["ism.kind"], tags["ism.spec"], tags["ism.profile"], tags["ism.sweep_id"]) == ("sweep", "mini", "smoke", p.sweep_id)
     assert tags["ism.git_commit"] != "unknown"
     c = tracking.client(uri)
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"plan.json", "spec.yaml", "notes.txt"}
-    assert len(kids) == 4 and {k.info.status for k in kids} == {"FINISHED"}
     by = {(k.data.tags["ism.variant"], int(k.data.tags["ism.seed"])): k for k in kids}
-    assert set(by) == {("a", 0), ("a", 1), ("b", 0), ("b", 1)}
-    for t in p.trials:
+    assert len(kids) == 6 and set(by) == {(v, s) for v in ("a", "b", "broken") for s in (0, 1)}
+    assert {by[v, s].info.status for v in ("a", "b") for s in (0, 1)} == {"FINISHED"}
+    for t in p.trials[:4]:
         k = by[(t.variants[0], t.seed)]
         assert k.data.tags["ism.run_id"] == t.run_id and k.data.tags["ism.profile"] == "smoke"
         assert k.data.tags["ism.component.intrinsic"] == ("on" if t.variants[0] == "b" else "off")
@@ -220,9 +224,19 @@ def test_smoke_sweep_leaves_parent_and_child_runs_with_params_metrics_artifacts(
 
 
 @pytest.mark.slow
+def test_permanent_trial_errors_fail_once_with_their_reason(smoke_sweep):
+    _, kids = children(smoke_sweep["uri"], "mini")
+    broken = [k for k in kids if k.data.tags["ism.variant"] == "broken"]
+    assert {k.info.status for k in broken} == {"FAILED"}
+    for k in broken:
+        assert "nodata" in k.data.tags["ism.error"] and "ism.failures" not in k.data.tags  # not retried
+    assert smoke_sweep["out"].count("FAILED broken seed") == 2 and "4/6 trials finished, 2 failed" in smoke_sweep["out"]
+
+
+@pytest.mark.slow
 def test_injected_crash_is_retried_from_its_checkpoint(smoke_sweep):
     _, kids = children(smoke_sweep["uri"], "mini")
-    for t in smoke_sweep["plan"].trials:
+    for t in smoke_sweep["plan"].trials[:4]:
         k = next(k for k in kids if k.data.tags["ism.run_id"] == t.run_id)
         summary = json.loads((smoke_sweep["root"] / "st" / "trials" / t.run_id / "summary.json").read_text())
         if t.variants[0] == "b":
@@ -234,13 +248,13 @@ def test_injected_crash_is_retried_from_its_checkpoint(smoke_sweep):
 
 
 @pytest.mark.slow
-def test_rerunning_a_finished_sweep_reruns_nothing(smoke_sweep):
+def test_rerunning_a_finished_sweep_reruns_only_failed_trials(smoke_sweep):
     root = smoke_sweep["root"]
     summaries = {p: p.stat().st_mtime_ns for p in (root / "st" / "trials").glob("*/summary.json")}
+    assert len(summaries) == 4
     _, before = children(smoke_sweep["uri"], "mini")
     res = run_ablate(smoke_sweep["spec"], root / "st", smoke_sweep["uri"])
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "4 already done, 0 to run" in res.stderr
+    assert res.returncode == 1 and "4 already done, 2 to run" in res.stderr, res.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in summaries} == summaries
     _, after = children(smoke_sweep["uri"], "mini")
     assert sorted(k.info.run_id for k in after) == sorted(k.info.run_id for k in before)
