@@ -61,7 +61,7 @@ DEFAULT_PROFILE = "embedded"
 SPEC_KEYS = ("name", "description", "base", "variants", "seeds", "eval_steps", "resources", "max_failures",
              "profiles", "groups")
 VARIANT_KEYS = ("reason", "overrides")
-BASE_KEYS = ("preset", "overrides")
+BASE_KEYS = ("preset", "config", "overrides")
 PROFILE_KEYS = ("seeds", "eval_steps", "overrides", "variant_overrides", "variants", "resources", "max_failures", "note")
 RESOURCE_KEYS = ("cpu", "gpu", "memory")
 
@@ -193,6 +193,13 @@ def load_spec(path: str | Path) -> Spec:
     base = _mapping(f"{p}: base", raw.get("base"))
     _check_keys(f"{p}: base", base, BASE_KEYS)
     preset = base.get("preset")
+    base_over = _overrides(f"{p}: base.overrides", base.get("overrides"))
+    if base.get("config"):  # a delta file, e.g. written by `ism study --export-best`; the spec's overrides win
+        from ism.config import load_yaml
+        delta = load_yaml(p.parent / str(base["config"]))
+        preset = preset or delta.pop("preset", None)
+        delta.pop("preset", None)
+        base_over = deep_merge(delta, base_over)
     if preset is not None:
         preset_delta(preset)
     variants_raw = _mapping(f"{p}: variants", raw.get("variants"))
@@ -234,7 +241,7 @@ def load_spec(path: str | Path) -> Spec:
     if isinstance(mf, bool) or not isinstance(mf, int) or mf < 0:
         raise ConfigError(f"{p}: max_failures: expected an integer >= 0, got {mf!r}")
     return Spec(name=name, path=str(p), description=str(raw.get("description", "")).strip(), base_preset=preset,
-                base_overrides=_overrides(f"{p}: base.overrides", base.get("overrides")), variants=tuple(variants),
+                base_overrides=base_over, variants=tuple(variants),
                 seeds=_int_list(f"{p}: seeds", raw.get("seeds", [0])),
                 eval_steps=_int_list(f"{p}: eval_steps", raw["eval_steps"], 1) if raw.get("eval_steps") is not None else None,
                 resources=_resources(f"{p}: resources", raw.get("resources")), max_failures=mf, profiles=profiles,

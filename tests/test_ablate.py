@@ -328,3 +328,12 @@ def test_sweep_killed_after_first_trial_resumes_without_rerun_or_duplicates(tmp_
     k = next(k for k in kids if k.data.tags["ism.variant"] == "long")
     steps = [h.step for h in tracking.client(uri).get_metric_history(k.info.run_id, "loss")]
     assert steps == list(range(2, 201, 2)), "every logged step exactly once across the kill and the resume"
+
+
+def test_spec_base_can_be_an_exported_delta_file(tmp_path):
+    (tmp_path / "best.yaml").write_text("preset: smoke\noptim:\n  lr: 0.002\nwavelet:\n  enabled: true\n")
+    (tmp_path / "s.yaml").write_text("name: s\nbase:\n  config: best.yaml\n  overrides: {optim.lr: 0.003}\n"
+                                     "variants:\n  a: {reason: r}\n")
+    spec = ablate.load_spec(tmp_path / "s.yaml")
+    t = ablate.plan(spec, "smoke").trials[0]
+    assert t.cfg.wavelet.enabled and t.cfg.optim.lr == 0.003 and spec.base_preset == "smoke"
