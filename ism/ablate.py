@@ -18,10 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
-from ism.config import (PRESETS, Config, ConfigError, _suggest, deep_merge, diff, from_dict, preset_delta, run_id,
-                        to_dict)
+from ism.config import (PRESETS, Config, ConfigError, _suggest, deep_merge, diff, from_dict, load_yaml, preset_delta,
+                        read_yaml_mapping, run_id, to_dict)
 
 
 @dataclass(frozen=True)
@@ -179,15 +177,7 @@ def _overrides(where: str, v: Any) -> dict[str, Any]:
 def load_spec(path: str | Path) -> Spec:
     """Parse and shape-check a spec file (configs are resolved and validated by plan())."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"ablation spec not found: {p}")
-    text = p.read_text()
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from None
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{p}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
+    raw, text = read_yaml_mapping(p, "ablation spec", f"a mapping with keys {', '.join(SPEC_KEYS)}")
     _check_keys(str(p), raw, SPEC_KEYS)
     name = str(raw.get("name") or p.stem)
     base = _mapping(f"{p}: base", raw.get("base"))
@@ -195,7 +185,6 @@ def load_spec(path: str | Path) -> Spec:
     preset = base.get("preset")
     base_over = _overrides(f"{p}: base.overrides", base.get("overrides"))
     if base.get("config"):  # a delta file, e.g. written by `ism study --export-best`; the spec's overrides win
-        from ism.config import load_yaml
         delta = load_yaml(p.parent / str(base["config"]))
         preset = preset or delta.pop("preset", None)
         delta.pop("preset", None)

@@ -93,6 +93,7 @@ class OTConfig:
     enabled: bool = _f(False, "pair noise and data by optimal transport over a pool of batches (sOT)")
     pool_batches: int = _f(32, "K: batches pooled into one assignment (1 = minibatch OT)", lo=1, hi=4096)
     cost_resolution: int = _f(0, "average-pool images to this side before computing costs, 0 = full resolution", lo=0)
+    prefetch: bool = _f(True, "solve the next pool in a background thread while the current one trains (same pairs)")
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ class Config:
 # Keys that change where or how visibly a run happens, not what it computes: left out of the run identity.
 NON_IDENTITY_KEYS = frozenset({
     "run.device", "run.threads", "run.checkpoint_every", "run.log_every", "run.out_dir", "run.progress",
-    "run.keep_checkpoints", "eval.batch_size", "eval.weights_path",
+    "run.keep_checkpoints", "eval.batch_size", "eval.weights_path", "ot.prefetch",
 })
 
 # Named presets: deltas over the dataclass defaults, each with its reason.
@@ -421,18 +422,25 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML delta file; a missing or malformed file names its path."""
+def read_yaml_mapping(path: str | Path, what: str = "config file",
+                      expected: str = "a mapping of config sections at the top level") -> tuple[dict[str, Any], str]:
+    """(mapping, text) of a YAML file; a missing, malformed or non-mapping file is a ConfigError naming its path."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+        raise ConfigError(f"{what} not found: {p}")
+    text = p.read_text()
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({e})") from None
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{p}: expected a mapping of config sections at the top level")
-    return dict(data)
+        raise ConfigError(f"{p}: expected {expected}")
+    return dict(data), text
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML delta file; a missing or malformed file names its path."""
+    return read_yaml_mapping(path)[0]
 
 
 def preset_delta(name: str) -> dict[str, Any]:

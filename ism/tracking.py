@@ -268,6 +268,48 @@ def child_runs(parent_run_id: str, uri: str | None = None) -> list:
                          max_results=5000)
 
 
+def experiment_name(experiment_id: str, uri: str | None = None) -> str:
+    """The name of an experiment."""
+    return client(uri).get_experiment(experiment_id).name
+
+
+def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[int, float, int]]:
+    """(step, value, timestamp ms) of every logged value of one metric, in step order."""
+    return sorted((int(m.step), float(m.value), int(m.timestamp)) for m in client(uri).get_metric_history(run_id, key))
+
+
+def list_artifacts(run_id: str, path: str, uri: str | None = None) -> list[str]:
+    """Artifact paths directly under `path` of a run ([] when there is none)."""
+    try:
+        return [f.path for f in client(uri).list_artifacts(run_id, path)]
+    except Exception:  # a run without that folder: stores raise different errors, all meaning "nothing there"
+        return []
+
+
+def download(run_id: str, path: str, dst: Path, uri: str | None = None) -> Path | None:
+    """Download one artifact (file or folder) of a run into dst; None when the run does not hold it."""
+    # mlflow draws a tqdm bar per downloaded file; a report downloads dozens, so keep the terminal readable.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(client(uri).download_artifacts(run_id, path, str(dst)))
+    except Exception:  # missing artifact: the report says so instead of failing
+        return None
+
+
+def log_folder(run_id: str, folder: Path, artifact_path: str, uri: str | None = None) -> None:
+    """Log a folder (e.g. the report: report.md, report.pdf, figures, tables) as artifacts of a run."""
+    _retry(client(uri).log_artifacts, run_id, str(folder), artifact_path)
+
+
+def run_summary(run: Any) -> dict[str, Any]:
+    """The plain fields of an MLflow run."""
+    i = run.info
+    return {"mlflow_id": i.run_id, "name": i.run_name, "status": i.status, "start_time": i.start_time,
+            "end_time": i.end_time, "experiment_id": i.experiment_id, "tags": dict(run.data.tags),
+            "params": dict(run.data.params), "metrics": dict(run.data.metrics)}
+
+
 # ----------------------------------------------------------------------------------------------- ism ui
 def server_command(uri: str, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> list[str]:
     """`mlflow server` over a sqlite store with its artifact root beside it, bound to one host."""

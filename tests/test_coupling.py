@@ -126,3 +126,23 @@ def test_points_data():
     src = PairSource(pts, _cfg(True, k=2, b=10))
     x1, y, x0, diag = src.batch(3)
     assert x0.shape == (10, 2) and diag["ot/cost_after"] <= diag["ot/cost_before"]
+
+
+def test_prefetch_serves_the_same_pairs_and_solves_ahead():
+    data = _data()
+    on = PairSource(data, from_dict({"ot": {"enabled": True, "pool_batches": 4, "prefetch": True},
+                                     "optim": {"batch_size": 8}, "run": {"seed": 3, "steps": 12}}))
+    off = PairSource(data, from_dict({"ot": {"enabled": True, "pool_batches": 4, "prefetch": False},
+                                      "optim": {"batch_size": 8}, "run": {"seed": 3, "steps": 12}}))
+    for step in range(12):
+        a, b = on.batch(step), off.batch(step)
+        assert all(torch.equal(u, v) for u, v in zip(a[:3], b[:3]))
+        assert a[3]["ot/cost_after"] == b[3]["ot/cost_after"]
+        assert (a[3]["ot/wait_s"] > 0) == (step % 4 == 0) and a[3]["ot/wait_s"] <= a[3]["ot/solve_s"] + 1.0
+        if step % 4 == 0:
+            # while pool p trains, pool p+1 is already being solved; none is started past run.steps
+            assert (on._ahead is not None and on._ahead[0] == step // 4 + 1) == (step < 8)
+            assert off._ahead is None
+    from ism.config import run_id
+    assert run_id(on_cfg := from_dict({"ot": {"enabled": True, "prefetch": True}})) == \
+        run_id(from_dict({"ot": {"enabled": True, "prefetch": False}})) and on_cfg.ot.prefetch

@@ -134,3 +134,31 @@ def test_unconditional_data_uses_the_null_class():
     rows, _ = T.build_rows(torch.randn(32, 2), torch.randint(0, 3, (32,)), torch.randn(32, 2), nets, cfg,
                            generator(0, 0, "rows"), NULL)
     assert torch.all(rows.y == NULL)
+
+
+class CountingNet(LabelNet):
+    """LabelNet that counts its forward calls and rows."""
+
+    def __init__(self):
+        self.calls, self.rows = 0, 0
+
+    def __call__(self, x, t, k, y, w):
+        self.calls, self.rows = self.calls + 1, self.rows + x.shape[0]
+        return super().__call__(x, t, k, y, w)
+
+
+def test_intrinsic_batches_the_first_half_step_with_the_guidance_pair():
+    over = ["guidance.mode=intrinsic", "optim.batch_size=64", "guidance.w_max=3.5", "guidance.w_step=0.25"]
+    x1, x0, y = torch.randn(64, 2), torch.randn(64, 2), torch.randint(0, 3, (64,))
+    shared = CountingNet()  # target EMA makes both the shortcut targets and the guidance pair (the default)
+    rows, diag = T.build_rows(x1, y, x0, {"online": CountingNet(), "target": shared, "infer": CountingNet()},
+                              cfg_of(*over), generator(0, 3, "rows"), NULL)
+    nb, ng = int(diag["rows_sc"]), int(diag["rows_guid"])
+    assert shared.calls == 2 and shared.rows == nb + 2 * ng + nb
+    # the same rows and targets as the unbatched path (guidance pair from another, identical net)
+    online, target = CountingNet(), CountingNet()
+    ref, _ = T.build_rows(x1, y, x0, {"online": online, "target": target, "infer": CountingNet()},
+                          cfg_of(*over, "guidance.w_source=online"), generator(0, 3, "rows"), NULL)
+    assert online.calls == 1 and target.calls == 2
+    for f in ("xt", "t", "k", "y", "w", "target", "kind"):
+        torch.testing.assert_close(getattr(rows, f), getattr(ref, f))

@@ -106,3 +106,35 @@ def test_per_band_diag_keys():
     assert all(isinstance(v, float) and v > 0 for v in diag.values())
     _, diag3 = wavelet_loss(pred, tgt, WaveletConfig(enabled=True, levels=2))
     assert "wavelet/L2_LL" in diag3 and "wavelet/L3_LH" not in diag3
+
+
+@pytest.mark.parametrize("name,reduction,distance", [("haar", "band_mean", "l2"), ("db2", "band_mean", "l1"),
+                                                      ("haar", "sum", "charbonnier"), ("db2", "sum", "l2")])
+def test_dense_operator_path_equals_convolutions_and_band_formula(monkeypatch, name, reduction, distance):
+    import ism.objective.wavelet as W
+    from ism.config import WaveletConfig
+    cfg = WaveletConfig(enabled=True, wavelet=name, reduction=reduction, distance=distance,
+                        level_weights=(1.0, 0.5, 2.0) if name == "haar" else (), ll_weight=0.7, mse_weight=0.1)
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(5, 2, 8, 8, generator=g, requires_grad=True)
+    target = torch.randn(5, 2, 8, 8, generator=g)
+    dense, ddiag = W.wavelet_loss(pred, target, cfg)
+    (gd,) = torch.autograd.grad(dense.sum(), pred)
+    monkeypatch.setattr(W, "DENSE_MAX_PIXELS", 0)  # force the convolutional transform
+    conv, cdiag = W.wavelet_loss(pred, target, cfg)
+    (gc,) = torch.autograd.grad(conv.sum(), pred)
+    assert torch.allclose(dense, conv, atol=1e-5) and torch.allclose(gd, gc, atol=1e-5)
+    assert ddiag.keys() == cdiag.keys() and all(abs(ddiag[k] - cdiag[k]) < 1e-5 for k in ddiag)
+    # the definition written out band by band, from the pywt-checked dwt2
+    levels = W._resolve_levels(8, 8, name, 0)
+    lw = list(cfg.level_weights) or [1.0] * levels
+    c = W.dwt2((pred - target).detach(), name, levels)
+    bands = [(cfg.ll_weight, c[0])] + [(lw[levels - i - 1], t) for i, det in enumerate(c[1:]) for t in det]
+    dist = {"l2": torch.square, "l1": torch.abs,
+            "charbonnier": lambda e: torch.sqrt(e * e + W.CHARBONNIER_EPS ** 2) - W.CHARBONNIER_EPS}[distance]
+    if reduction == "band_mean":
+        ref = sum(wt * dist(t).reshape(5, -1).mean(1) for wt, t in bands) / sum(wt for wt, _ in bands)
+    else:
+        ref = sum(wt * dist(t).reshape(5, -1).sum(1) for wt, t in bands) / pred[0].numel()
+    ref = ref + 0.1 * (pred - target).detach().square().reshape(5, -1).mean(1)
+    assert torch.allclose(dense.detach(), ref, atol=1e-5)

@@ -175,6 +175,66 @@ def _band_weights(cfg: WaveletConfig, levels: int) -> list[float]:
     return [float(v) for v in cfg.level_weights]
 
 
+# The DWT is linear: for small images one dense [H*W, H*W] matrix applies every level in a single matmul, which on a
+# CPU step is several times cheaper (forward and backward) than ~4 small strided convolutions per level. Larger
+# images keep the convolutional transform (the matrix grows as (H*W)^2).
+DENSE_MAX_PIXELS = 1024
+
+
+@functools.lru_cache(maxsize=64)
+def _band_layout(h: int, w: int, wavelet: str, levels: int) -> tuple[tuple[str, int, int], ...]:
+    """(name, level, size) of every band in flattening order: LL_L (level 0 here), then LH/HL/HH from level L to 1."""
+    c = dwt2(torch.zeros(1, h, w), wavelet, levels)
+    out = [(f"L{levels}_LL", 0, c[0].numel())]
+    for i, det in enumerate(c[1:]):
+        out += [(f"L{levels - i}_{n}", levels - i, t.numel()) for n, t in zip(DETAIL_BANDS, det)]
+    return tuple(out)
+
+
+def _flat_coeffs(x: Tensor, wavelet: str, levels: int) -> Tensor:
+    """dwt2 of [N, H, W], every band flattened and concatenated in _band_layout order: [N, H*W]."""
+    c = dwt2(x, wavelet, levels)
+    parts = [c[0]] + [t for det in c[1:] for t in det]
+    return torch.cat([t.reshape(x.shape[0], -1) for t in parts], dim=1)
+
+
+@functools.lru_cache(maxsize=16)
+def _dense_operator(wavelet: str, levels: int, h: int, w: int, device: str, dtype: torch.dtype) -> Tensor:
+    """M with x.flatten() @ M == _flat_coeffs(x): the transform of each basis image, one per row."""
+    eye = torch.eye(h * w, dtype=torch.float64).reshape(h * w, h, w)
+    return _flat_coeffs(eye, wavelet, levels).to(device=device, dtype=dtype)
+
+
+def _flat_error_coeffs(e: Tensor, wavelet: str, levels: int) -> Tensor:
+    """Flattened coefficients [B, C, H*W] of an error [B, ..., H, W] (dense matmul when small, else convolutions)."""
+    b, (h, w) = e.shape[0], e.shape[-2:]
+    flat = e.reshape(-1, h, w)
+    if h * w <= DENSE_MAX_PIXELS:
+        m = _dense_operator(wavelet, levels, h, w, str(e.device), e.dtype)
+        coef = flat.reshape(-1, h * w) @ m
+    else:
+        coef = _flat_coeffs(flat, wavelet, levels)
+    return coef.reshape(b, -1, h * w)
+
+
+def _coefficient_weights(cfg: WaveletConfig, layout: tuple[tuple[str, int, int], ...], channels: int, numel: int,
+                         device) -> Tensor:
+    """Weight of every flattened coefficient so that sum(D * weight) is the configured reduction of one row."""
+    lw = _band_weights(cfg, max(level for _, level, _ in layout))  # the deepest level is L
+    lam = [cfg.ll_weight if level == 0 else lw[level - 1] for _, level, _ in layout]
+    if cfg.reduction == "band_mean":
+        total_w = sum(lam)
+        if total_w <= 0:
+            raise ConfigError("wavelet.level_weights / wavelet.ll_weight: all band weights are 0; at least one must be > 0")
+        per_band = [wt / (size * channels * total_w) for wt, (_, _, size) in zip(lam, layout)]
+    elif cfg.reduction == "sum":
+        per_band = [wt / numel for wt in lam]
+    else:
+        raise ConfigError(f"wavelet.reduction: {cfg.reduction!r} is not allowed; choose one of band_mean, sum")
+    sizes = torch.tensor([size for _, _, size in layout])
+    return torch.repeat_interleave(torch.tensor(per_band, dtype=torch.float32), sizes).to(device)
+
+
 def wavelet_loss(pred: Tensor, target: Tensor, cfg: WaveletConfig) -> tuple[Tensor, dict[str, float]]:
     """Per-row multi-level wavelet loss [B] and per-band diagnostics (batch means).
 
@@ -188,28 +248,15 @@ def wavelet_loss(pred: Tensor, target: Tensor, cfg: WaveletConfig) -> tuple[Tens
                          f"{tuple(pred.shape)} and {tuple(target.shape)}")
     b, (h, w) = pred.shape[0], pred.shape[-2:]
     levels = _resolve_levels(h, w, cfg.wavelet, cfg.levels)
-    lw = _band_weights(cfg, levels)
-    coeffs = dwt2(pred - target, cfg.wavelet, levels)
-
-    # (name, weight, coefficients); coeffs[1] holds the coarsest level L, coeffs[-1] the finest (level 1).
-    bands = [(f"wavelet/L{levels}_LL", cfg.ll_weight, coeffs[0])]
-    for i, det in enumerate(coeffs[1:]):
-        level = levels - i
-        bands += [(f"wavelet/L{level}_{n}", lw[level - 1], t) for n, t in zip(DETAIL_BANDS, det)]
-    rows = [(name, wt, _distance(t, cfg.distance).reshape(b, -1)) for name, wt, t in bands]
-
-    if cfg.reduction == "band_mean":
-        total_w = sum(wt for _, wt, _ in rows)
-        if total_w <= 0:
-            raise ConfigError("wavelet.level_weights / wavelet.ll_weight: all band weights are 0; at least one must be > 0")
-        per_row = sum(wt * d.mean(dim=1) for _, wt, d in rows) / total_w
-    elif cfg.reduction == "sum":
-        per_row = sum(wt * d.sum(dim=1) for _, wt, d in rows) / pred[0].numel()
-    else:
-        raise ConfigError(f"wavelet.reduction: {cfg.reduction!r} is not allowed; choose one of band_mean, sum")
+    layout = _band_layout(h, w, cfg.wavelet, levels)
+    err = pred - target
+    d = _distance(_flat_error_coeffs(err, cfg.wavelet, levels), cfg.distance)  # [B, C, H*W]
+    weights = _coefficient_weights(cfg, layout, d.shape[1], pred[0].numel(), d.device)
+    per_row = (d * weights).sum(dim=(1, 2))
     if cfg.mse_weight > 0:
-        per_row = per_row + cfg.mse_weight * (pred - target).square().reshape(b, -1).mean(dim=1)
+        per_row = per_row + cfg.mse_weight * err.square().reshape(b, -1).mean(dim=1)
 
     with torch.no_grad():
-        diag = {name: float(d.mean()) for name, _, d in rows}
+        means = d.mean(dim=(0, 1)).split([size for _, _, size in layout])
+        diag = {f"wavelet/{name}": float(m.mean()) for (name, _, _), m in zip(layout, means)}
     return per_row, diag

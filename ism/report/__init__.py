@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ism import tracking
 from ism.report import figures as F
 from ism.report import load as L
-from ism.report import mlflow_io as io
 from ism.report.claims import Result, claims_table
 from ism.report.meta import metadata_table
 from ism.report.render import Block, Figure, Heading, Para, render_markdown, render_pdf
@@ -106,7 +106,7 @@ def build_report(target: str, tracking_uri: str | None = None, out: str | Path |
                 t.data.to_csv(out_dir / "tables" / f"{name}.csv", index=False)
         logged = None
         if log:
-            io.log_report(sw.parent["mlflow_id"], out_dir, sw.uri)
+            tracking.log_folder(sw.parent["mlflow_id"], out_dir, "report", sw.uri)
             logged = sw.parent["mlflow_id"]
         return Report(out_dir, md, pdf, sw, tables, results, figs, logged)
 

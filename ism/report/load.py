@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from ism import tracking
 from ism.config import ConfigError
-from ism.report import mlflow_io as io
 
 EVAL_KEY = re.compile(r"^(?P<metric>.+?)_steps_(?P<steps>\d+)(?:_w_(?P<w>[-+0-9.e]+))?$")
 LOSS_KEYS = ("loss", "loss_fm", "loss_sc", "loss_guid")
@@ -135,13 +135,13 @@ def _reason(status: str, tags: dict[str, str]) -> str:
 
 
 def _read_artifact_text(run_id: str, name: str, uri: str, tmp: Path) -> str | None:
-    p = io.download(run_id, name, tmp, uri)
+    p = tracking.download(run_id, name, tmp, uri)
     return p.read_text() if p and p.is_file() else None
 
 
 def pick_sweep(spec: str, uri: str, profile: str | None = None, sweep: str | None = None):
     """The parent run to report on: the given one (MLflow run id or ism.sweep_id), else the newest of the profile."""
-    runs = io.find_sweeps(spec, profile, uri)
+    runs = tracking.find_sweeps(spec, profile, uri)
     if not runs:
         where = f" with profile {profile}" if profile else ""
         raise ConfigError(f"no sweep of '{spec}'{where} in the MLflow store {uri} "
@@ -159,13 +159,13 @@ def load_sweep(target: str, uri: str | None = None, profile: str | None = None, 
                workdir: Path | None = None) -> Sweep:
     """Read one sweep from MLflow into a Sweep (runs, metrics, plan); artifacts go to workdir."""
     import tempfile
-    uri = io.resolve_uri(uri)
+    uri = tracking.tracking_uri(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise ConfigError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `ism ablate` first, or pass --tracking-uri "
                           "(or set MLFLOW_TRACKING_URI) to the store the sweep used")
     spec = spec_name(target)
     parent_run, all_runs = pick_sweep(spec, uri, profile, sweep)
-    parent = io.run_summary(parent_run)
+    parent = tracking.run_summary(parent_run)
     tmp = Path(workdir or tempfile.mkdtemp(prefix="ism-report-")) / "parent"
     plan_text = _read_artifact_text(parent["mlflow_id"], "plan.json", uri, tmp)
     plan = json.loads(plan_text) if plan_text else {}
@@ -175,8 +175,8 @@ def load_sweep(target: str, uri: str | None = None, profile: str | None = None, 
               for r in all_runs if r.info.run_id != parent["mlflow_id"]]
 
     trial_rows, score_rows, scalar_rows, params = [], [], [], {}
-    for run in io.child_runs(parent["mlflow_id"], uri):
-        r = io.run_summary(run)
+    for run in tracking.child_runs(parent["mlflow_id"], uri):
+        r = tracking.run_summary(run)
         tags = r["tags"]
         names = [v for v in (tags.get("ism.variants") or tags.get("ism.variant", "?")).split(",") if v]
         seed = int(tags.get("ism.seed", r["params"].get("run.seed", -1)))
@@ -213,7 +213,7 @@ def load_sweep(target: str, uri: str | None = None, profile: str | None = None, 
     variants += [v for v in dict.fromkeys(trials["variant"]) if v not in variants]
     seeds = sorted(int(s) for s in (plan.get("seeds") or trials["seed"].unique()))
     missing = _missing(plan, trials, scores)
-    sw = Sweep(uri=uri, spec=spec, experiment=io.experiment_name(parent["experiment_id"], uri), parent=parent,
+    sw = Sweep(uri=uri, spec=spec, experiment=tracking.experiment_name(parent["experiment_id"], uri), parent=parent,
                plan=plan, notes=[ln for ln in notes_text.splitlines() if ln.strip()], spec_text=spec_text,
                trials=trials, scores=scores, scalars=scalars, params=params, variants=variants, seeds=seeds,
                baseline="", missing=missing, other_sweeps=others)
@@ -257,7 +257,7 @@ def histories(sw: Sweep, keys: tuple[str, ...] = LOSS_KEYS + ("wall_time_s",)) -
     for mid in sw.trial_ids():
         t = sw.trials[sw.trials["mlflow_id"] == mid]
         for key in keys:
-            for step, val, ts in io.metric_history(mid, key, sw.uri):
+            for step, val, ts in tracking.metric_history(mid, key, sw.uri):
                 for v in t["variant"]:
                     rows.append({"variant": v, "seed": int(t.iloc[0]["seed"]), "mlflow_id": mid, "key": key,
                                  "step": step, "value": val, "timestamp": ts})
@@ -269,8 +269,8 @@ def trial_files(sw: Sweep, workdir: Path) -> dict[str, dict[str, Any]]:
     out = {}
     for mid in sw.trial_ids():
         d = workdir / "trials" / mid
-        ev = io.download(mid, "eval/eval.json", d, sw.uri)
-        sm = io.download(mid, "summary.json", d, sw.uri)
+        ev = tracking.download(mid, "eval/eval.json", d, sw.uri)
+        sm = tracking.download(mid, "summary.json", d, sw.uri)
         out[mid] = {"eval": json.loads(ev.read_text()) if ev and ev.is_file() else [],
                     "summary": json.loads(sm.read_text()) if sm and sm.is_file() else {}}
     return out
@@ -287,14 +287,14 @@ def sample_grids(sw: Sweep, workdir: Path, steps: tuple[int, ...] = (1, 4, 128))
         if mid is None:
             continue
         newest: dict[int, tuple[int, str]] = {}
-        for path in io.list_artifacts(mid, "samples", sw.uri):
+        for path in tracking.list_artifacts(mid, "samples", sw.uri):
             m = GRID.search(path)
             if m and int(m.group(1)) in steps:
                 s, tr = int(m.group(1)), int(m.group(2))
                 if s not in newest or tr > newest[s][0]:
                     newest[s] = (tr, path)
         for s, (_, path) in sorted(newest.items()):
-            p = io.download(mid, path, workdir / "grids" / mid, sw.uri)
+            p = tracking.download(mid, path, workdir / "grids" / mid, sw.uri)
             if p is not None:
                 out.setdefault(v, {})[s] = p
     return out

@@ -44,8 +44,8 @@ def md_table(t: Table) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(blocks: list[Block], out_dir: Path) -> Path:
-    """Write out_dir/report.md; figure links are relative to it."""
+def markdown(blocks: list[Block], out_dir: Path) -> str:
+    """The Markdown of blocks; figure links are relative to out_dir."""
     parts = []
     for b in blocks:
         if isinstance(b, Heading):
@@ -57,8 +57,13 @@ def render_markdown(blocks: list[Block], out_dir: Path) -> Path:
         elif isinstance(b, Figure):
             parts.append(f"![{b.title}]({b.path.relative_to(out_dir).as_posix()})\n\n*{b.title}*" if b.path
                          else f"*{b.title}: {b.reason}.*")
+    return "\n\n".join(parts) + "\n"
+
+
+def render_markdown(blocks: list[Block], out_dir: Path) -> Path:
+    """Write out_dir/report.md; figure links are relative to it."""
     path = out_dir / "report.md"
-    path.write_text("\n\n".join(parts) + "\n")
+    path.write_text(markdown(blocks, out_dir))
     return path
 
 

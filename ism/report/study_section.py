@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from ism.report.render import Block, Figure, Heading, Para, md_table  # noqa: E402
+from ism.report.render import Block, Figure, Heading, Para, markdown  # noqa: E402
 from ism.report.tables import Table, fmt  # noqa: E402
 
 DPI = 110
@@ -127,18 +127,5 @@ def study_blocks(study: optuna.Study, out_dir: str | Path, top: int = TOP) -> li
 def render_study_section(study: optuna.Study, out_dir: str | Path) -> tuple[str, list[Path]]:
     """(Markdown of the section with figure links relative to out_dir, the figure files written)."""
     out_dir = Path(out_dir)
-    parts, paths = [], []
-    for b in study_blocks(study, out_dir):
-        if isinstance(b, Heading):
-            parts.append("#" * b.level + " " + b.text)
-        elif isinstance(b, Para):
-            parts.append(b.text)
-        elif isinstance(b, Table):
-            parts.append(f"**{b.title}**\n\n{md_table(b)}" + (f"\n\n*{b.note}*" if b.note else ""))
-        elif isinstance(b, Figure):
-            if b.path:
-                paths.append(b.path)
-                parts.append(f"![{b.title}]({b.path.relative_to(out_dir).as_posix()})\n\n*{b.title}*")
-            else:
-                parts.append(f"*{b.title}: {b.reason}.*")
-    return "\n\n".join(parts) + "\n", paths
+    blocks = study_blocks(study, out_dir)
+    return markdown(blocks, out_dir), [b.path for b in blocks if isinstance(b, Figure) and b.path]

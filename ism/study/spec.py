@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import optuna
-import yaml
-
 from ism import ablate
-from ism.config import NON_IDENTITY_KEYS, Config, ConfigError, _suggest, preset_delta
+from ism.config import NON_IDENTITY_KEYS, Config, ConfigError, _suggest, preset_delta, read_yaml_mapping
 
 SPEC_KEYS = ("name", "description", "base", "space", "objective", "n_trials", "parallelism", "sampler", "pruner",
              "resources", "max_failures", "seed", "enqueue", "profiles")
@@ -182,15 +180,7 @@ def parse_param(key: str, raw: Any) -> Param:
 def load_spec(path: str | Path) -> StudySpec:
     """Parse and shape-check a study spec file (configs are resolved and validated by plan())."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"study spec not found: {p}")
-    text = p.read_text()
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from None
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{p}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
+    raw, text = read_yaml_mapping(p, "study spec", f"a mapping with keys {', '.join(SPEC_KEYS)}")
     ablate._check_keys(str(p), raw, SPEC_KEYS)
     base = ablate._mapping(f"{p}: base", raw.get("base"))
     ablate._check_keys(f"{p}: base", base, BASE_KEYS)
