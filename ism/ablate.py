@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ism.config import (PRESETS, Config, ConfigError, _suggest, deep_merge, diff, from_dict, load_yaml, preset_delta,
-                        read_yaml_mapping, run_id, to_dict)
+from ism.config import (Config, ConfigError, _suggest, deep_merge, diff, from_dict, load_yaml, preset_delta,
+                        read_yaml_mapping, run_id)
 
 
 @dataclass(frozen=True)

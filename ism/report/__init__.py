@@ -127,7 +127,7 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
                       Heading("Summary")]
     b += [Para(x) for x in _summary(sw, m1)]
     b.append(Heading("Missing and failed trials"))
-    b.append(t("missing") or Para(f"None: every planned trial finished with its metrics."))
+    b.append(t("missing") or Para("None: every planned trial finished with its metrics."))
     b += [Heading("Claims check"), tables["claims"]]
     b.append(Heading(f"{m1.upper()} and {sw.primary[1].upper()} versus sampling steps"))
     b += [x for x in (t(f"{m1}_by_steps"), t(f"{sw.primary[1]}_by_steps")) if x] or [Para("No FID/KID was logged.")]

@@ -102,8 +102,8 @@ def metric_table(sw: Sweep, metric: str, title: str) -> Table | None:
         if col:
             best = min(col.values())
             bold |= {(i, j + 2) for i, m in col.items() if m == best}
-    note = (f"Mean ± half-width of the 95 % t-interval over seeds (lower is better; best per column in bold). "
-            f"'seeds' = finished/planned; a cell with fewer seeds shows (n=k/N); n=1 has no interval.")
+    note = ("Mean ± half-width of the 95 % t-interval over seeds (lower is better; best per column in bold). "
+            "'seeds' = finished/planned; a cell with fewer seeds shows (n=k/N); n=1 has no interval.")
     return Table(f"{metric}_by_steps", title, cols, rows, bold, note, pd.DataFrame(raw))
 
 
