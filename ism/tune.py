@@ -118,6 +118,15 @@ def _report_checkpoint(metrics: dict, path: str) -> None:
         rt.report(metrics, checkpoint=rt.Checkpoint.from_directory(tmp))
 
 
+def _resumed_at(stats: Path) -> dict[str, float]:
+    """{step, loss} of the last stats.jsonl line of an interrupted trial; {} for a fresh one."""
+    try:
+        last = json.loads(stats.read_text().strip().splitlines()[-1])
+        return {"step": int(last["step"]), "loss": float(last.get("loss", float("nan")))}
+    except (OSError, IndexError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> dict[str, Any]:
     """Body of one Tune trial: train (resuming), report to Tune, log to the trial's MLflow child run."""
     import torch
@@ -137,7 +146,9 @@ def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> dict
     log.tag("ism.node_id", node)
     log.tag("ism.node_ip", next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node), "unknown"))
     log.tag("ism.hardware", hardware(cfg))
-    latest: dict[str, float] = {}
+    latest: dict[str, float] = _resumed_at(run_dir / "stats.jsonl")
+    if latest:
+        rt.report(dict(latest))  # the progress line shows where a resumed trial picks up, not step 0
     evaluated: set[int] = set()
 
     def callback(kind: str, ev: dict) -> None:
@@ -283,7 +294,10 @@ class Progress(rt.Callback):
             s = f"{t.label} step {res.get('step', 0)}/{t.cfg.run.steps}"
             if "loss" in res:
                 s += f" loss {res['loss']:.4f}"
-            parts.append(s + _fids(res))
+            fids = _fids(res)
+            if not fids and res.get("step") == t.cfg.run.steps and t.cfg.eval.at_end:
+                fids = " evaluating"
+            parts.append(s + fids)
         print(head + (f" | {event}" if event else "") + ("\n    " + "\n    ".join(parts) if parts else ""),
               file=self.out, flush=True)
 

@@ -1,0 +1,38 @@
+"""The sweep's terminal progress: counts, latest loss, 'evaluating', FIDs, ETA; a resumed trial shows its step."""
+import io
+import json
+from types import SimpleNamespace
+
+from ism import ablate, tune
+
+
+def _trial(run_id, result=None):
+    return SimpleNamespace(config={"run_id": run_id}, last_result=result or {}, num_failures=0)
+
+
+def test_progress_lines_follow_the_trials():
+    plan = ablate.plan(ablate.load_spec("ablations/guidance.yaml"), "smoke", seeds=[0])
+    a, b = plan.trials[:2]
+    out = io.StringIO()
+    p = tune.Progress(plan, list(plan.trials), done_before=0, every_s=0.0, out=out)
+    p.on_trial_start(0, [], _trial(a.run_id))
+    p.on_trial_start(0, [], _trial(b.run_id))
+    p.on_trial_result(0, [], _trial(a.run_id), {"step": 4, "loss": 0.1234})
+    p.on_trial_result(0, [], _trial(b.run_id), {"step": b.cfg.run.steps, "loss": 0.2})
+    p.on_step_end(0, [])
+    text = out.getvalue()
+    assert f"0/{len(plan.trials)} done, 2 running, 0 failed" in text
+    assert f"{a.label} step 4/{a.cfg.run.steps} loss 0.1234" in text
+    assert f"{b.label} step {b.cfg.run.steps}/{b.cfg.run.steps} loss 0.2000 evaluating" in text
+    assert "ETA" in text.splitlines()[-3]  # half of a's training and all of b's are done: an ETA exists
+    p.on_trial_complete(0, [], _trial(b.run_id, {"fid_steps_1": 80.0, "fid_steps_128": 20.0}))
+    assert f"1/{len(plan.trials)} done" in out.getvalue() and "FID @1 80.0 @128 20.0" in out.getvalue()
+
+
+def test_resumed_trial_reports_its_last_logged_step(tmp_path):
+    stats = tmp_path / "stats.jsonl"
+    assert tune._resumed_at(stats) == {}
+    stats.write_text(json.dumps({"step": 50, "loss": 0.5}) + "\n" + json.dumps({"step": 100, "loss": 0.25}) + "\n")
+    assert tune._resumed_at(stats) == {"step": 100, "loss": 0.25}
+    stats.write_text("not json\n")
+    assert tune._resumed_at(stats) == {}
