@@ -341,15 +341,20 @@ def finished_trials(p: Plan, storage: Path) -> set[str]:
 
 
 # ----------------------------------------------------------------------------------------------- cost and listing
-def estimate_s(cfg: Config, profile: str) -> float:
-    """Rough wall seconds of one trial: training steps, sampling at every evaluated step count, fixed overhead."""
+def estimate_parts(cfg: Config, profile: str) -> tuple[float, float, float]:
+    """Rough wall seconds of one trial: (training steps, sampling at every evaluated step count, fixed overhead)."""
     p = PROFILES[profile]
     e = cfg.eval
     nfe = sum(e.steps) + (len(e.guidance_sweep) * sum(e.sweep_steps) if e.guidance_sweep else 0)
     # step-cost shares of the components measured on the embedded preset (full iSM ~1.15x the SM step)
     extra = 1.0 + 0.08 * (cfg.guidance.mode == "intrinsic") + 0.04 * cfg.ot.enabled + 0.03 * cfg.wavelet.enabled
     evals = (1 if e.at_end else 0) + (cfg.run.steps // e.every_steps if e.every_steps else 0)
-    return cfg.run.steps * p.train_step_s * extra + evals * e.num_samples * nfe * p.sample_nfe_s + p.overhead_s
+    return cfg.run.steps * p.train_step_s * extra, evals * e.num_samples * nfe * p.sample_nfe_s, p.overhead_s
+
+
+def estimate_s(cfg: Config, profile: str) -> float:
+    """Rough wall seconds of one trial."""
+    return sum(estimate_parts(cfg, profile))
 
 
 def concurrency(plan_: Plan) -> int:

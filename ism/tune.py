@@ -24,7 +24,7 @@ from ray import tune as rt
 from ray.tune.logger import JsonLoggerCallback
 
 from ism import tracking
-from ism.ablate import Plan, Trial, components, estimate_s, finished_trials, sweep_dir, trial_dir
+from ism.ablate import Plan, Trial, components, estimate_parts, estimate_s, finished_trials, sweep_dir, trial_dir
 from ism.config import ConfigError, flatten, from_dict, to_dict
 
 CRASH_ENV = "ISM_INJECT_CRASH"  # "<variant or run id>@<step>": that trial crashes once at that step (tests)
@@ -224,6 +224,9 @@ class Progress(rt.Callback):
         self.start = time.time()
         self.last_print = 0.0
         self.work = {t.run_id: estimate_s(t.cfg, plan.profile) for t in pending}
+        # share of a trial's estimated time spent training (evaluation follows; a guidance sweep makes it long)
+        self.train_share = {t.run_id: estimate_parts(t.cfg, plan.profile)[0] / max(self.work[t.run_id], 1e-9)
+                            for t in pending}
         self.finished_work = 0.0
 
     def _label(self, trial) -> str:
@@ -270,7 +273,7 @@ class Progress(rt.Callback):
         for rid, res in self.running.items():
             t = self.by_id.get(rid)
             if t and res.get("step") and t.cfg.run.steps:
-                part += self.work[rid] * 0.8 * min(1.0, res["step"] / t.cfg.run.steps)  # eval is the last ~20 %
+                part += self.work[rid] * self.train_share[rid] * min(1.0, res["step"] / t.cfg.run.steps)
         done_work = self.finished_work + part
         left = sum(self.work.values()) - done_work
         if done_work <= 0:

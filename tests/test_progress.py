@@ -15,6 +15,8 @@ def test_progress_lines_follow_the_trials():
     a, b = plan.trials[:2]
     out = io.StringIO()
     p = tune.Progress(plan, list(plan.trials), done_before=0, every_s=0.0, out=out)
+    train_s, eval_s, _ = ablate.estimate_parts(a.cfg, "smoke")
+    assert p.train_share[a.run_id] == train_s / ablate.estimate_s(a.cfg, "smoke") and eval_s > 0
     p.on_trial_start(0, [], _trial(a.run_id))
     p.on_trial_start(0, [], _trial(b.run_id))
     p.on_trial_result(0, [], _trial(a.run_id), {"step": 4, "loss": 0.1234})
