@@ -118,6 +118,17 @@ def _report_checkpoint(metrics: dict, path: str) -> None:
         rt.report(metrics, checkpoint=rt.Checkpoint.from_directory(tmp))
 
 
+def eval_cache_root() -> str:
+    """The evaluation cache (domain classifier, reference statistics) as an absolute path fixed by the driver.
+
+    Ray runs each trial in its own working directory, where the default relative cache would retrain the classifier
+    and recompute the reference statistics in every trial; on a cluster the path is per node (set ISM_CACHE to a
+    shared disk to train the classifier once).
+    """
+    from ism.extractors import cache_dir
+    return str(cache_dir().resolve())
+
+
 def _resumed_at(stats: Path) -> dict[str, float]:
     """{step, loss} of the last stats.jsonl line of an interrupted trial; {} for a fresh one."""
     try:
@@ -167,7 +178,7 @@ def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> dict
     evaluator = None
     if cfg.eval.at_end or cfg.eval.every_steps:
         from ism.evaluate import make_evaluator
-        evaluator = make_evaluator(cfg)
+        evaluator = make_evaluator(cfg, cache_root=payload.get("cache_root"))
     crash = payload.get("crash_at_step")
     if crash is not None:
         os.environ[TRAIN_CRASH_ENV] = str(crash)
@@ -407,8 +418,10 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str | None = None, train_
             return 0
         # Seed-major order: an interrupted or time-boxed sweep still covers every variant with its first seeds.
         pending = sorted(pending, key=lambda t: t.seed)
+        cache = eval_cache_root()
         payloads = {t.run_id: {"cfg": to_dict(t.cfg), "trial_dir": str(trial_dir(storage, t.run_id)),
                                "tracking_uri": uri, "mlflow_run_id": children[t.run_id], "label": t.label,
+                               "cache_root": cache,
                                "crash_at_step": crash[1] if crash and crash[0] in (t.run_id, *t.variants) else None}
                     for t in pending}
         progress = Progress(plan, pending, len(plan.trials) - len(pending), every_s=progress_every_s)

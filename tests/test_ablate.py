@@ -1,6 +1,7 @@
 """Ablation specs and profiles (resolved up front), and end-to-end sweeps on a real local Ray and a real MLflow store."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,10 +162,12 @@ def test_sweep_id_is_stable_and_follows_the_trial_set(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- end to end
-def run_ablate(spec: Path, storage: Path, uri: str, *extra: str, env: dict | None = None, timeout: float = 600):
+def run_ablate(spec: Path, storage: Path, uri: str, *extra: str, env: dict | None = None, timeout: float = 600,
+               drop: tuple[str, ...] = ()):
+    full = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in drop}
     return subprocess.run([sys.executable, "-m", "ism.cli", "ablate", str(spec), "--profile", "smoke", "--storage",
                            str(storage), "--tracking-uri", uri, *extra], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=storage.parent)
+                          env=full, timeout=timeout, cwd=storage.parent)
 
 
 def children(uri: str, spec: str) -> tuple:
@@ -184,8 +187,15 @@ def smoke_sweep(tmp_path_factory):
     spec = write_spec(root / "mini.yaml", variants=variants,
                       base={"overrides": {"eval.steps": [1, 2], "eval.sweep_steps": [1]}})
     uri = f"sqlite:///{root}/mlruns/mlflow.db"
+    # No ISM_CACHE: the driver's default cache (.ism/cache under its working directory) must serve every trial, though
+    # Ray runs each trial in a working directory of its own. Seeded with the session's classifier (not its reference
+    # statistics), so the trials' evaluation writes those statistics there.
+    cache = root / ".ism" / "cache"
+    cache.mkdir(parents=True)
+    for f in Path(os.environ["ISM_CACHE"]).glob("mnist-cnn-*.pt"):
+        shutil.copy2(f, cache / f.name)
     t0 = time.time()
-    res = run_ablate(spec, root / "st", uri, env={"ISM_INJECT_CRASH": "b@6"})
+    res = run_ablate(spec, root / "st", uri, env={"ISM_INJECT_CRASH": "b@6"}, drop=("ISM_CACHE",))
     assert res.returncode == 1, res.stderr[-4000:]  # 1: some trials failed
     return {"root": root, "spec": spec, "uri": uri, "out": res.stderr, "wall": time.time() - t0,
             "plan": ablate.plan(ablate.load_spec(spec), "smoke")}
@@ -224,6 +234,9 @@ def test_smoke_sweep_leaves_parent_and_child_runs_with_params_metrics_artifacts(
         assert {"eval/eval.csv", "eval/eval.json"} <= {a.path for a in c.list_artifacts(k.info.run_id, "eval")}
         assert any(a.path.endswith(".png") for a in c.list_artifacts(k.info.run_id, "samples"))
     assert "loss_guid" in by[("b", 0)].data.metrics
+    cache = smoke_sweep["root"] / ".ism" / "cache"
+    assert list(cache.glob("mnist-cnn-*.pt")) and any((cache / "fidelity").iterdir()), \
+        "trials evaluate with the driver's cache, not one in each Ray working directory"
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ METRIC = "objective"                 # the value trials report to Tune and log t
 
 
 # ----------------------------------------------------------------------------------------------- trials (Ray workers)
-def run_trial(config: dict, tracking_uri: str, objective: dict, train_fn=None) -> None:
+def run_trial(config: dict, tracking_uri: str, objective: dict, train_fn=None, cache_root: str | None = None) -> None:
     """Body of one study trial: train with intermediate evaluations, report the objective to Tune, log to MLflow."""
     import torch
     from ray import tune as rt
@@ -49,7 +49,7 @@ def run_trial(config: dict, tracking_uri: str, objective: dict, train_fn=None) -
 
     run_dir = Path(meta["trial_dir"])
     try:
-        summary = (train_fn or train)(cfg, run_dir, callback, make_evaluator(cfg))
+        summary = (train_fn or train)(cfg, run_dir, callback, make_evaluator(cfg, cache_root))
     except Diverged as e:  # a property of the sampled point, not a fault: no retry, the study records a FAIL
         log.tag("ism.error", str(e))
         rt.report({METRIC: float("nan"), "eval_step": e.step, "final": 1, "diverged": 1})
@@ -311,7 +311,7 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str | None = Non
         with tune.ray_session(num_cpus=ablate.PROFILES[p.profile].cpus or None):
             tune.check_resources(dict(p.resources))
             trainable = rt.with_resources(
-                rt.with_parameters(run_trial, tracking_uri=uri, train_fn=train_fn,
+                rt.with_parameters(run_trial, tracking_uri=uri, train_fn=train_fn, cache_root=tune.eval_cache_root(),
                                    objective={"terms": dict(p.objective.terms), "metric": p.objective.metric,
                                               "steps": list(p.objective.steps), "direction": p.objective.direction}),
                 {k: v for k, v in p.resources.items() if v})
