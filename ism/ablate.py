@@ -186,8 +186,8 @@ def load_spec(path: str | Path) -> Spec:
     base_over = _overrides(f"{p}: base.overrides", base.get("overrides"))
     if base.get("config"):  # a delta file, e.g. written by `ism study --export-best`; the spec's overrides win
         delta = load_yaml(p.parent / str(base["config"]))
-        preset = preset or delta.pop("preset", None)
-        delta.pop("preset", None)
+        file_preset = delta.pop("preset", None)
+        preset = preset or file_preset
         base_over = deep_merge(delta, base_over)
     if preset is not None:
         preset_delta(preset)

@@ -18,8 +18,7 @@ from torch import Tensor
 
 from ism.config import ConfigError, DataConfig
 from ism.rng import generator
-from ism.sources import LOADERS, _mnist5k_file, _Raw
-from ism.sources import read_idx  # noqa: F401 - re-exported: the public reader of IDX files
+from ism.sources import LOADERS, Raw, mnist5k_file
 
 CACHE_VERSION = 1  # bump when preprocessing changes so stale cache files are never read
 
@@ -134,7 +133,7 @@ def load_dataset(cfg: DataConfig, cache_dir: str | Path | None = None) -> Datase
         raise ConfigError(f"data.name: {cfg.name!r} is not allowed; choose one of {', '.join(LOADERS)}")
     cache = None
     if cfg.name == "mnist5k":  # the CSV parse dominates loading; the preprocessed result is cached by source + params
-        src = hashlib.sha256(_mnist5k_file().read_bytes()).hexdigest()
+        src = hashlib.sha256(mnist5k_file().read_bytes()).hexdigest()
         key = hashlib.sha256(json.dumps([src, _params(cfg, "image")], sort_keys=True).encode()).hexdigest()[:24]
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         cache = cache / f"mnist5k-{key}.npz"
@@ -147,7 +146,7 @@ def load_dataset(cfg: DataConfig, cache_dir: str | Path | None = None) -> Datase
     return ds
 
 
-def _assemble(cfg: DataConfig, raw: _Raw) -> Dataset:
+def _assemble(cfg: DataConfig, raw: Raw) -> Dataset:
     """Split (unless the source has its own held-out set), cap, count classes and fingerprint."""
     if raw.y.numel() != len(raw.x) or len(raw.x) == 0:
         raise ConfigError(f"data.path: {cfg.path or cfg.name} yielded {len(raw.x)} items and {raw.y.numel()} labels")

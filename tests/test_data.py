@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from ism.config import ConfigError, DataConfig
-from ism.data import describe, load_dataset, read_idx
+from ism.data import describe, load_dataset
+from ism.sources import read_idx
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

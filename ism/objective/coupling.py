@@ -166,8 +166,8 @@ class PairSource:
             rows = slice(k * self.batch_size, (k + 1) * self.batch_size)
             idx, x0 = idx[rows], x0[rows]
             diag.update(pool_diag)
-            diag["ot/solve_s"] = pool_diag["ot/solve_s"] if solved else 0.0
-            diag["ot/wait_s"] = pool_diag["ot/wait_s"] if solved else 0.0
+            if not solved:  # the pool's seconds are charged to the step that first used it
+                diag["ot/solve_s"] = diag["ot/wait_s"] = 0.0
             diag["ot/solved"] = float(solved)
         else:
             idx, x0 = self.data_indices(step), self.noise(step)

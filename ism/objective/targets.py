@@ -194,17 +194,18 @@ def targets_intrinsic(x1, y, x0, nets: dict, cfg: Config, gen: torch.Generator, 
     src = {"online": nets["online"], "target": nets["target"], "infer": nets["infer"]}[g.w_source]
     sl = slice(nv, nf)
     T = sc_network(nets, cfg)
-    pair = _guidance_inputs(xf[sl], tf[sl], kf[sl], y[nb + nv:], null)
     if src is T and nb:
         # One forward for the first half-step and the guidance pair: on small CPU batches a network call costs
         # mostly its fixed per-layer overhead, so this saves about one call per step (rows are independent).
         first = (xs, ts, ks + 1, y[:nb], ws)
+        pair = _guidance_inputs(xf[sl], tf[sl], kf[sl], y[nb + nv:], null)
         out = T(*(torch.cat([a, b]) for a, b in zip(first, pair)))
-        v1, pair_out = out[:nb], out[nb:]
+        v1 = out[:nb]
+        target_g = _guided(out[nb:], tf[sl], wg, v[sl], cfg)
     else:
-        v1, pair_out = None, src(*pair)
+        v1 = None
+        target_g = guidance_target(src, xf[sl], tf[sl], kf[sl], y[nb + nv:], wg, v[sl], cfg, null)
     target_sc = bootstrap_target(T, xs, ts, ks, y[:nb], ws, cfg, null, v1=v1)
-    target_g = _guided(pair_out, tf[sl], wg, v[sl], cfg)
     rows = Rows.cat([
         Rows(xs, ts, ks, y[:nb], ws, target_sc, torch.full((nb,), SC, device=dev)),
         Rows(xf[:nv], tf[:nv], kf[:nv], yv, torch.zeros(nv, device=dev), v[:nv], torch.full((nv,), FM, device=dev)),

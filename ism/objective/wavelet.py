@@ -217,8 +217,9 @@ def _flat_error_coeffs(e: Tensor, wavelet: str, levels: int) -> Tensor:
     return coef.reshape(b, -1, h * w)
 
 
+@functools.lru_cache(maxsize=16)  # the same few shapes every training step
 def _coefficient_weights(cfg: WaveletConfig, layout: tuple[tuple[str, int, int], ...], channels: int, numel: int,
-                         device) -> Tensor:
+                         device: str) -> Tensor:
     """Weight of every flattened coefficient so that sum(D * weight) is the configured reduction of one row."""
     lw = _band_weights(cfg, max(level for _, level, _ in layout))  # the deepest level is L
     lam = [cfg.ll_weight if level == 0 else lw[level - 1] for _, level, _ in layout]
@@ -251,7 +252,7 @@ def wavelet_loss(pred: Tensor, target: Tensor, cfg: WaveletConfig) -> tuple[Tens
     layout = _band_layout(h, w, cfg.wavelet, levels)
     err = pred - target
     d = _distance(_flat_error_coeffs(err, cfg.wavelet, levels), cfg.distance)  # [B, C, H*W]
-    weights = _coefficient_weights(cfg, layout, d.shape[1], pred[0].numel(), d.device)
+    weights = _coefficient_weights(cfg, layout, d.shape[1], pred[0].numel(), str(d.device))
     per_row = (d * weights).sum(dim=(1, 2))
     if cfg.mse_weight > 0:
         per_row = per_row + cfg.mse_weight * err.square().reshape(b, -1).mean(dim=1)

@@ -29,7 +29,7 @@ def export_best(p: StudyPlan, url: str, out: Path | None = None, root: Path | No
     delta = unflatten({k: list(b) if isinstance(b, tuple) else b for k, (_, b) in diff(preset_cfg, cfg).items()})
     out = out or (root or storage_root()) / "best" / f"{p.spec.name}-{p.profile}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
-    params = {k: v for k, v in p.decode(best.params).items()}
+    params = p.decode(best.params)
     head = [f"# Best trial #{best.number} of study '{p.study_name}' ({p.spec.path}): {p.objective.describe()} = {best.value:.6g}",
             f"# tuned: {json.dumps(params)}",
             "# Load: ism train -c THIS_FILE (or config.resolve(files=[THIS_FILE])); as an ablation base:",

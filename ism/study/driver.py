@@ -72,7 +72,6 @@ class Bookkeeper:
     def __init__(self, p: StudyPlan, study: optuna.Study, root: Path, uri: str, parent: str, exp: str, git: str):
         self.p, self.study, self.root, self.uri, self.parent, self.exp, self.git = p, study, root, uri, parent, exp, git
         self.start_time = time.time()
-        self.told = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
 
     def client(self):
         from ism import tracking
@@ -104,8 +103,6 @@ class Bookkeeper:
         """Settle a trial's MLflow run: COMPLETE/PRUNED finish, FAIL fails, INTERRUPTED is killed (it will resume)."""
         from ism import tracking
         child = ot.user_attrs.get("ism.mlflow_run_id")
-        if state in self.told:
-            self.told[state] += 1
         if child:
             c = self.client()
             tdir = Path(ot.user_attrs.get("ism.trial_dir", ""))
