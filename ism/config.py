@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -412,6 +413,11 @@ def resolve(preset: str = DEFAULT_PRESET, files: list[str | Path] = (), override
 def replace(cfg: Config, **dotted: Any) -> Config:
     """A validated copy with dotted keys changed: replace(cfg, **{'run.steps': 10})."""
     return from_dict(deep_merge(to_dict(cfg), dotted))
+
+
+def cache_dir() -> Path:
+    """$ISM_CACHE, else .ism/cache under the working directory (evaluation cache: domain classifier, statistics)."""
+    return Path(os.environ.get("ISM_CACHE") or Path.cwd() / ".ism" / "cache")
 
 
 # ----------------------------------------------------------------------------------------------- identity

@@ -32,7 +32,7 @@ from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils_torch import torch_atomic_save
 
-from ism.config import ConfigError
+from ism.config import ConfigError, cache_dir
 
 EXTRACTORS = ("mnist-cnn", "inception-v3-compat", "inception-fid-helper")
 CNN_VERSION = 1          # bump when the classifier or its training changes: old cache files are then ignored
@@ -40,11 +40,6 @@ CNN_FEATURES = 128
 CNN_EPOCHS = 6           # 98 % held-out on the 16x16 embedded MNIST-5k in ~1 min on one core
 CNN_MAX_SEEN = 300_000   # caps training work on big sets (CIFAR-10: 6 epochs would take too long on a CPU)
 FID_HELPER_FILE = "default_1.pt"
-
-
-def cache_dir() -> Path:
-    """$ISM_CACHE, else .ism/cache under the working directory."""
-    return Path(os.environ.get("ISM_CACHE") or Path.cwd() / ".ism" / "cache")
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

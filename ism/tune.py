@@ -25,7 +25,7 @@ from ray.tune.logger import JsonLoggerCallback
 
 from ism import tracking
 from ism.ablate import Plan, Trial, components, estimate_parts, finished_trials, sweep_dir, trial_dir
-from ism.config import ConfigError, flatten, from_dict, to_dict
+from ism.config import ConfigError, cache_dir, flatten, from_dict, to_dict
 
 CRASH_ENV = "ISM_INJECT_CRASH"  # "<variant or run id>@<step>": that trial crashes once at that step (tests)
 TRAIN_CRASH_ENV = "ISM_INJECT_CRASH_AT_STEP"  # what ism.train reads
@@ -125,8 +125,7 @@ def eval_cache_root() -> str:
     and recompute the reference statistics in every trial; on a cluster the path is per node (set ISM_CACHE to a
     shared disk to train the classifier once).
     """
-    from ism.extractors import cache_dir
-    return str(cache_dir().resolve())
+    return str(cache_dir().resolve())  # from config, not extractors: that import (torch, torchvision) costs ~5 s
 
 
 def _resumed_at(stats: Path) -> dict[str, float]:
