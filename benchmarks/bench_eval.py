@@ -5,6 +5,7 @@
   extraction is linear in N; the FID matrix work is a fixed cost, timed separately and added once).
 - Sampling: the mnist-cpu network (unet-tiny, untrained weights: the cost does not depend on them) from fixed
   noise, timed per step count and scaled to 1,000 samples.
+- Sampling batch size: CPU time per image per step for batches of 32 ... 500 (eval.batch_size of the preset).
 - Guided sampling: seconds per sampling step at the finest level, intrinsic guidance (w is an input: one
   forward pass) against CFG (conditional + null pass); the goal ratio is 0.5.
 Wall and CPU (process) time are both given: this machine's 2 cores are shared, so wall time includes waiting.
@@ -97,6 +98,25 @@ def sampling_rows(cfg, data) -> list[dict]:
     return rows
 
 
+def batch_rows(cfg, data) -> list[dict]:
+    """CPU ms per image per sampling step by batch size (mnist-cpu samples in batches of eval.batch_size)."""
+    from ism.models import build_model
+    from ism.sample import fixed_labels, fixed_noise, sample
+    net = build_model(cfg, data).eval()
+    rows, n, steps = [], 1000, 4
+    x0, y = fixed_noise(n, data.shape, 0), fixed_labels(n, data.num_classes)
+    for bs in (32, 64, 128, 250, 500):
+        def run():
+            for i in range(0, n, bs):
+                sample(net, x0[i:i + bs], y[i:i + bs], steps, cfg, null=data.num_classes)
+        run()  # warm-up
+        _, wall, cpu = _timed(run, repeats=3)
+        rows.append({"case": f"sample_ms_per_image_step/batch_{bs}", "value": 1000 * cpu / (n * steps), "unit": "ms",
+                     "note": f"{cfg.model.name}, {n} images x {steps} steps, CPU time (wall {wall:.2f}s); "
+                             f"the preset uses eval.batch_size={cfg.eval.batch_size}"})
+    return rows
+
+
 def guided_rows(data) -> list[dict]:
     """Seconds per guided sampling step: intrinsic (one pass) vs CFG at the finest level (two passes)."""
     from ism.config import resolve
@@ -132,7 +152,7 @@ def run() -> list[dict]:
     try:
         cfg = resolve("mnist-cpu")
         data = load_dataset(cfg.data)
-        return fid_rows(cfg, data) + sampling_rows(cfg, data) + guided_rows(data)
+        return fid_rows(cfg, data) + sampling_rows(cfg, data) + batch_rows(cfg, data) + guided_rows(data)
     finally:
         torch.set_num_threads(threads)
 

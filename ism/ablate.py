@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import yaml
+
 from ism.config import (Config, ConfigError, _suggest, deep_merge, diff, from_dict, load_yaml, preset_delta,
-                        read_yaml_mapping, run_id)
+                        read_yaml_mapping, run_id, training_id)
 
 
 @dataclass(frozen=True)
@@ -340,6 +342,43 @@ def finished_trials(p: Plan, storage: Path) -> set[str]:
     return {t.run_id for t in p.trials if (trial_dir(storage, t.run_id) / "summary.json").exists()}
 
 
+def trained_donors(storage: Path) -> dict[str, Path]:
+    """{training id: run dir} of stored trials whose training finished (the final checkpoint is on disk).
+
+    A trial whose config differs from one of them only in evaluation settings (the guidance spec's sweeps over
+    components' trials) adopts that training and only evaluates. Unreadable or outdated run dirs are skipped.
+    """
+    found: dict[str, Path] = {}
+    root = Path(storage) / "trials"
+    for d in sorted(root.iterdir()) if root.is_dir() else ():
+        try:
+            cfg = from_dict(yaml.safe_load((d / "config.yaml").read_text()))
+        except (OSError, ConfigError, yaml.YAMLError, TypeError, AttributeError):
+            continue
+        if (d / "checkpoints" / f"ckpt-{cfg.run.steps:08d}.pt").is_file():
+            found.setdefault(training_id(cfg), d)
+    return found
+
+
+def trained_donor(cfg: Config, storage: Path, donors: Mapping[str, Path] | None = None) -> Path | None:
+    """Run dir of another stored trial with the same training as cfg, finished; None when there is none."""
+    d = (trained_donors(storage) if donors is None else donors).get(training_id(cfg))
+    return d if d is not None and d.name != run_id(cfg) else None
+
+
+def reused_training(p: Plan, storage: Path) -> dict[str, str]:
+    """{run id: donor run id} for the plan's unstarted trials that will adopt a finished training."""
+    donors = trained_donors(storage)
+    out = {}
+    for t in p.trials:
+        d = trial_dir(storage, t.run_id)
+        if not (d / "summary.json").exists() and not any((d / "checkpoints").glob("ckpt-*.pt")):
+            donor = trained_donor(t.cfg, storage, donors)
+            if donor is not None:
+                out[t.run_id] = donor.name
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- cost and listing
 def estimate_parts(cfg: Config, profile: str) -> tuple[float, float, float]:
     """Rough wall seconds of one trial: (training steps, sampling at every evaluated step count, fixed overhead)."""
@@ -377,7 +416,7 @@ def _fmt_v(v: Any) -> str:
     return json.dumps(list(v)) if isinstance(v, (list, tuple)) else str(v)
 
 
-def describe_plan(p: Plan, done: set[str] = frozenset()) -> str:
+def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, str] | None = None) -> str:
     """The --dry-run listing: trials grouped by config, their diff to the base, resources and estimated cost."""
     n_cfg = len({t.variants for t in p.trials})
     lines = [f"spec {p.spec.name} ({p.spec.path}) - profile {p.profile} (preset {p.preset}) - sweep {p.sweep_id}",
@@ -386,8 +425,10 @@ def describe_plan(p: Plan, done: set[str] = frozenset()) -> str:
     lines += [f"  note: {n}" for n in p.notes]
     total = 0.0
     seen: set[tuple[str, ...]] = set()
+    reused = reused or {}
+    cost = {t.run_id: sum(estimate_parts(t.cfg, p.profile)[t.run_id in reused:]) for t in p.trials}
     for t in p.trials:
-        est = estimate_s(t.cfg, p.profile)
+        est = cost[t.run_id]
         total += est
         if t.variants not in seen:
             seen.add(t.variants)
@@ -396,10 +437,11 @@ def describe_plan(p: Plan, done: set[str] = frozenset()) -> str:
             d = {k: v for k, v in t.diff.items() if k != "run.seed"}
             lines.append("    diff vs base: " + (", ".join(f"{k}: {_fmt_v(a)} -> {_fmt_v(b)}" for k, (a, b) in d.items())
                                                   or "(the base)"))
-        status = "done" if t.run_id in done else "pending"
+        status = ("done" if t.run_id in done else
+                  f"pending, evaluates the training of run {reused[t.run_id]}" if t.run_id in reused else "pending")
         lines.append(f"    seed {t.seed:<3} run {t.run_id}  est {_fmt_s(est):>6}  {status}")
     k = concurrency(p)
-    pending = sum(estimate_s(t.cfg, p.profile) for t in p.trials if t.run_id not in done)
+    pending = sum(cost[t.run_id] for t in p.trials if t.run_id not in done)
     unit = "GPU" if p.resources.get("gpu") else "CPU"
     share = p.resources.get("gpu") or p.resources.get("cpu", 1)
     lines.append(f"\nestimated cost: {len(p.trials)} trials, {total * share / 3600:.2f} {unit}-hours in all; "
@@ -431,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         p = dataclasses.replace(p, max_failures=args.max_failures)
     storage = storage_root(args.storage)
     if args.dry_run:
-        print(describe_plan(p, finished_trials(p, storage)))
+        print(describe_plan(p, finished_trials(p, storage), reused_training(p, storage)))
         return 0
     from ism import tune  # Ray and MLflow are imported only when a sweep runs
     return tune.run_sweep(p, storage, tracking_uri=args.tracking_uri)

@@ -432,6 +432,14 @@ def run_id(cfg: Config) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def training_id(cfg: Config) -> str:
+    """Identity of what training computes: the run identity without the evaluation settings (training never reads
+    them, except eval.every_steps, which adds evaluations during training), so runs that differ only in how they
+    are evaluated can share one training."""
+    keys = {k: v for k, v in identity_dict(cfg).items() if not k.startswith("eval.") or k == "eval.every_steps"}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
 def diff(base: Config, other: Config) -> dict[str, tuple[Any, Any]]:
     """Dotted keys whose values differ: {key: (base, other)}."""
     a, b = flatten(base), flatten(other)

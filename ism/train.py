@@ -10,6 +10,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -126,6 +127,27 @@ def _save(state: State, cfg: Config, run_dir: Path, step: int, pairs: PairSource
                      path)
     ckpt.prune(run_dir, cfg.run.keep_checkpoints)
     return path
+
+
+def adopt_training(run_dir: Path, donor: Path, steps: int) -> bool:
+    """Seed an unstarted run dir with a finished training of the same training config (hard link of the final
+    checkpoint, copy of its stats.jsonl): train() then resumes at the last step and only evaluates."""
+    run_dir, donor = Path(run_dir), Path(donor)
+    src = ckpt.checkpoint_path(donor, steps)
+    if ckpt.list_checkpoints(run_dir) or (run_dir / "summary.json").exists() or not src.is_file():
+        return False
+    dst = ckpt.checkpoint_path(run_dir, steps)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+    try:
+        os.link(src, tmp)  # checkpoints are replaced, never modified in place: sharing the inode is safe
+    except OSError:
+        shutil.copy2(src, tmp)
+    if (donor / "stats.jsonl").is_file():
+        ckpt.write_text_atomic(run_dir / "stats.jsonl", (donor / "stats.jsonl").read_text())
+    ckpt.write_text_atomic(run_dir / "training_from.json", json.dumps({"run_dir": str(donor), "step": steps}))
+    os.replace(tmp, dst)  # last: the checkpoint is what marks the training as present
+    return True
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | None = None,

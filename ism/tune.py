@@ -24,7 +24,8 @@ from ray import tune as rt
 from ray.tune.logger import JsonLoggerCallback
 
 from ism import tracking
-from ism.ablate import Plan, Trial, components, estimate_parts, finished_trials, sweep_dir, trial_dir
+from ism.ablate import (Plan, Trial, components, estimate_parts, finished_trials, reused_training, sweep_dir, trained_donor,
+                        trial_dir)
 from ism.config import ConfigError, cache_dir, flatten, from_dict, to_dict
 
 CRASH_ENV = "ISM_INJECT_CRASH"  # "<variant or run id>@<step>": that trial crashes once at that step (tests)
@@ -137,6 +138,18 @@ def _resumed_at(stats: Path) -> dict[str, float]:
         return {}
 
 
+def _adopt(cfg, run_dir: Path, storage: str | None) -> str | None:
+    """Adopt a finished training of the same training config from the storage (see ablate.trained_donors), once;
+    returns the donor's run id (also on later attempts), or None."""
+    from ism import checkpoint as ckpt
+    from ism.train import adopt_training
+    if storage and not ckpt.list_checkpoints(run_dir) and not (run_dir / "summary.json").exists():
+        donor = trained_donor(cfg, Path(storage))
+        if donor is not None:
+            adopt_training(run_dir, donor, cfg.run.steps)
+    return Path(_read_json(run_dir / "training_from.json").get("run_dir", "")).name or None
+
+
 def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> None:
     """Body of one Tune trial: train (resuming), report to Tune, log to the trial's MLflow child run."""
     import torch
@@ -149,6 +162,7 @@ def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> None
     run_dir = Path(payload["trial_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     _restore_from_ray(run_dir)
+    donor = _adopt(cfg, run_dir, payload.get("storage"))
     log = tracking.TrialLog(payload["tracking_uri"], payload["mlflow_run_id"])
     log.running()
     log.tag("ism.started_at", f"{time.time():.3f}")  # the run's start_time is its creation, when it was queued
@@ -156,6 +170,8 @@ def run_trial(payload: dict[str, Any], train_fn: Callable | None = None) -> None
     log.tag("ism.node_id", node)
     log.tag("ism.node_ip", next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node), "unknown"))
     log.tag("ism.hardware", hardware(cfg))
+    if donor:
+        log.tag("ism.training_from", donor)  # trained once by that trial; this one only evaluates
     latest: dict[str, float] = _resumed_at(run_dir / "stats.jsonl")
     if latest:
         rt.report(dict(latest))  # the progress line shows where a resumed trial picks up, not step 0
@@ -224,7 +240,8 @@ def _fids(result: dict) -> str:
 class Progress(rt.Callback):
     """Compact terminal progress: trials done / running / failed, latest loss and FID per running trial, ETA."""
 
-    def __init__(self, plan: Plan, pending: list[Trial], done_before: int, every_s: float = 20.0, out=sys.stderr):
+    def __init__(self, plan: Plan, pending: list[Trial], done_before: int, every_s: float = 20.0, out=sys.stderr,
+                 reused: frozenset[str] = frozenset()):
         self.plan, self.out, self.every = plan, out, every_s
         self.by_id = {t.run_id: t for t in pending}
         self.total = len(plan.trials)
@@ -233,6 +250,7 @@ class Progress(rt.Callback):
         self.start = time.time()
         self.last_print = 0.0
         parts = {t.run_id: estimate_parts(t.cfg, plan.profile) for t in pending}
+        parts = {rid: (0.0, *p[1:]) if rid in reused else p for rid, p in parts.items()}  # adopted training: eval only
         self.work = {rid: sum(p) for rid, p in parts.items()}
         # share of a trial's estimated time spent training (evaluation follows; a guidance sweep makes it long)
         self.train_share = {rid: p[0] / max(sum(p), 1e-9) for rid, p in parts.items()}
@@ -419,10 +437,11 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str | None = None, train_
         cache = eval_cache_root()
         payloads = {t.run_id: {"cfg": to_dict(t.cfg), "trial_dir": str(trial_dir(storage, t.run_id)),
                                "tracking_uri": uri, "mlflow_run_id": children[t.run_id], "label": t.label,
-                               "cache_root": cache,
+                               "cache_root": cache, "storage": str(storage),
                                "crash_at_step": crash[1] if crash and crash[0] in (t.run_id, *t.variants) else None}
                     for t in pending}
-        progress = Progress(plan, pending, len(plan.trials) - len(pending), every_s=progress_every_s)
+        progress = Progress(plan, pending, len(plan.trials) - len(pending), every_s=progress_every_s,
+                            reused=frozenset(reused_training(plan, storage)))
         errors: dict[str, str] = {}
         interrupted = False
         labels = {t.run_id: f"{t.label.replace('/', '-')}-{t.run_id}" for t in pending}

@@ -276,6 +276,51 @@ def test_rerunning_a_finished_sweep_reruns_only_failed_trials(smoke_sweep):
     assert sorted(k.info.run_id for k in after) == sorted(k.info.run_id for k in before)
 
 
+@pytest.mark.slow
+def test_trial_differing_only_in_evaluation_adopts_the_finished_training(smoke_sweep, tmp_path):
+    """A spec that re-evaluates a stored trial with other eval settings trains nothing: it evaluates the same weights."""
+    from ism import tracking
+    donor_t = next(t for t in smoke_sweep["plan"].trials if t.variants[0] == "a" and t.seed == 0)
+    st = tmp_path / "st"
+    shutil.copytree(smoke_sweep["root"] / "st" / "trials" / donor_t.run_id, st / "trials" / donor_t.run_id)
+    donor = st / "trials" / donor_t.run_id
+    spec = write_spec(tmp_path / "again.yaml", name="again", seeds=[0],
+                      variants={"a": {"reason": "same training, a guidance sweep at eval",
+                                      "overrides": {"eval.guidance_sweep": [1.0, 2.0]}},
+                                "lr": {"reason": "other training", "overrides": {"optim.lr": 5e-4}}},
+                      base={"overrides": {"eval.steps": [1, 2], "eval.sweep_steps": [1]}})
+    p = ablate.plan(ablate.load_spec(spec), "smoke")
+    new, other = (next(t for t in p.trials if t.variants[0] == v) for v in ("a", "lr"))
+    assert new.run_id != donor_t.run_id
+    assert ablate.reused_training(p, st) == {new.run_id: donor_t.run_id}
+    assert ablate.main([str(spec), "--profile", "smoke", "--dry-run", "--storage", str(st)]) == 0
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    res = run_ablate(spec, st, uri)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = st / "trials" / new.run_id
+    steps = new.cfg.run.steps
+    assert os.path.samefile(run / "checkpoints" / f"ckpt-{steps:08d}.pt", donor / "checkpoints" / f"ckpt-{steps:08d}.pt")
+    assert json.loads((run / "training_from.json").read_text())["run_dir"] == str(donor)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed_from"] == steps
+    assert (run / "stats.jsonl").read_text() == (donor / "stats.jsonl").read_text()
+    rows = json.loads((run / "eval" / "eval.json").read_text())
+    assert {r["guidance"] for r in rows if r.get("metric") == "fid" and r["steps"] == 1} >= {1.0, 2.0}, "the sweep ran"
+    from ism.evaluate import default_guidance
+    g = default_guidance(new.cfg)
+    fid = {r["steps"]: r["value"] for r in rows if r["metric"] == "fid" and r["guidance"] == g}
+    old = {r["steps"]: r["value"] for r in json.loads((donor / "eval" / "eval.json").read_text())
+           if r["metric"] == "fid" and r["guidance"] == g}
+    assert fid and fid == pytest.approx(old, rel=1e-4), "the same weights on the same noise give the same FID"
+    assert not (st / "trials" / other.run_id / "training_from.json").exists()
+    assert json.loads((st / "trials" / other.run_id / "summary.json").read_text())["resumed_from"] == 0
+    _, kids = children(uri, "again")
+    by = {k.data.tags["ism.variant"]: k for k in kids}
+    assert by["a"].data.tags["ism.training_from"] == donor_t.run_id and "ism.training_from" not in by["lr"].data.tags
+    logged = [h.step for h in tracking.client(uri).get_metric_history(by["a"].info.run_id, "loss")]
+    assert logged and logged[-1] == steps, "the adopted training's curves are in the new child run"
+
+
 def _tagged_pids(tag: str) -> list[int]:
     """Processes whose environment carries our tag: the sweep, its Ray daemons and Ray's trial workers."""
     found = []

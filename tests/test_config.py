@@ -99,3 +99,13 @@ def test_config_reference_doc_is_current():
     from pathlib import Path
     doc = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
     assert doc.read_text() == C.reference_markdown(), "regenerate: python -m ism.config > docs/config-reference.md"
+
+
+def test_training_id_ignores_evaluation_settings_only():
+    from ism.config import resolve, run_id, training_id
+    base = resolve("smoke")
+    assert training_id(resolve("smoke", overrides={"eval.guidance_sweep": [1.0, 2.0], "eval.num_samples": 32,
+                                                   "eval.steps": [1]})) == training_id(base)
+    assert run_id(resolve("smoke", overrides={"eval.num_samples": 32})) != run_id(base)
+    for key, value in (("optim.lr", 5e-4), ("run.seed", 1), ("eval.every_steps", 4), ("run.steps", 6)):
+        assert training_id(resolve("smoke", overrides={key: value})) != training_id(base), key
