@@ -164,12 +164,34 @@ def throughput(tmp: Path) -> list[dict]:
              "note": "both nodes on this 2-core machine; Ray start and join excluded"}]
 
 
+def machine_ceiling(tmp: Path) -> list[dict]:
+    """Two plain `ism train` processes at once against one after the other: what two cores give without Ray."""
+    cmd = [str(BIN / "ism"), "train", "--preset", "mnist-cpu", f"run.steps={THROUGHPUT_STEPS}", "eval.at_end=false",
+           "run.progress=false", "run.threads=1"]
+
+    def start(seed: int) -> subprocess.Popen:
+        return subprocess.Popen([*cmd, f"run.seed={seed}", "--run-dir", str(tmp / f"plain{seed}")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.perf_counter()
+    for seed in (0, 1):
+        start(seed).wait()
+    serial = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for p in [start(seed) for seed in (2, 3)]:
+        p.wait()
+    both = time.perf_counter() - t0
+    return [{"case": "two plain processes at once / one after the other", "value": serial / both, "unit": "x",
+             "note": f"`ism train`, {THROUGHPUT_STEPS} steps, 1 thread each, no Ray: the ceiling for the two-node "
+                     f"figure on this machine ({serial:.0f} s serial, {both:.0f} s together)"}]
+
+
 def run() -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
         tmp = Path(tmp)
         (tmp / "a").mkdir()
         (tmp / "b").mkdir()
-        return overhead(tmp / "a") + throughput(tmp / "b")
+        (tmp / "c").mkdir()
+        return overhead(tmp / "a") + throughput(tmp / "b") + machine_ceiling(tmp / "c")
 
 
 if __name__ == "__main__":
