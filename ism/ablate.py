@@ -396,11 +396,14 @@ def estimate_s(cfg: Config, profile: str) -> float:
     return sum(estimate_parts(cfg, profile))
 
 
-def concurrency(plan_: Plan) -> int:
-    """Trials that fit at once on the profile's local Ray (CPU-bound profiles)."""
-    cpus = PROFILES[plan_.profile].cpus or os.cpu_count() or 1
-    per = plan_.resources.get("cpu", 1) or 1
-    return max(1, int(cpus // per)) if not plan_.resources.get("gpu") else 1
+def concurrency(profile: str, resources: Mapping[str, float], cap: int | None = None) -> int:
+    """Trials at once: on CPU profiles the local Ray's CPUs over the per-trial share (at most `cap`, a study's
+    parallelism); on GPU profiles `cap`, else 1 (costs are then given per GPU)."""
+    if resources.get("gpu"):
+        return cap or 1
+    cpus = PROFILES[profile].cpus or os.cpu_count() or 1
+    k = max(1, int(cpus // (resources.get("cpu", 1) or 1)))  # Ray packs fractional CPU shares
+    return min(k, cap) if cap else k
 
 
 def fmt_resources(r: Mapping[str, float]) -> str:
@@ -440,7 +443,7 @@ def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, st
         status = ("done" if t.run_id in done else
                   f"pending, evaluates the training of run {reused[t.run_id]}" if t.run_id in reused else "pending")
         lines.append(f"    seed {t.seed:<3} run {t.run_id}  est {_fmt_s(est):>6}  {status}")
-    k = concurrency(p)
+    k = concurrency(p.profile, p.resources)
     pending = sum(cost[t.run_id] for t in p.trials if t.run_id not in done)
     unit = "GPU" if p.resources.get("gpu") else "CPU"
     share = p.resources.get("gpu") or p.resources.get("cpu", 1)

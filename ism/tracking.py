@@ -130,13 +130,19 @@ def set_status(c: MlflowClient, run_id: str, status: str, reason: str | None = N
         _retry(c.update_run, run_id, status=status)
 
 
-def status(c: MlflowClient, run_id: str) -> str | None:
-    """A run's status, or None when the run does not exist (or was deleted) in this store."""
+def get_run(c: MlflowClient, run_id: str):
+    """The run, or None when it does not exist (or was deleted) in this store."""
     try:
         run = c.get_run(run_id)
     except MlflowException:
         return None
-    return None if run.info.lifecycle_stage == "deleted" else run.info.status
+    return None if run.info.lifecycle_stage == "deleted" else run
+
+
+def status(c: MlflowClient, run_id: str) -> str | None:
+    """A run's status, or None when the run does not exist (or was deleted) in this store."""
+    run = get_run(c, run_id)
+    return run.info.status if run is not None else None
 
 
 # ----------------------------------------------------------------------------------------------- sweeps and trials

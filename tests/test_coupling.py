@@ -128,6 +128,47 @@ def test_points_data():
     assert x0.shape == (10, 2) and diag["ot/cost_after"] <= diag["ot/cost_before"]
 
 
+def test_prefetch_solves_the_next_pool_while_the_current_one_trains():
+    """Pool 1 is solved in a background thread while pool 0's steps train: it completes between two batch() calls,
+    before the step that needs it, and that step finds it ready. Without prefetch it is solved inside that step."""
+    import threading
+    go, solved = threading.Event(), threading.Event()
+    where = []
+
+    def gated(src):
+        solve, calls = src._solve, []
+
+        def wrapped(x0, idx):
+            calls.append(1)
+            if len(calls) > 1:  # pool 1; pool 0 is solved by the first batch() call in either mode
+                assert go.wait(30), "the training thread never let the solve run"
+            where.append(threading.current_thread().name)
+            out = solve(x0, idx)
+            if len(calls) > 1:
+                solved.set()
+            return out
+        src._solve = wrapped
+        return src
+
+    cfg = {"ot": {"enabled": True, "pool_batches": 4}, "optim": {"batch_size": 8}, "run": {"seed": 3, "steps": 8}}
+    on = gated(PairSource(_data(), from_dict({**cfg, "ot": {**cfg["ot"], "prefetch": True}})))
+    on.batch(0)                   # returns while pool 1's solve is still held back: it is not on this thread
+    assert not solved.is_set()
+    go.set()                      # "training" steps 0-3; the solve runs meanwhile
+    assert solved.wait(30), "pool 1 was solved while pool 0 trained, outside any batch() call"
+    for step in range(1, 5):
+        on.batch(step)
+    assert where == [threading.main_thread().name, "sot-pool-1"]
+    where.clear(), go.clear(), solved.clear()
+    off = gated(PairSource(_data(), from_dict({**cfg, "ot": {**cfg["ot"], "prefetch": False}})))
+    go.set()
+    for step in range(4):
+        off.batch(step)
+    assert not solved.is_set(), "without prefetch nothing is solved ahead"
+    off.batch(4)
+    assert solved.is_set() and where == [threading.main_thread().name] * 2
+
+
 def test_prefetch_serves_the_same_pairs_and_solves_ahead():
     data = _data()
     on = PairSource(data, from_dict({"ot": {"enabled": True, "pool_batches": 4, "prefetch": True},

@@ -15,8 +15,6 @@ def test_progress_lines_follow_the_trials():
     a, b = plan.trials[:2]
     out = io.StringIO()
     p = tune.Progress(plan, list(plan.trials), done_before=0, every_s=0.0, out=out)
-    train_s, eval_s, _ = ablate.estimate_parts(a.cfg, "smoke")
-    assert p.train_share[a.run_id] == train_s / ablate.estimate_s(a.cfg, "smoke") and eval_s > 0
     p.on_trial_start(0, [], _trial(a.run_id))
     p.on_trial_start(0, [], _trial(b.run_id))
     p.on_trial_result(0, [], _trial(a.run_id), {"step": 4, "loss": 0.1234})
@@ -38,3 +36,24 @@ def test_resumed_trial_reports_its_last_logged_step(tmp_path):
     assert tune._resumed_at(stats) == {"step": 100, "loss": 0.25}
     stats.write_text("not json\n")
     assert tune._resumed_at(stats) == {}
+
+
+def test_eta_follows_training_progress_and_skips_adopted_training():
+    """The ETA shrinks as a running trial trains; a trial that adopts a finished training has only evaluation left."""
+    plan = ablate.plan(ablate.load_spec("ablations/guidance.yaml"), "smoke", seeds=[0])
+    a = plan.trials[0]
+    steps = a.cfg.run.steps
+    etas = []
+    for step in (0, steps // 2, steps):
+        p = tune.Progress(plan, list(plan.trials), done_before=0, every_s=1e9, out=io.StringIO())
+        p.start -= 100.0  # 100 s into the sweep
+        p.on_trial_start(0, [], _trial(a.run_id))
+        p.on_trial_result(0, [], _trial(a.run_id), {"step": step})
+        etas.append(p.eta_s())
+    assert etas[0] is None and etas[1] > etas[2] > 0
+    reused = tune.Progress(plan, list(plan.trials), done_before=0, every_s=1e9, out=io.StringIO(),
+                           reused=frozenset({a.run_id}))
+    assert reused.train_share[a.run_id] == 0.0 and reused.work[a.run_id] < p.work[a.run_id]
+    reused.on_trial_start(0, [], _trial(a.run_id))
+    reused.on_trial_result(0, [], _trial(a.run_id), {"step": steps})
+    assert reused.eta_s() is None, "an adopted training is no progress: only its evaluation counts"

@@ -65,9 +65,7 @@ def describe_plan(p: StudyPlan, url: str) -> str:
         lines.append(f"existing study: none ({str(e).split(';')[0]})" if "no study" in str(e) else f"existing study: {e}")
     est = ablate.estimate_s(p.base, p.profile)
     left = max(0, p.n_trials - done)
-    cpus = ablate.PROFILES[p.profile].cpus  # the local Ray of CPU profiles caps how many trials run at once
-    k = p.parallelism if p.resources.get("gpu") or not cpus else \
-        max(1, min(p.parallelism, cpus // max(1, int(p.resources.get("cpu", 1)))))
+    k = ablate.concurrency(p.profile, p.resources, cap=p.parallelism)
     lines.append(f"estimated cost: ~{ablate._fmt_s(est)} per full trial; {left} to run -> ~{ablate._fmt_s(est * left / k)} "
                  f"wall at {k} at once (pruning shortens it)")
     return "\n".join(lines)

@@ -115,9 +115,10 @@ class Bookkeeper:
             tracking.set_status(c, child, status, reason)
         if quiet:
             return
-        self.progress()
+        now = self._state()
+        self.progress(now)
         val = "" if value is None or not math.isfinite(value) else f" objective {value:.5g}"
-        self.say(f"{state.lower()} #{ot.number}{val}" + (f": {reason}" if reason else ""))
+        self.say(f"{state.lower()} #{ot.number}{val}" + (f": {reason}" if reason else ""), now)
 
     def reconcile(self) -> int:
         """Settle MLflow runs of trials the study finished while the driver died before logging it; returns how many."""
@@ -125,31 +126,36 @@ class Bookkeeper:
         n = 0
         for t in self.study.get_trials(deepcopy=False, states=FINISHED):
             child = t.user_attrs.get("ism.mlflow_run_id")
-            if not child or tracking.status(self.client(), child) is None:
+            run = tracking.get_run(self.client(), child) if child else None
+            if run is None:
                 continue
-            if self.client().get_run(child).data.tags.get("ism.trial_state") != t.state.name:
+            if run.data.tags.get("ism.trial_state") != t.state.name:
                 self.finish(t, t.state.name, t.value, None, quiet=True)
                 n += 1
         return n
 
-    def progress(self) -> None:
-        from ism import tracking
+    def _state(self) -> tuple[dict[str, int], int, tuple[float, int] | None]:
+        """(trial counts by state, finished trials, (best value, its trial number) or None): one storage read."""
         c = counts(self.study)
-        done = sum(c[s.name] for s in FINISHED)
-        metrics = {"trials_finished": done, "trials_pruned": c["PRUNED"], "trials_failed": c["FAIL"]}
         try:
-            metrics["best_objective"] = self.study.best_value
+            best = self.study.best_trial
+            top = (best.value, best.number)
         except ValueError:
-            pass
+            top = None
+        return c, sum(c[s.name] for s in FINISHED), top
+
+    def progress(self, state: tuple | None = None) -> None:
+        """The parent run's study metrics: trials finished / pruned / failed and the best objective so far."""
+        from ism import tracking
+        c, done, top = state or self._state()
+        metrics = {"trials_finished": done, "trials_pruned": c["PRUNED"], "trials_failed": c["FAIL"]}
+        if top is not None:
+            metrics["best_objective"] = top[0]
         tracking.log_metrics(self.client(), self.parent, metrics, step=done)
 
-    def say(self, event: str) -> None:
-        c = counts(self.study)
-        done = sum(c[s.name] for s in FINISHED)
-        try:
-            best = f", best {self.study.best_value:.5g} (#{self.study.best_trial.number})"
-        except ValueError:
-            best = ""
+    def say(self, event: str, state: tuple | None = None) -> None:
+        c, done, top = state or self._state()
+        best = f", best {top[0]:.5g} (#{top[1]})" if top is not None else ""
         mins = (time.time() - self.start_time) / 60
         print(f"[{self.p.study_name}] {done}/{self.p.n_trials} done ({c['PRUNED']} pruned, {c['FAIL']} failed), "
               f"{c['RUNNING']} running{best} | {mins:.1f} min | {event}", file=sys.stderr, flush=True)
