@@ -241,7 +241,7 @@ class Progress(rt.Callback):
     """Compact terminal progress: trials done / running / failed, latest loss and FID per running trial, ETA."""
 
     def __init__(self, plan: Plan, pending: list[Trial], done_before: int, every_s: float = 20.0, out=sys.stderr,
-                 reused: frozenset[str] = frozenset()):
+                 reused: frozenset[str] = frozenset(), stored: frozenset[str] = frozenset()):
         self.plan, self.out, self.every = plan, out, every_s
         self.by_id = {t.run_id: t for t in pending}
         self.total = len(plan.trials)
@@ -251,6 +251,8 @@ class Progress(rt.Callback):
         self.last_print = 0.0
         parts = {t.run_id: estimate_parts(t.cfg, plan.profile) for t in pending}
         parts = {rid: (0.0, *p[1:]) if rid in reused else p for rid, p in parts.items()}  # adopted training: eval only
+        # finished by another spec's sweep: only logged here, so it must not speed up the ETA's rate
+        parts = {rid: (0.0, 0.0, 0.0) if rid in stored else p for rid, p in parts.items()}
         self.work = {rid: sum(p) for rid, p in parts.items()}
         # share of a trial's estimated time spent training (evaluation follows; a guidance sweep makes it long)
         self.train_share = {rid: p[0] / max(sum(p), 1e-9) for rid, p in parts.items()}
@@ -441,7 +443,8 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str | None = None, train_
                                "crash_at_step": crash[1] if crash and crash[0] in (t.run_id, *t.variants) else None}
                     for t in pending}
         progress = Progress(plan, pending, len(plan.trials) - len(pending), every_s=progress_every_s,
-                            reused=frozenset(reused_training(plan, storage)))
+                            reused=frozenset(reused_training(plan, storage)),
+                            stored=frozenset(finished_trials(plan, storage)))
         errors: dict[str, str] = {}
         interrupted = False
         labels = {t.run_id: f"{t.label.replace('/', '-')}-{t.run_id}" for t in pending}

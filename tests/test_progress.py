@@ -57,3 +57,17 @@ def test_eta_follows_training_progress_and_skips_adopted_training():
     reused.on_trial_start(0, [], _trial(a.run_id))
     reused.on_trial_result(0, [], _trial(a.run_id), {"step": steps})
     assert reused.eta_s() is None, "an adopted training is no progress: only its evaluation counts"
+
+
+def test_trials_finished_by_another_sweep_do_not_speed_up_the_eta():
+    """A trial another spec already ran finishes at once here: the ETA must not read that as fast progress."""
+    plan = ablate.plan(ablate.load_spec("ablations/guidance.yaml"), "smoke", seeds=[0])
+    a, b = plan.trials[:2]
+    p = tune.Progress(plan, list(plan.trials), done_before=0, every_s=1e9, out=io.StringIO(),
+                      stored=frozenset({a.run_id}))
+    p.on_trial_start(0, [], _trial(a.run_id))
+    p.on_trial_complete(0, [], _trial(a.run_id, {"done": 1}))
+    assert p.done == 1 and p.eta_s() is None
+    p.on_trial_start(0, [], _trial(b.run_id))
+    p.on_trial_result(0, [], _trial(b.run_id), {"step": b.cfg.run.steps // 2})
+    assert p.eta_s() > 0
