@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from ism.config import (Config, ConfigError, _suggest, deep_merge, diff, from_dict, load_yaml, preset_delta,
                         read_yaml_mapping, run_id, training_id)
 
@@ -352,12 +350,18 @@ def trained_donors(storage: Path) -> dict[str, Path]:
     root = Path(storage) / "trials"
     for d in sorted(root.iterdir()) if root.is_dir() else ():
         try:
-            cfg = from_dict(yaml.safe_load((d / "config.yaml").read_text()))
-        except (OSError, ConfigError, yaml.YAMLError, TypeError, AttributeError):
+            cfg = from_dict(load_yaml(d / "config.yaml"))
+        except (OSError, ConfigError):
             continue
         if (d / "checkpoints" / f"ckpt-{cfg.run.steps:08d}.pt").is_file():
             found.setdefault(training_id(cfg), d)
     return found
+
+
+def unstarted(run_dir: Path) -> bool:
+    """No checkpoint and no summary yet: a run dir that may still adopt a finished training."""
+    d = Path(run_dir)
+    return not (d / "summary.json").exists() and not any((d / "checkpoints").glob("ckpt-*.pt"))
 
 
 def trained_donor(cfg: Config, storage: Path, donors: Mapping[str, Path] | None = None) -> Path | None:
@@ -371,8 +375,7 @@ def reused_training(p: Plan, storage: Path) -> dict[str, str]:
     donors = trained_donors(storage)
     out = {}
     for t in p.trials:
-        d = trial_dir(storage, t.run_id)
-        if not (d / "summary.json").exists() and not any((d / "checkpoints").glob("ckpt-*.pt")):
+        if unstarted(trial_dir(storage, t.run_id)):
             donor = trained_donor(t.cfg, storage, donors)
             if donor is not None:
                 out[t.run_id] = donor.name
@@ -429,7 +432,8 @@ def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, st
     total = 0.0
     seen: set[tuple[str, ...]] = set()
     reused = reused or {}
-    cost = {t.run_id: sum(estimate_parts(t.cfg, p.profile)[t.run_id in reused:]) for t in p.trials}
+    parts = {t.run_id: estimate_parts(t.cfg, p.profile) for t in p.trials}
+    cost = {rid: sum(pt[1:]) if rid in reused else sum(pt) for rid, pt in parts.items()}  # adopted: no training
     for t in p.trials:
         est = cost[t.run_id]
         total += est

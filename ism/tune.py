@@ -25,7 +25,7 @@ from ray.tune.logger import JsonLoggerCallback
 
 from ism import tracking
 from ism.ablate import (Plan, Trial, components, estimate_parts, finished_trials, reused_training, sweep_dir, trained_donor,
-                        trial_dir)
+                        trial_dir, unstarted)
 from ism.config import ConfigError, cache_dir, flatten, from_dict, to_dict
 
 CRASH_ENV = "ISM_INJECT_CRASH"  # "<variant or run id>@<step>": that trial crashes once at that step (tests)
@@ -141,9 +141,8 @@ def _resumed_at(stats: Path) -> dict[str, float]:
 def _adopt(cfg, run_dir: Path, storage: str | None) -> str | None:
     """Adopt a finished training of the same training config from the storage (see ablate.trained_donors), once;
     returns the donor's run id (also on later attempts), or None."""
-    from ism import checkpoint as ckpt
     from ism.train import adopt_training
-    if storage and not ckpt.list_checkpoints(run_dir) and not (run_dir / "summary.json").exists():
+    if storage and unstarted(run_dir):
         donor = trained_donor(cfg, Path(storage))
         if donor is not None:
             adopt_training(run_dir, donor, cfg.run.steps)
@@ -249,10 +248,11 @@ class Progress(rt.Callback):
         self.running: dict[str, dict] = {}
         self.start = time.time()
         self.last_print = 0.0
-        parts = {t.run_id: estimate_parts(t.cfg, plan.profile) for t in pending}
-        parts = {rid: (0.0, *p[1:]) if rid in reused else p for rid, p in parts.items()}  # adopted training: eval only
-        # finished by another spec's sweep: only logged here, so it must not speed up the ETA's rate
-        parts = {rid: (0.0, 0.0, 0.0) if rid in stored else p for rid, p in parts.items()}
+        # A trial finished by another spec's sweep is only logged here: no work, so it cannot speed up the ETA's
+        # rate; an adopted training leaves only the evaluation.
+        parts = {t.run_id: (0.0, 0.0, 0.0) if t.run_id in stored else
+                 (0.0, *estimate_parts(t.cfg, plan.profile)[1:]) if t.run_id in reused else
+                 estimate_parts(t.cfg, plan.profile) for t in pending}
         self.work = {rid: sum(p) for rid, p in parts.items()}
         # share of a trial's estimated time spent training (evaluation follows; a guidance sweep makes it long)
         self.train_share = {rid: p[0] / max(sum(p), 1e-9) for rid, p in parts.items()}
@@ -428,7 +428,8 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str | None = None, train_
                 stack.enter_context(ray_session(num_cpus=_local_cpus(plan)))
             check_resources(dict(plan.resources))  # before any MLflow run when work is known to be left
 
-        if finished_trials(plan, storage) != {t.run_id for t in plan.trials}:
+        stored = frozenset(finished_trials(plan, storage))  # trials run before this sweep (by any spec)
+        if stored != {t.run_id for t in plan.trials}:
             start_ray()
         c, parent, children, pending = _open_tracking(plan, storage, uri)
         if not pending:
@@ -444,7 +445,7 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str | None = None, train_
                     for t in pending}
         progress = Progress(plan, pending, len(plan.trials) - len(pending), every_s=progress_every_s,
                             reused=frozenset(reused_training(plan, storage)),
-                            stored=frozenset(finished_trials(plan, storage)))
+                            stored=stored)
         errors: dict[str, str] = {}
         interrupted = False
         labels = {t.run_id: f"{t.label.replace('/', '-')}-{t.run_id}" for t in pending}
