@@ -82,8 +82,9 @@ class WaveletConfig:
     wavelet: str = _f("haar", "any orthogonal pywavelets wavelet (haar, db2, ...)")
     levels: int = _f(0, "DWT levels, 0 = as many as the image size allows", lo=0, hi=10)
     distance: str = _f("l2", "per-coefficient distance", choices=("l2", "l1", "charbonnier"))
-    reduction: str = _f("band_mean", "band_mean: mean error per band, bands averaged with weights (iSM default); sum: plain sum over all coefficients (Parseval control, equals MSE for l2)", choices=("band_mean", "sum"))
-    level_weights: tuple[float, ...] = _f((), "weight per detail level, finest first; empty = all 1")
+    reduction: str = _f("sum", "sum: lambda-weighted squared error summed over all coefficients / pixel count (all lambda 1 = MSE exactly, by Parseval; the default ramp keeps every coefficient at >= MSE's weight); band_mean: mean error per band, bands averaged (coarse-heavy: at 16x16 x 4 levels LL gets 19.7x MSE's weight, the finest band 0.31x)", choices=("band_mean", "sum"))
+    level_weights: tuple[float, ...] = _f((), "weight per detail level, finest first; empty = the ramp from wavelet.finest_weight (finest) down to 1 (coarsest)")
+    finest_weight: float = _f(2.0, "with empty level_weights: weight of the finest detail level, falling linearly to 1 at the coarsest (1 = flat); >= 1 keeps every band at or above MSE's weight", lo=0.0)
     ll_weight: float = _f(1.0, "weight of the coarsest approximation band", lo=0.0)
     mse_weight: float = _f(0.0, "weight of an added plain MSE term", lo=0.0)
 
@@ -94,6 +95,7 @@ class OTConfig:
     pool_batches: int = _f(32, "K: batches pooled into one assignment (1 = minibatch OT)", lo=1, hi=4096)
     cost_resolution: int = _f(0, "average-pool images to this side before computing costs, 0 = full resolution", lo=0)
     prefetch: bool = _f(True, "solve the next pool in a background thread while the current one trains (same pairs)")
+    coupling: str = _f("class", "class: one assignment within each label of the pool, so each class's noise stays exactly N(0, I), as at sampling (unconditional runs pair globally); global: one assignment over the whole pool, which biases each class's noise toward its images (train/sample mismatch for conditional sampling)", choices=("class", "global"))
 
 
 @dataclass(frozen=True)
@@ -334,12 +336,35 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"wavelet.wavelet: '{cfg.wavelet.wavelet}' is not a pywavelets discrete wavelet ({e})")
         if not w.orthogonal:
             raise ConfigError(f"wavelet.wavelet: '{cfg.wavelet.wavelet}' is not orthogonal; use haar, dbN, symN or coifN")
+        lw = cfg.wavelet.level_weights
+        if any(v < 0 for v in lw):
+            raise ConfigError(f"wavelet.level_weights: {list(lw)} has a negative weight; allowed >= 0")
+        if lw and not any(lw) and cfg.wavelet.ll_weight == 0 and cfg.wavelet.mse_weight == 0:
+            raise ConfigError("wavelet.level_weights / wavelet.ll_weight: all weights are 0; at least one must be > 0")
+        if lw and cfg.data.name != "latents":
+            top = dwt_levels(cfg.data.resolution)
+            levels = cfg.wavelet.levels or top
+            if cfg.wavelet.levels > top:
+                raise ConfigError(f"wavelet.levels: {cfg.wavelet.levels} is too many for {cfg.data.resolution}x"
+                                  f"{cfg.data.resolution} images; allowed 1..{top} (or 0 = {top})")
+            if len(lw) != levels:
+                raise ConfigError(f"wavelet.level_weights: {len(lw)} values given but the DWT has {levels} levels at "
+                                  f"data.resolution={cfg.data.resolution}; give one weight per level (finest first) "
+                                  "or leave it empty for the default ramp")
     dev = cfg.run.device
     if dev not in ("auto", "cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
         raise ConfigError(f"run.device: {dev!r} is not allowed; use auto, cpu, cuda or cuda:N")
     if cfg.optim.batch_size * cfg.shortcut.bootstrap_fraction < 1 and cfg.shortcut.bootstrap_fraction > 0:
         raise ConfigError(f"shortcut.bootstrap_fraction: {cfg.shortcut.bootstrap_fraction} x optim.batch_size="
                           f"{cfg.optim.batch_size} leaves no self-consistency row; raise either")
+
+
+def dwt_levels(side: int) -> int:
+    """Deepest periodized DWT of an image side: its count of factors of two (16 -> 4, 32 -> 5, 28 -> 2)."""
+    k = 0
+    while side > 1 and side % 2 == 0:
+        side, k = side // 2, k + 1
+    return k
 
 
 # ----------------------------------------------------------------------------------------------- loading

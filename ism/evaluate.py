@@ -98,6 +98,13 @@ def default_guidance(cfg: Config) -> float | None:
     return {"intrinsic": cfg.eval.w, "none": None}.get(cfg.guidance.mode, cfg.eval.cfg_scale)
 
 
+def cfg_equivalent(cfg: Config, g: float) -> float:
+    """A guidance value of the run in CFG-scale units, one scale for every mode: 1 + w for intrinsic guidance (its
+    target under our reading is (1+w) v_c − w v_u, i.e. CFG at scale 1 + w), the CFG scale itself for the cfg_*
+    modes."""
+    return 1.0 + float(g) if cfg.guidance.mode == "intrinsic" else float(g)
+
+
 def _guidance_kw(cfg: Config, g: float | None) -> dict:
     if g is None or cfg.guidance.mode == "none":
         return {}
@@ -205,7 +212,8 @@ def evaluate_run(nets: dict, cfg: Config, data, step: int, run_dir: str | Path,
     rows += [dict(r, sweep=True) for r in D.guidance_sweep(sweep_sample, sweep_score, ev.guidance_sweep,
                                                            ev.sweep_steps, "energy_distance" if points else "fid")]
 
-    # Effective guidance: the w' whose 2^K-step sample best matches the 1-step sample at the run's guidance.
+    # Effective guidance: the w' whose 2^K-step sample best matches the 1-step sample at the run's guidance,
+    # recorded in CFG-equivalent units for every mode (cfg_equivalent: 1 + w for intrinsic) so modes compare.
     # 2-D: energy distance over a grid; images: FID over the sweep's 2^K-step samples (needs a sweep with 2^K).
     if ev.diagnostics and cfg.guidance.mode != "none" and 1 in samples:
         if points:
@@ -214,12 +222,12 @@ def evaluate_run(nets: dict, cfg: Config, data, step: int, run_dir: str | Path,
                                                range(int(cfg.guidance.w_max / cfg.guidance.w_step) + 1)))
             m = min(n, EG_SAMPLES)
             best, _ = D.effective_guidance(samples[1][:m], lambda w: generate(net, cfg, data, m, top, w)[1], grid)
-            rows.append(D.row("effective_guidance", best, top, None))
+            rows.append(D.row("effective_guidance", cfg_equivalent(cfg, best), top, None))
         elif sweep_top:
             one = ImageSet(samples[1], ext.rgb, is_image)
             best, _ = D.effective_guidance(one, sweep_top,
                                            distance=lambda a, b: fid_kid(b, a, ext, kid=False, image=is_image)["fid"])
-            rows.append(D.row("effective_guidance", best, top, None))
+            rows.append(D.row("effective_guidance", cfg_equivalent(cfg, best), top, None))
 
     # Sample grids at 1/4/128 steps (those the step budget allows): the first 100 images, one column per class;
     # for 2-D points a scatter of all samples over the held-out points.

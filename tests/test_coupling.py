@@ -187,3 +187,55 @@ def test_prefetch_serves_the_same_pairs_and_solves_ahead():
     from ism.config import run_id
     assert run_id(on_cfg := from_dict({"ot": {"enabled": True, "prefetch": True}})) == \
         run_id(from_dict({"ot": {"enabled": True, "prefetch": False}})) and on_cfg.ot.prefetch
+
+
+def _class_projection(coupling: str, tmp_path) -> tuple[dict[int, float], dict[int, int]]:
+    """Mean projection of the noise that sOT hands to each MNIST class on that class's direction (mean image of the
+    class minus the mean image, unit length), over 4 pools of K=16 x B=32."""
+    from ism.data import load_dataset
+    data = load_dataset(from_dict({"data": {"name": "mnist5k", "resolution": 16}}).data, tmp_path)
+    cfg = from_dict({"ot": {"enabled": True, "pool_batches": 16, "coupling": coupling, "prefetch": False},
+                     "optim": {"batch_size": 32}})
+    src = PairSource(data, cfg)
+    x1, y, x0 = (torch.cat(t) for t in zip(*[src.batch(s)[:3] for s in range(64)]))
+    mean_all = data.train_x.reshape(len(data.train_x), -1).mean(0)
+    proj, count = {}, {}
+    for c in range(10):
+        u = data.train_x[data.train_y == c].reshape(-1, mean_all.numel()).mean(0) - mean_all
+        rows = y == c
+        proj[c] = float((x0[rows].reshape(int(rows.sum()), -1) @ (u / u.norm())).mean())
+        count[c] = int(rows.sum())
+    return proj, count
+
+
+def test_class_coupling_keeps_each_class_noise_unbiased(tmp_path):
+    """Sampling draws noise independently of the label; training must too. Global OT biases each class's noise toward
+    its class direction by ~1 sigma; per-class OT leaves it N(0, I) (projection within sampling error of 0)."""
+    proj, count = _class_projection("class", tmp_path)
+    for c in proj:  # each row's projection is N(0, 1) when unbiased: the mean of n has sd 1/sqrt(n)
+        assert abs(proj[c]) < 4.5 / count[c] ** 0.5, (c, proj[c], count[c])
+    glob, _ = _class_projection("global", tmp_path)
+    assert sum(glob.values()) / len(glob) > 0.5, glob  # the bias the class coupling removes
+
+
+def test_class_coupling_pairs_within_labels_and_still_transports():
+    data = _data(n=96, classes=3)
+    cfg = from_dict({"ot": {"enabled": True, "pool_batches": 4, "prefetch": False}, "optim": {"batch_size": 8},
+                     "run": {"seed": 3}})
+    assert cfg.ot.coupling == "class"
+    src, plain = PairSource(data, cfg), PairSource(data, _cfg(False, b=8))
+    for step in range(4):
+        x1, y, x0, diag = src.batch(step)
+        px1, py, px0, _ = plain.batch(step)
+        assert torch.equal(x1, px1) and torch.equal(y, py)  # data order and labels untouched
+        assert {"ot/cost_before", "ot/cost_after", "ot/batch_cost"} <= set(diag)
+    # within the pool, each row's noise came from a row of the same label (a permutation inside each class)
+    idx, noise = src._pool_draws(0)
+    perm, diag = ot_assign(noise, data.train_x[idx], labels=data.train_y[idx])
+    assert torch.equal(data.train_y[idx][perm], data.train_y[idx])
+    assert sorted(perm.tolist()) == list(range(len(idx)))
+    assert diag["ot/cost_after"] < diag["ot/cost_before"]
+    # unconditional runs pair over the whole pool whatever ot.coupling says
+    uncond = PairSource(data, from_dict({"ot": {"enabled": True}, "data": {"conditional": False},
+                                         "guidance": {"mode": "none"}}))
+    assert not uncond.by_class

@@ -182,26 +182,36 @@ def _mlflow_values(store, metric):
     return out
 
 
+def _log_interval(x):
+    """Geometric mean and the 95 % t-interval of log(x) back-transformed, computed independently with scipy."""
+    lx = np.log(x)
+    lo, hi = stats.t.interval(0.95, len(lx) - 1, loc=np.mean(lx), scale=stats.sem(lx))
+    return math.exp(np.mean(lx)), math.exp(lo), math.exp(hi)
+
+
 def test_report_numbers_are_exactly_mlflows(store):
     import pandas as pd
-    for metric in ("fid", "kid"):
+    for metric in ("fid", "kid"):  # both strictly positive here: log intervals
         held = _mlflow_values(store, metric)
         table = pd.read_csv(store["out"] / "tables" / f"{metric}_by_steps.csv")
         assert len(table) == len(held) == 7 * len(STEPS)
+        assert [c for c in table.columns if c.startswith("seed_")] == ["seed_0", "seed_1", "seed_2"]
+        assert "values" not in table.columns  # per-seed values are columns, not JSON in a cell
         for r in table.itertuples():
             vals = held[(r.variant, r.steps)]
-            assert json.loads(r.values) == {str(k): vals[k] for k in sorted(vals)}
+            assert {k: getattr(r, f"seed_{k}") for k in (0, 1, 2) if not math.isnan(getattr(r, f"seed_{k}"))} == vals
             assert r.mean == pytest.approx(np.mean(list(vals.values())), rel=1e-12) and r.n == len(vals)
-            iv = stats.t.interval(0.95, len(vals) - 1, loc=np.mean(list(vals.values())),
-                                  scale=stats.sem(list(vals.values())))
-            assert (r.ci_low, r.ci_high) == (pytest.approx(iv[0]), pytest.approx(iv[1]))
+            geo, lo, hi = _log_interval(list(vals.values()))
+            assert r.interval == "log-t" and r.geo_mean == pytest.approx(geo, rel=1e-12)
+            assert (r.ci_low, r.ci_high) == (pytest.approx(lo, rel=1e-9), pytest.approx(hi, rel=1e-9))
+            assert 0 < r.ci_low < r.geo_mean < r.ci_high
     md = (store["out"] / "report.md").read_text()
-    sm1 = list(_mlflow_values(store, "fid")[("sm", 1)].values())
-    iv = mean_ci(sm1)
-    assert f"{fmt(iv.mean)} ± {fmt(iv.half, 2)}" in md
+    geo, lo, hi = _log_interval(list(_mlflow_values(store, "fid")[("sm", 1)].values()))
+    assert f"{fmt(geo)} [{fmt(lo, 3)}, {fmt(hi, 3)}]" in md
     # the best 1-step FID (ig_int) is bold in the FID table
-    best = mean_ci(list(_mlflow_values(store, "fid")[("ig_int", 1)].values()))
-    assert f"**{fmt(best.mean)} ± {fmt(best.half, 2)}**" in md
+    geo, lo, hi = _log_interval(list(_mlflow_values(store, "fid")[("ig_int", 1)].values()))
+    assert f"**{fmt(geo)} [{fmt(lo, 3)}, {fmt(hi, 3)}]**" in md
+    assert "(n=1)" not in md and "(n=3/3)" not in md
 
 
 def test_failed_and_missing_trials_are_listed_and_short_cells_flagged(store):
@@ -214,15 +224,21 @@ def test_failed_and_missing_trials_are_listed_and_short_cells_flagged(store):
     assert sorted(zip(miss["variants"], miss["seed"], miss["status"])) == [("sot", 2, "FAILED"), ("twin_ema", 2, "MISSING")]
 
 
-def test_deltas_say_paired_or_welch(store):
-    t = store["report"].tables["fid_delta"]
+def test_fid_ratios_to_the_baseline_say_paired_or_welch(store):
+    assert "fid_delta" not in store["report"].tables  # FID > 0: compared as a ratio
+    t = store["report"].tables["fid_ratio"]
     rows = {r[0]: r for r in t.rows}
     assert rows["ig"][-1] == "paired (n=3)" and rows["sot"][-1] == "Welch"
     d = t.data[(t.data["variant"] == "ig") & (t.data["steps"] == 1)].iloc[0]
     held = _mlflow_values(store, "fid")
     a, b = held[("sm", 1)], held[("ig", 1)]
-    ref = stats.ttest_rel([b[s] for s in a], [a[s] for s in a]).confidence_interval(0.95)
-    assert (d.ci_low, d.ci_high) == (pytest.approx(ref.low), pytest.approx(ref.high))
+    ref = stats.ttest_rel(np.log([b[s] for s in a]), np.log([a[s] for s in a])).confidence_interval(0.95)
+    assert (d.ci_low, d.ci_high) == (pytest.approx(math.exp(ref.low)), pytest.approx(math.exp(ref.high)))
+    assert d.ci_high < 1  # ig is better than sm at 1 step: bold, shown as a ratio
+    assert rows["ig"][1] == f"×{fmt(d.ratio, 3)} [{fmt(d.ci_low, 3)}, {fmt(d.ci_high, 3)}]"
+    assert (list(rows).index("ig"), 1) in t.bold
+    md = (store["out"] / "report.md").read_text()
+    assert "FID ratio to the baseline" in md and "excludes 1" in md
 
 
 def test_claims_verdicts_follow_the_numbers(store):
@@ -299,7 +315,8 @@ def test_sparse_sweep_says_what_is_absent(store, tmp_path):
     md = rep.markdown.read_text()
     assert "no guidance sweep in this spec" in md and "no sample grid at 4 steps was logged" in md
     assert "no per-kind training losses" in md and "no cumulative-order group" in md
-    assert "| sm [baseline] | 2/2 | **5.500 ± 6.4** |" in md
+    geo, lo, hi = _log_interval([5.0, 6.0])
+    assert f"| sm [baseline] | 2/2 | **{fmt(geo)} [{fmt(lo, 3)}, {fmt(hi, 3)}]** |" in md
     assert rep.pdf.stat().st_size > 0
 
 

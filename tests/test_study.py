@@ -102,9 +102,11 @@ def test_bad_objective_fails(tmp_path, objective, message):
 def test_objective_forms(tmp_path):
     p = toy_plan(tmp_path, with_(TOY, objective={"metric": "energy_distance_steps_2"}))
     assert dict(p.objective.terms) == {"energy_distance_steps_2": 1.0} and p.base.eval.steps == (2,)
+    assert p.objective.label() == "energy_distance@2"
     p = toy_plan(tmp_path, with_(TOY, objective={"metric": "sliced_wasserstein", "steps": [1, 2], "direction": "maximize"}))
     assert p.objective.value({"sliced_wasserstein_steps_1": 1.0, "sliced_wasserstein_steps_2": 3.0}) == 2.0
-    assert p.mode == "max"
+    assert p.mode == "max" and p.objective.label() == "sliced_wasserstein@1x0.5+2x0.5"
+    assert S.plan(S.load_spec(ROOT / "studies" / "wavelet.yaml"), "smoke").objective.label() == "fid@1x0.5+4x0.25+128x0.25"
 
 
 def test_pruner_needs_intermediate_evaluations(tmp_path):
@@ -162,7 +164,10 @@ def test_shipped_specs_plan_on_every_profile(name):
     spec = S.load_spec(ROOT / "studies" / f"{name}.yaml")
     for profile in PROFILES:
         p = S.plan(spec, profile)
-        assert p.base.eval.every_steps and p.base.eval.every_steps < p.base.run.steps
+        if p.pruner.get("type", "none") != "none":
+            assert p.base.eval.every_steps and p.base.eval.every_steps < p.base.run.steps
+        else:  # a grid without pruning evaluates at the end only
+            assert p.base.eval.every_steps == 0 and len(p.enqueue) == p.n_trials
         assert set(p.base.eval.steps) == set(p.objective.steps)
 
 
@@ -253,6 +258,78 @@ def test_study_section_renders_from_the_study(tmp_path):
     assert all(f"]({f.relative_to(tmp_path / 'report').as_posix()})" in md for f in figs)
 
 
+def test_study_metric_is_named_and_survives_resume(tmp_path):
+    p = toy_plan(tmp_path)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = S.open_study(p, url)
+    assert study.metric_names == ["energy_distance@1x0.5+2x0.5"]
+    study.tell(study.ask(p.distributions()), 0.5)
+    again = S.open_study(p, url)                    # resuming: same study, its trial and its name
+    assert again.metric_names == ["energy_distance@1x0.5+2x0.5"] and len(again.trials) == 1
+    assert optuna.load_study(study_name="toy/smoke", storage=url).metric_names == ["energy_distance@1x0.5+2x0.5"]
+    # A study stored before metric names existed gets its name when opened, and keeps its trials.
+    old_url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(storage=old_url, study_name="toy/smoke")
+    old.tell(old.ask(p.distributions()), 0.5)
+    assert old.metric_names is None
+    opened = S.open_study(p, old_url)
+    assert opened.metric_names == ["energy_distance@1x0.5+2x0.5"] and len(opened.trials) == 1
+
+
+def _check_study_report(out: Path, study: optuna.Study, spec_path: Path) -> str:
+    """The study report in `out`: its sections, trial counts, command, a figure it links and the PDF."""
+    import re
+    from collections import Counter
+    md = (out / "report.md").read_text()
+    name = study.study_name.split("/")[0]
+    for section in (f"# ism study report: {name} (profile smoke)", "## Objective", "## Trials", "## Profile and search space",
+                    "## Commands", f"## Study {study.study_name}", f"Best trials of {study.study_name}",
+                    "Optimisation history", "Parameter importances", "Slices: objective against each parameter"):
+        assert section in md, section
+    # Importances need two completed trials (the end-to-end study may prune all but one).
+    ranked = sum(t.state.name == "COMPLETE" for t in study.trials) >= 2
+    assert ("**Parameter importances (fANOVA)**" in md) == ranked
+    assert ranked or "*Parameter importances: needs two completed trials with varying parameters.*" in md
+    assert "`energy_distance@1x0.5+2x0.5` (minimize) = 0.5 × `energy_distance_steps_1` + 0.5 × `energy_distance_steps_2`" in md
+    for state, n in Counter(t.state.name for t in study.trials).items():
+        assert f"| {state.lower()} | {n} |" in md
+    assert f"| **all** | **{len(study.trials)}** |" in md and "Profile `smoke`: preset `toy2d`" in md
+    assert f"`ism study {spec_path} --profile smoke" in md and f"--storage {spec_path.parent / 'store'}`" in md
+    assert f"`ism report {spec_path} --profile smoke`" in md
+    best = study.best_trial
+    assert f"| **1** | **#{best.number}** |" in md
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert any(l.endswith("optimization_history.png") for l in links) and any(l.endswith("slice.png") for l in links)
+    assert any(l.endswith("param_importances.png") for l in links) == ranked
+    assert all((out / l).is_file() and (out / l).stat().st_size > 1000 for l in links)
+    assert (out / "report.pdf").read_bytes()[:4] == b"%PDF"
+    assert len((out / "tables" / "trials.csv").read_text().splitlines()) == len(study.trials) + 1
+    return md
+
+
+def test_study_report_is_rebuilt_from_storage(tmp_path, capsys):
+    from ism.cli import main
+    from ism.report.study_section import report_dir
+    p = toy_plan(tmp_path)
+    study = _filled_study(p, f"sqlite:///{tmp_path / 'store' / 'optuna.db'}")
+    spec = tmp_path / "toy.yaml"
+    out = tmp_path / "rep"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "stale.png").write_bytes(b"old")   # a previous report's figure goes
+    assert main(["report", str(spec), "--profile", "smoke", "--storage", str(tmp_path / "store"), "--out", str(out)]) == 0
+    assert f"wrote {out / 'report.md'}" in capsys.readouterr().out
+    _check_study_report(out, study, spec)
+    assert not (out / "figures" / "stale.png").exists()
+    # Only the embedded profile writes into reports/studies/<name>/; a smoke run never overwrites it.
+    assert report_dir(p) == Path("reports/studies/toy-smoke")
+    assert report_dir(S.plan(p.spec, "embedded")) == Path("reports/studies/toy")
+    assert report_dir(p, tmp_path / "x") == tmp_path / "x"
+    # No study stored for this profile: a clear error, nothing written.
+    assert main(["report", str(spec), "--profile", "embedded", "--storage", str(tmp_path / "store"),
+                 "--out", str(tmp_path / "none")]) == 2
+    assert "no study 'toy/embedded'" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
 # ----------------------------------------------------------------------------------------------- end to end (Ray)
 @pytest.fixture(scope="module")
 def ray_local():
@@ -279,16 +356,29 @@ def test_study_completes_prunes_persists_and_exports(tmp_path, ray_local):
                                {"optim.lr": 3e-3, "guidance.label_dropout": 0.1}])
     path = write_spec(tmp_path, spec)
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    args = [str(path), "--profile", "smoke", "--storage", str(tmp_path / "store"), "--tracking-uri", uri]
+    report = tmp_path / "report"
+    args = [str(path), "--profile", "smoke", "--storage", str(tmp_path / "store"), "--tracking-uri", uri,
+            "--report-out", str(report)]
     assert S.main(args) == 0
     url = f"sqlite:///{tmp_path / 'store' / 'optuna.db'}"
     study = optuna.load_study(study_name="toy/smoke", storage=url)     # persisted in a plain Optuna DB
     states = [t.state.name for t in study.trials]
     assert len(states) == 3 and states[0] == "COMPLETE" and states[1] == "PRUNED"
+    assert study.metric_names == ["energy_distance@1x0.5+2x0.5"]       # what optuna-dashboard shows
+    # The finished study wrote its report; `ism report` rebuilds the same report from the storage alone.
+    md = _check_study_report(report, study, path)
+    assert f"{states.count('PRUNED')} trial(s) pruned" in md and "intermediate_values.png)" in md
+    from ism.report import main as report_main
+    rebuilt = tmp_path / "rebuilt"
+    assert report_main([str(path), "--profile", "smoke", "--storage", str(tmp_path / "store"), "--out", str(rebuilt),
+                        "--no-log"]) == 0
+    assert _check_study_report(rebuilt, study, path).split("\n", 3)[3] == md.split("\n", 3)[3]  # all but the date
+    assert len(optuna.load_study(study_name="toy/smoke", storage=url).trials) == 3         # nothing ran
     assert study.trials[1].last_step == 10 and set(study.trials[0].intermediate_values) == {10, 20}
     assert all(s in ("COMPLETE", "PRUNED") for s in states)
     c, parents, children = _mlflow_children(uri, "toy")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {"report/report.md", "report/report.pdf"} <= {a.path for a in c.list_artifacts(parents[0].info.run_id, "report")}
     by_number = {int(r.data.tags["ism.trial_number"]): r for r in children}
     assert sorted(by_number) == [0, 1, 2]
     for t in study.trials:
@@ -344,7 +434,8 @@ def test_study_resumes_after_kill_without_lost_or_duplicated_trials(tmp_path, ra
     spec = with_(TOY, name="toyk", n_trials=3, parallelism=2, pruner={"type": "none"})
     path = write_spec(tmp_path, spec)
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    args = [str(path), "--profile", "smoke", "--storage", str(tmp_path / "store"), "--tracking-uri", uri]
+    args = [str(path), "--profile", "smoke", "--storage", str(tmp_path / "store"), "--tracking-uri", uri,
+            "--report-out", str(tmp_path / "report")]
     db = tmp_path / "store" / "optuna.db"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
@@ -363,7 +454,9 @@ def test_study_resumes_after_kill_without_lost_or_duplicated_trials(tmp_path, ra
         _stop_session(proc.pid)
     running = _count(db, "toyk/smoke", "RUNNING")
     assert running >= 1
+    assert not (tmp_path / "report").exists()      # an interrupted study writes no report; the finishing run does
     assert S.main(args) == 0
+    assert "| complete | 3 |" in (tmp_path / "report" / "report.md").read_text()
     study = optuna.load_study(study_name="toyk/smoke", storage=f"sqlite:///{db}")
     assert [t.number for t in study.trials] == [0, 1, 2]                   # nothing lost, nothing duplicated
     assert all(t.state.name == "COMPLETE" for t in study.trials)

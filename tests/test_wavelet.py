@@ -70,8 +70,12 @@ def test_parseval_control_equals_mse():
     pred, tgt = torch.randn(6, 3, 32, 32, generator=g), torch.randn(6, 3, 32, 32, generator=g)
     mse = F.mse_loss(pred, tgt, reduction="none").mean(dim=(1, 2, 3))
     for levels in (0, 1, 3):
-        per_row, _ = wavelet_loss(pred, tgt, WaveletConfig(enabled=True, reduction="sum", distance="l2", levels=levels))
+        flat = WaveletConfig(enabled=True, reduction="sum", distance="l2", levels=levels, finest_weight=1.0)
+        per_row, _ = wavelet_loss(pred, tgt, flat)
         torch.testing.assert_close(per_row, mse, atol=1e-5, rtol=0)
+        # the default ramp is not the MSE: the loss acts only through its weights
+        ramp, _ = wavelet_loss(pred, tgt, WaveletConfig(enabled=True, levels=levels))
+        assert (ramp - mse).min() > 1e-3
 
 
 def test_band_mean_differs_from_mse_and_weights_act():
@@ -80,19 +84,20 @@ def test_band_mean_differs_from_mse_and_weights_act():
     tgt = F.avg_pool2d(torch.randn(4, 1, 32, 32, generator=g), 3, 1, 1)
     pred = tgt + 0.3 * torch.randn(4, 1, 32, 32, generator=g) + 0.5
     mse = F.mse_loss(pred, tgt, reduction="none").mean(dim=(1, 2, 3))
-    default, diag = wavelet_loss(pred, tgt, WaveletConfig(enabled=True))
+    band_mean = dict(enabled=True, reduction="band_mean", finest_weight=1.0)
+    default, diag = wavelet_loss(pred, tgt, WaveletConfig(**band_mean))
     assert default.shape == (4,)
     assert (default - mse).abs().min() > 1e-2
     # band_mean of l2 = average of the per-band mean squared coefficients
     bands = [v for k, v in diag.items()]
     assert default.mean().item() == pytest.approx(np.mean(bands), rel=1e-5)
     # a plain MSE term adds exactly mse_weight * MSE
-    with_mse, _ = wavelet_loss(pred, tgt, WaveletConfig(enabled=True, mse_weight=0.5))
+    with_mse, _ = wavelet_loss(pred, tgt, WaveletConfig(**band_mean, mse_weight=0.5))
     torch.testing.assert_close(with_mse, default + 0.5 * mse)
     # zero weight on every detail level leaves only the LL band's mean error
-    only_ll, _ = wavelet_loss(pred, tgt, WaveletConfig(enabled=True, level_weights=(0.0,) * 5, ll_weight=2.0))
+    only_ll, _ = wavelet_loss(pred, tgt, WaveletConfig(**band_mean, level_weights=(0.0,) * 5, ll_weight=2.0))
     assert only_ll.mean().item() == pytest.approx(diag["wavelet/L5_LL"], rel=1e-5)
-    l1, _ = wavelet_loss(pred, tgt, WaveletConfig(enabled=True, distance="l1"))
+    l1, _ = wavelet_loss(pred, tgt, WaveletConfig(**band_mean, distance="l1"))
     assert not torch.allclose(l1, default)
     with pytest.raises(ConfigError, match="wavelet.level_weights"):
         wavelet_loss(pred, tgt, WaveletConfig(enabled=True, level_weights=(1.0, 2.0)))
@@ -127,7 +132,7 @@ def test_dense_operator_path_equals_convolutions_and_band_formula(monkeypatch, n
     assert ddiag.keys() == cdiag.keys() and all(abs(ddiag[k] - cdiag[k]) < 1e-5 for k in ddiag)
     # the definition written out band by band, from the pywt-checked dwt2
     levels = W._resolve_levels(8, 8, name, 0)
-    lw = list(cfg.level_weights) or [1.0] * levels
+    lw = list(cfg.level_weights) or W.default_level_weights(levels, cfg.finest_weight)
     c = W.dwt2((pred - target).detach(), name, levels)
     bands = [(cfg.ll_weight, c[0])] + [(lw[levels - i - 1], t) for i, det in enumerate(c[1:]) for t in det]
     dist = {"l2": torch.square, "l1": torch.abs,
@@ -138,3 +143,48 @@ def test_dense_operator_path_equals_convolutions_and_band_formula(monkeypatch, n
         ref = sum(wt * dist(t).reshape(5, -1).sum(1) for wt, t in bands) / pred[0].numel()
     ref = ref + 0.1 * (pred - target).detach().square().reshape(5, -1).mean(1)
     assert torch.allclose(dense.detach(), ref, atol=1e-5)
+
+
+def _unit_band_error(h: int, w: int, levels: int, band: tuple[int, int]) -> torch.Tensor:
+    """An error image [1, 1, h, w] whose DWT lives in one band only (band = (coeff index, detail index)) with MSE 1."""
+    c = dwt2(torch.zeros(1, 1, h, w), "haar", levels)
+    i, j = band
+    g = torch.Generator().manual_seed(10 * i + j)
+    if i == 0:
+        c[0] = torch.randn(c[0].shape, generator=g)
+    else:
+        det = list(c[i])
+        det[j] = torch.randn(det[j].shape, generator=g)
+        c[i] = tuple(det)
+    e = idwt2(c, "haar")
+    return e / e.square().mean().sqrt()
+
+
+@pytest.mark.parametrize("side,levels", [(16, 4), (16, 1), (16, 3), (32, 5), (28, 2), (64, 0)])
+def test_default_weights_every_band_at_least_mse_and_finest_most(side, levels):
+    """The loss exists to weight high frequencies MORE than MSE does (method notes 3b): a unit-MSE error placed in
+    one band must cost >= 1x MSE in every band, and most in the finest detail band. Fails on the old default
+    (band_mean, equal weights: finest band 0.31x, LL 19.7x at 16x16)."""
+    cfg = WaveletConfig(enabled=True, levels=levels)
+    top = levels or max_levels(side)
+    cost = {}
+    for i in range(top + 1):  # 0 = LL, 1 = coarsest details ... top = finest details
+        for j in ([0] if i == 0 else range(3)):
+            e = _unit_band_error(side, side, top, (i, j))
+            loss, _ = wavelet_loss(e, torch.zeros_like(e), cfg)
+            cost[(i, j)] = float(loss[0])  # the error has MSE 1, so this is the cost relative to MSE
+    assert min(cost.values()) >= 1.0 - 1e-4, cost
+    finest = [cost[(top, j)] for j in range(3)]
+    assert min(finest) == pytest.approx(max(cost.values()), rel=1e-4) and min(finest) > 1.0 + 1e-3
+    # the cost never falls from a coarser level to a finer one
+    per_level = [max(cost[(i, j)] for j in ([0] if i == 0 else range(3))) for i in range(top + 1)]
+    assert all(a <= b + 1e-4 for a, b in zip(per_level, per_level[1:])), per_level
+
+
+def test_band_mean_is_coarse_heavy_as_documented():
+    """The named band_mean option does what its help says: LL 19.7x MSE, finest band 0.31x at 16x16, 4 levels."""
+    cfg = WaveletConfig(enabled=True, reduction="band_mean", finest_weight=1.0)
+    ll = _unit_band_error(16, 16, 4, (0, 0))
+    fine = _unit_band_error(16, 16, 4, (4, 2))
+    assert float(wavelet_loss(ll, torch.zeros_like(ll), cfg)[0][0]) == pytest.approx(256 / 13, rel=1e-3)
+    assert float(wavelet_loss(fine, torch.zeros_like(fine), cfg)[0][0]) == pytest.approx(256 / (13 * 64), rel=1e-3)

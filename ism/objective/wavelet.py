@@ -5,8 +5,12 @@ backpropagate into the network. The filters come from `pywt.Wavelet`, and the ou
 `pywt.wavedec2(x, wavelet, mode="periodization", level=L, axes=(-2, -1))` coefficient for coefficient (tested).
 
 Periodization keeps every band exactly half the size of its parent and, for an orthogonal wavelet, makes the
-transform orthonormal, so the summed squared coefficients equal the summed squared pixels (Parseval). That is why
-the loss's default reduction is a per-band mean (method notes sec. 3b): a plain summed l2 would just be MSE.
+transform orthonormal, so the summed squared coefficients equal the summed squared pixels (Parseval): a summed l2
+with all band weights 1 is exactly MSE, so the loss acts only through its band weights (method notes sec. 3b). The
+default (reduction=sum, weights ramping from wavelet.finest_weight on the finest level to 1 on the coarsest, LL 1)
+keeps every coefficient at or above MSE's weight and puts the most on the finest details, the loss's stated purpose.
+The per-band mean (reduction=band_mean) is kept as an option; it is coarse-heavy: a band's mean weights each of its
+coefficients by 1/size, so at 16x16 with 4 levels LL costs 19.7x MSE and the finest band 0.31x.
 
 Band names: pywt's (cH, cV, cD) are called LH, HL, HH here (cH = low-pass along the width, high-pass along the
 height), and the coarsest approximation is LL. Levels count from 1 = finest.
@@ -20,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ism.config import ConfigError, WaveletConfig
+from ism.config import ConfigError, WaveletConfig, dwt_levels
 
 DETAIL_BANDS = ("LH", "HL", "HH")  # pywt's cH, cV, cD
 CHARBONNIER_EPS = 1e-3
@@ -100,14 +104,7 @@ def max_levels(size: int | tuple[int, int], wavelet: str = "haar") -> int:
     """
     _filters(wavelet)  # validates the name
     sides = (size, size) if isinstance(size, int) else tuple(size)
-
-    def halvings(n: int) -> int:
-        k = 0
-        while n > 1 and n % 2 == 0:
-            n, k = n // 2, k + 1
-        return k
-
-    return min(halvings(int(s)) for s in sides)
+    return min(dwt_levels(int(s)) for s in sides)
 
 
 def _resolve_levels(h: int, w: int, wavelet: str, levels: int) -> int:
@@ -163,13 +160,27 @@ def _distance(e: Tensor, kind: str) -> Tensor:
     raise ConfigError(f"wavelet.distance: {kind!r} is not allowed; choose one of l2, l1, charbonnier")
 
 
+def default_level_weights(levels: int, finest_weight: float) -> list[float]:
+    """The default ramp, finest first: finest_weight at level 1 falling linearly to 1 at the coarsest level.
+
+    Why a ramp under reduction=sum: every coefficient keeps at least MSE's weight (the LL band and the coarsest
+    details exactly MSE's) and the finest details, which MSE under-trains relative to their perceptual share, get
+    the most. Measured on MNIST 16x16 (unet-tiny, 1,500 steps, issue 11): the ramp [2, 1.67, 1.33, 1] gave FID@1/4/128
+    44.2/16.1/5.08 and 38.9/14.8/5.86 on seeds 0/1 against MSE's 47.0/17.6/6.27, where the per-band mean with equal
+    weights (finest band at 0.31x MSE) sampled noise (FID@1 748). One level gets finest_weight alone.
+    """
+    if levels == 1:
+        return [float(finest_weight)]
+    return [finest_weight + (1.0 - finest_weight) * i / (levels - 1) for i in range(levels)]
+
+
 def _band_weights(cfg: WaveletConfig, levels: int) -> list[float]:
     """Weight per detail level, finest first."""
     if not cfg.level_weights:
-        return [1.0] * levels
+        return default_level_weights(levels, cfg.finest_weight)
     if len(cfg.level_weights) != levels:
         raise ConfigError(f"wavelet.level_weights: {len(cfg.level_weights)} values given but the DWT has {levels} "
-                          "levels; give one weight per level (finest first) or leave it empty for all 1")
+                          "levels; give one weight per level (finest first) or leave it empty for the default ramp")
     if any(v < 0 for v in cfg.level_weights):
         raise ConfigError(f"wavelet.level_weights: {list(cfg.level_weights)} has a negative weight; allowed >= 0")
     return [float(v) for v in cfg.level_weights]
@@ -239,9 +250,9 @@ def _coefficient_weights(cfg: WaveletConfig, layout: tuple[tuple[str, int, int],
 def wavelet_loss(pred: Tensor, target: Tensor, cfg: WaveletConfig) -> tuple[Tensor, dict[str, float]]:
     """Per-row multi-level wavelet loss [B] and per-band diagnostics (batch means).
 
-    band_mean: sum_b lambda_b * mean_b(D) / sum_b lambda_b over the LL band and every LH/HL/HH band, so the value has
-    the scale of a mean per-coefficient error whatever the band sizes. sum: sum of lambda_b * D over all
-    coefficients / pixel count, which for l2 and all weights 1 is exactly the MSE (Parseval control).
+    sum (default): sum of lambda_b * D over all coefficients / pixel count, which for l2 and all weights 1 is exactly
+    the MSE (Parseval control). band_mean: sum_b lambda_b * mean_b(D) / sum_b lambda_b over the LL band and every
+    LH/HL/HH band (coarse-heavy: the few coarse coefficients dominate).
     Plus mse_weight * MSE. The DWT is linear, so it is taken once, of pred - target.
     """
     if pred.shape != target.shape or pred.dim() < 3:

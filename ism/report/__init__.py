@@ -19,9 +19,9 @@ from ism.report import load as L
 from ism.report.claims import Result, claims_table
 from ism.report.meta import metadata_table
 from ism.report.render import Block, Figure, Heading, Para, render_markdown, render_pdf
-from ism.report.tables import (Table, config_diff_table, cumulative_table, delta_table, diagnostics_table, fmt,
-                               group_tables, metric_table, missing_table, sweep_table)
-from ism.report.ci import mean_ci
+from ism.report.tables import (Table, center_ci, compare_cell, compare_ci, config_diff_table, cumulative_table,
+                               delta_table, diagnostics_table, fmt, group_tables, log_metric, metric_table,
+                               missing_table, sweep_table)
 
 
 @dataclass
@@ -44,13 +44,23 @@ def _summary(sw: L.Sweep, metric: str) -> list[str]:
     lines = [f"**{n_done} of {n_plan} trials finished** ({len(sw.variants)} variants × seeds {sw.seeds}); "
              f"baseline: `{sw.baseline}`."]
     steps = sw.steps_of(metric)
+    log = log_metric(sw, metric)
     for s in sorted({steps[0], steps[-1]}) if steps else []:
-        vals = {v: mean_ci(list(x.values())) for v, x in sw.values(metric, s).items()}
+        per = sw.values(metric, s)
+        vals = {v: center_ci(x.values(), log) for v, x in per.items()}
         if vals:
             best = min(vals, key=lambda v: vals[v].mean)
             base = vals.get(sw.baseline)
+            vs = ""
+            if base and best != sw.baseline:
+                c = compare_ci(per[sw.baseline], per[best], log)
+                vs = (f"; {'ratio' if log else 'difference'} {compare_cell(c, log)}"
+                      + (f", excludes {'1' if log else '0'}" if c.excludes(1.0 if log else 0.0) else ""))
             lines.append(f"Best {metric.upper()} at {s} step{'s' * (s > 1)}: `{best}` {fmt(vals[best].mean)}"
-                         + (f" (baseline {fmt(base.mean)})" if base else "") + ".")
+                         + (f" (baseline {fmt(base.mean)}{vs})" if base else "") + ".")
+    if steps and log:
+        lines.append(f"{metric.upper()} values are geometric means over seeds; their intervals and the ratios to the "
+                     f"baseline are computed on log({metric.upper()}), so they stay above 0.")
     return lines
 
 
@@ -123,7 +133,9 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
     b: list[Block] = [Heading(f"ism report: {sw.spec} (profile {prof})", 1),
                       Para(f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the MLflow store `{sw.uri}`, experiment "
                            f"`{sw.experiment}`, sweep run `{sw.parent['mlflow_id']}`. Every number is read from "
-                           "MLflow; intervals are 95 % t-intervals over seeds."),
+                           "MLflow; intervals are 95 % t-intervals over seeds, for a strictly positive metric (FID) "
+                           "computed on log values: geometric means [lo, hi] and ratios to the baseline, never "
+                           "below 0."),
                       Heading("Summary")]
     b += [Para(x) for x in _summary(sw, m1)]
     b.append(Heading("Missing and failed trials"))
@@ -131,11 +143,15 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
     b += [Heading("Claims check"), tables["claims"]]
     b.append(Heading(f"{m1.upper()} and {sw.primary[1].upper()} versus sampling steps"))
     b += [x for x in (t(f"{m1}_by_steps"), t(f"{sw.primary[1]}_by_steps")) if x] or [Para("No FID/KID was logged.")]
-    b += [_fig(figs, "metric_vs_steps", f"{m1.upper()} versus steps (log2 axis), 95 % CI bands"),
-          _fig(figs, "metric2_vs_steps", f"{sw.primary[1].upper()} versus steps (log2 axis), 95 % CI bands"),
-          _fig(figs, "ablation_bars", f"Ablation bars at 1, 4 and 128 steps ({m1.upper()})")]
-    b.append(Heading("Differences to the baseline"))
-    b += [x for x in (t(f"{m1}_delta"), t(f"{sw.primary[1]}_delta")) if x] or [Para("No variant besides the baseline.")]
+    scale = lambda m: "log y axis, " if log_metric(sw, m) else ""  # noqa: E731
+    b += [_fig(figs, "metric_vs_steps", f"{m1.upper()} versus steps (log2 x axis, {scale(m1)}95 % CI bands)"),
+          _fig(figs, "metric2_vs_steps", f"{sw.primary[1].upper()} versus steps (log2 x axis, "
+               f"{scale(sw.primary[1])}95 % CI bands)"),
+          _fig(figs, "ablation_bars", f"Ablation bars at 1, 4 and 128 steps ({m1.upper()}"
+               + (", log x axis)" if log_metric(sw, m1) else ")"))]
+    b.append(Heading("Ratios and differences to the baseline"))
+    b += [x for m in (m1, sw.primary[1]) for x in (t(f"{m}_ratio"), t(f"{m}_delta")) if x] \
+        or [Para("No variant besides the baseline.")]
     b.append(Heading("Cumulative ablation"))
     b.append(t("cumulative") or Para("This spec has no cumulative-order group (a group whose name contains 'cumul')."))
     groups = [x for k, x in tables.items() if k.startswith("group_")]
@@ -156,17 +172,42 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
     return b
 
 
+def _is_study_spec(target: str) -> bool:
+    """A study spec file (studies/*.yaml: it has a search space and an objective), not an ablation spec."""
+    path = Path(target)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return False
+    import yaml
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return False
+    return isinstance(raw, dict) and "space" in raw and "objective" in raw
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ism report", description="Markdown and PDF report of an ablation sweep, read "
-                                 "from MLflow: FID/KID versus steps with CIs, deltas, claims check, figures.")
-    ap.add_argument("target", help="spec file (ablations/components.yaml), spec name, or experiment (ism/components)")
+                                 "from MLflow: FID/KID versus steps with CIs, deltas, claims check, figures; or, for a "
+                                 "study spec (studies/X.yaml), the study's report read from its Optuna storage.")
+    ap.add_argument("target", help="spec file (ablations/components.yaml or studies/wavelet.yaml), spec name, or "
+                    "experiment (ism/components)")
     ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
-    ap.add_argument("--out", default=None, help="output folder (default reports/<spec>)")
+    ap.add_argument("--out", default=None, help="output folder (default reports/<spec>; studies: reports/studies/<name>/ "
+                    "on the embedded profile, reports/studies/<name>-<profile>/ on another)")
     ap.add_argument("--profile", default=os.environ.get("PROFILE") or None,
-                    help="report the newest sweep of this profile (default: the newest sweep of any profile)")
+                    help="report the newest sweep of this profile (default: the newest sweep of any profile); "
+                    "studies: the study of this profile (default embedded)")
     ap.add_argument("--sweep", default=None, help="a specific sweep: its parent MLflow run id or ism.sweep_id")
     ap.add_argument("--no-log", action="store_true", help="do not log the report as artifacts of the sweep's parent run")
+    ap.add_argument("--storage", default=None, help="study specs (studies/X.yaml): root of the study storage "
+                    "(default runs/study; env ISM_STORAGE)")
+    ap.add_argument("--optuna-storage", default=None, help="study specs: Optuna RDB URL (default $OPTUNA_STORAGE or "
+                    "sqlite <storage>/optuna.db)")
     args = ap.parse_args(argv)
+    if _is_study_spec(args.target):  # studies/X.yaml: the study report, from the Optuna storage (optuna loads only here)
+        from ism.report.study_section import report_main
+        return report_main(args.target, args.profile, args.out, args.storage, args.optuna_storage,
+                           args.tracking_uri, log=not args.no_log)
     r = build_report(args.target, args.tracking_uri, args.out, args.profile, args.sweep, log=not args.no_log)
     verdicts = ", ".join(f"{c.claim.problem}: {c.verdict}" for c in r.claims)
     print(f"wrote {r.markdown} and {r.pdf}" + (f"; logged to MLflow run {r.logged_to}" if r.logged_to else ""))

@@ -1,4 +1,5 @@
-"""Confidence intervals over seeds: t-intervals of means, and of differences (paired by seed, else Welch)."""
+"""Confidence intervals over seeds: t-intervals of means, and of differences (paired by seed, else Welch);
+for strictly positive metrics (FID) the same on log values: geometric means and ratios, intervals that stay > 0."""
 from __future__ import annotations
 
 import math
@@ -70,3 +71,39 @@ def delta_ci(a: Mapping[int, float], b: Mapping[int, float], level: float = LEVE
         res = stats.ttest_ind(xb, xa, equal_var=False)
         ci = res.confidence_interval(level)
     return Interval(diff, float(ci.low), float(ci.high), min(len(xa), len(xb)), "Welch", float(res.df))
+
+
+# ------------------------------------------------------------------------------------- strictly positive metrics
+def positive(values) -> bool:
+    """True when there is at least one finite value and every finite value is > 0 (FID; not KID, which can be < 0)."""
+    x = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return bool(x) and min(x) > 0
+
+
+def log_mean_ci(values: Sequence[float], level: float = LEVEL) -> Interval:
+    """Geometric mean with the t-interval of log(values) back-transformed: [exp(lo), exp(hi)], asymmetric, always > 0.
+
+    For a strictly positive metric (FID) a symmetric interval over few seeds runs below 0; on the log scale it cannot.
+    Falls back to the arithmetic mean_ci when any value is <= 0 (method 't' instead of 'log-t').
+    """
+    x = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not positive(x):
+        return mean_ci(x, level)
+    if len(x) == 1:  # the value itself (exp(log x) may differ in the last bit), no interval
+        return Interval(x[0], math.nan, math.nan, 1, "log-t")
+    iv = mean_ci(np.log(x), level)
+    return Interval(math.exp(iv.mean), math.exp(iv.lo), math.exp(iv.hi), iv.n, "log-t", iv.df)
+
+
+def ratio_ci(a: Mapping[int, float], b: Mapping[int, float], level: float = LEVEL) -> Interval:
+    """b / a (e.g. a variant's FID over the baseline's) with its interval: delta_ci on log values, back-transformed.
+
+    Paired by seed (the mean of log(b_s / a_s)) when both hold the same seeds (>= 2), else Welch's interval on the logs;
+    `mean` is the ratio of geometric means. Every value must be > 0 (ValueError otherwise: use delta_ci).
+    """
+    a = {k: float(v) for k, v in a.items() if math.isfinite(v)}
+    b = {k: float(v) for k, v in b.items() if math.isfinite(v)}
+    if (a and not positive(a.values())) or (b and not positive(b.values())):
+        raise ValueError("ratio_ci needs values > 0; use delta_ci for a metric that can be <= 0")
+    d = delta_ci({k: math.log(v) for k, v in a.items()}, {k: math.log(v) for k, v in b.items()}, level)
+    return Interval(math.exp(d.mean), math.exp(d.lo), math.exp(d.hi), d.n, d.method, d.df)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ism.report.ci import Interval, delta_ci, mean_ci
+from ism.report.ci import Interval, delta_ci, log_mean_ci, mean_ci, positive, ratio_ci
 from ism.report.load import Sweep
-from ism.report.tables import Table, delta_cell, fmt
+from ism.report.tables import Table, delta_cell, fmt, ratio_cell
 
 REPRODUCED, NOT_REPRODUCED, OVERLAP = "reproduced", "not reproduced", "inconclusive (CIs overlap)"
 
@@ -33,7 +33,8 @@ class Claim:
 CLAIMS = (
     Claim("compounding guidance", "intrinsic", "effective_guidance", None,
           "CFG baked into the targets compounds to w^log2 N (1.5^7 ≈ 17); intrinsic guidance keeps the effective "
-          "scale near the nominal one: lower with the fix", {"guidance.mode": "cfg_every_level"},
+          "scale near the nominal one: lower with the fix (both sides in CFG-equivalent units: 1 + w for intrinsic)",
+          {"guidance.mode": "cfg_every_level"},
           frozenset({"interval"})),
     Claim("fixed guidance", "intrinsic", "fid", "min",
           "w becomes an input, so the best w of one model beats the single scale baked into SM: lower 1-step FID "
@@ -46,6 +47,8 @@ CLAIMS = (
           "sOT pairs noise and data by optimal transport over a pool: straighter paths (path/chord closer to 1)"),
 )
 PROXY = "fid"   # when a diagnostic was not measured: the paper's headline, 1-step FID, lower with each component
+RATIO_METRICS = ("fid",)   # compared as a ratio with its interval on log values (strictly positive)
+UNITS = {"effective_guidance": "CFG-equivalent scale: 1 + w for intrinsic, the CFG scale for cfg_* modes"}
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Result:
     b: Interval | None = None
     delta: Interval | None = None
     verdict: str = ""
+    ratio: Interval | None = None  # with / without, for FID: the verdict's interval (delta is then for reference)
     detail: str = ""
 
 
@@ -106,9 +110,11 @@ def _sweep_best(sw: Sweep, v: str, s: int) -> dict[int, float]:
 def check(sw: Sweep, claim: Claim) -> Result:
     """One claim's verdict from the sweep's numbers."""
     metric, s = claim.metric, _step(sw, claim.metric, claim.at)
-    diag = f"{metric}" + (f" @{s} step{'s' * (s > 1)}" if s else "")
+    diag = f"{metric}" + (f" @{s} step{'s' * (s > 1)}" if s else "") + (f" ({UNITS[metric]})" if metric in UNITS else "")
     get_a = get_b = lambda v: sw.values(metric, s).get(v, {})  # noqa: E731
+    compared = metric
     if claim.sweep_best:
+        compared = PROXY
         steps = sw.steps_of(PROXY, sweep=True)
         if not steps:
             return Result(claim, "best-w FID (guidance sweep)", None,
@@ -122,6 +128,7 @@ def check(sw: Sweep, claim: Claim) -> Result:
         if s is None:
             return Result(claim, diag, None, verdict=f"inconclusive (not measured: no {metric} nor {PROXY})")
         diag = f"{PROXY} @{s} step{'s' * (s > 1)} (proxy: {metric} not measured in this sweep)"
+        compared = PROXY
         get_a = get_b = lambda v: sw.values(PROXY, s).get(v, {})  # noqa: E731
     pair = find_pair(sw, claim, lambda v: bool(get_a(v)), lambda v: bool(get_b(v)))
     if pair is None:
@@ -130,24 +137,42 @@ def check(sw: Sweep, claim: Claim) -> Result:
     va, vb = get_a(pair[0]), get_b(pair[1])
     if not va or not vb:
         return Result(claim, diag, pair, verdict="inconclusive (not measured: a side has no finished seed)")
-    a, b, d = mean_ci(list(va.values())), mean_ci(list(vb.values())), delta_ci(va, vb)
-    if not d.has_ci:
-        verdict = "inconclusive (fewer than 2 seeds: no interval)"
-    elif d.hi < 0:
-        verdict = REPRODUCED
-    elif d.lo > 0:
-        verdict = NOT_REPRODUCED
+    return _verdict(Result(claim, diag, pair), va, vb, compared)
+
+
+def _verdict(r: Result, va: dict[int, float], vb: dict[int, float], metric: str) -> Result:
+    """Intervals and verdict of with (vb) against without (va): the ratio for FID (reproduced when its interval lies
+    wholly below 1), else the difference (reproduced when wholly below 0); paired by seed when possible, else Welch."""
+    r.delta = delta_ci(va, vb)
+    use_ratio = metric in RATIO_METRICS and positive([*va.values(), *vb.values()])
+    if use_ratio:
+        r.a, r.b, r.ratio = log_mean_ci(list(va.values())), log_mean_ci(list(vb.values())), ratio_ci(va, vb)
     else:
-        verdict = OVERLAP
-    return Result(claim, diag, pair, a, b, d, verdict)
+        r.a, r.b = mean_ci(list(va.values())), mean_ci(list(vb.values()))
+    iv, null = (r.ratio, 1.0) if use_ratio else (r.delta, 0.0)
+    if not iv.has_ci:
+        r.verdict = "inconclusive (fewer than 2 seeds: no interval)"
+    elif iv.hi < null:
+        r.verdict = REPRODUCED
+    elif iv.lo > null:
+        r.verdict = NOT_REPRODUCED
+    else:
+        r.verdict = OVERLAP
+    return r
 
 
 def _ours(r: Result) -> str:
     if r.a is None or r.b is None or r.delta is None:
         return "–"
-    ci = lambda iv: fmt(iv.mean) + (f" ± {fmt(iv.half, 2)}" if iv.has_ci else "") + f" (n={iv.n})"  # noqa: E731
-    method = f"{r.delta.method}" + (f", n={r.delta.n}" if r.delta.method == "paired" else "")
-    return f"{r.pair[0]}: {ci(r.a)} → {r.pair[1]}: {ci(r.b)}; Δ {delta_cell(r.delta)} ({method})"
+
+    def ci(iv: Interval) -> str:
+        if iv.method == "log-t" and iv.has_ci:
+            return f"{fmt(iv.mean)} [{fmt(iv.lo, 3)}, {fmt(iv.hi, 3)}] (n={iv.n})"
+        return fmt(iv.mean) + (f" ± {fmt(iv.half, 2)}" if iv.has_ci else "") + f" (n={iv.n})"
+    cmp = r.ratio or r.delta
+    method = f"{cmp.method}" + (f", n={cmp.n}" if cmp.method == "paired" else "")
+    what = f"ratio {ratio_cell(r.ratio)}" if r.ratio else f"Δ {delta_cell(r.delta)}"
+    return f"{r.pair[0]}: {ci(r.a)} → {r.pair[1]}: {ci(r.b)}; {what} ({method})"
 
 
 def claims_table(sw: Sweep) -> tuple[Table, list[Result]]:
@@ -161,9 +186,16 @@ def claims_table(sw: Sweep) -> tuple[Table, list[Result]]:
                          "mean_without": r.a.mean if r.a else math.nan, "mean_with": r.b.mean if r.b else math.nan,
                          "delta": r.delta.mean if r.delta else math.nan, "delta_low": r.delta.lo if r.delta else math.nan,
                          "delta_high": r.delta.hi if r.delta else math.nan,
-                         "method": r.delta.method if r.delta else "", "verdict": r.verdict} for r in results])
+                         "ratio": r.ratio.mean if r.ratio else math.nan, "ratio_low": r.ratio.lo if r.ratio else math.nan,
+                         "ratio_high": r.ratio.hi if r.ratio else math.nan,
+                         "method": (r.ratio or r.delta).method if r.delta else "", "verdict": r.verdict}
+                        for r in results])
     note = ("Each problem is checked on the pair of variants that differ only by the component that fixes it "
-            "(preferring the baseline + that component). Δ = with − without; 'reproduced' when its 95 % interval "
-            "lies wholly on the paper's side (lower), 'not reproduced' when wholly on the other side.")
+            "(preferring the baseline + that component). FID is compared as the ratio with ÷ without (geometric "
+            "means, 95 % interval on log FID): 'reproduced' when the interval lies wholly below 1. Other diagnostics: "
+            "Δ = with − without (mean ± 95 % half-width per side), 'reproduced' when its interval lies wholly below 0. "
+            "'Not reproduced' when wholly on the other side; paired by seed when both sides hold the same seeds, else "
+            "Welch. effective_guidance is in CFG-equivalent units on both sides (1 + w for intrinsic guidance, the "
+            "CFG scale for the cfg modes).")
     return Table("claims", "Claims check: the five problems iSM names", ["problem", "diagnostic", "pair (without → with)",
                  "paper", "ours", "verdict"], rows, bold, note, raw), results

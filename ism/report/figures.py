@@ -11,11 +11,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ism.report.ci import mean_ci  # noqa: E402
+from ism.report.ci import mean_ci, positive  # noqa: E402
 from ism.report.load import Sweep  # noqa: E402
+from ism.report.tables import center_ci, log_metric  # noqa: E402
 
 DPI = 110
 GRID_ROWS = 4          # sample-grid rows shown per variant (one sample per class and row)
+FEW_SEEDS = 3          # below this many finished seeds a variant's individual seeds are drawn as points
 
 
 def _colors(n: int):
@@ -30,11 +32,31 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _curve(sw: Sweep, metric: str, v: str, steps: list[int], sweep_w: float | None = None):
-    """(x, mean, lo, hi) of a variant over step counts, NaN where unmeasured."""
-    ivs = [mean_ci(list(sw.values(metric, s).get(v, {}).values())) for s in steps]
+def _curve(sw: Sweep, metric: str, v: str, steps: list[int], log: bool = False):
+    """(x, mean, lo, hi) of a variant over step counts, NaN where unmeasured; log: geometric mean, log interval."""
+    ivs = [center_ci(sw.values(metric, s).get(v, {}).values(), log) for s in steps]
     return (np.array(steps, float), np.array([i.mean for i in ivs]), np.array([i.lo for i in ivs]),
             np.array([i.hi for i in ivs]))
+
+
+def _seed_points(ax, xs, per_x: list[dict[int, float]], color, horizontal: bool = False) -> None:
+    """Each seed's value as a small marker where fewer than FEW_SEEDS seeds finished (an interval over 2 seeds is
+    wide and over 1 absent: the points show what it rests on)."""
+    for x, vals in zip(xs, per_x):
+        if 0 < len(vals) < FEW_SEEDS:
+            v = np.array(list(vals.values()), float)
+            pos = np.full(len(v), x, float)
+            ax.plot(*((v, pos) if horizontal else (pos, v)), ls="none", marker="x", ms=4, mew=0.9, color=color,
+                    alpha=0.9, zorder=3)
+
+
+def _set_log(ax, axis: str = "y") -> None:
+    """A log axis with plain-number tick labels (FID 10, 20, 50 rather than 10^1)."""
+    from matplotlib.ticker import LogFormatter
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    target.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
 def panels(sw: Sweep) -> list[tuple[str, list[str]]]:
@@ -45,79 +67,113 @@ def panels(sw: Sweep) -> list[tuple[str, list[str]]]:
 
 
 def metric_vs_steps(sw: Sweep, metric: str, path: Path) -> Path | str:
-    """The metric versus sampling steps (log2 axis), one line per variant with its 95 % CI band, a panel per group."""
+    """The metric versus sampling steps (log2 axis), one line per variant with its 95 % CI band, a panel per group.
+
+    A strictly positive metric (FID) is drawn on a log y-axis with the geometric mean and the log-scale interval
+    (a band never below 0); where a variant has fewer than FEW_SEEDS finished seeds its seeds are drawn as points.
+    """
     steps = sw.steps_of(metric)
     if not steps:
         return f"no {metric} per step count in this sweep"
+    log = log_metric(sw, metric)
     groups = panels(sw)
     color = dict(zip(sw.variants, _colors(len(sw.variants))))
     fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), squeeze=False, sharey=True)
     for ax, (name, members) in zip(axes[0], groups):
         for v in members:
-            x, y, lo, hi = _curve(sw, metric, v, steps)
+            x, y, lo, hi = _curve(sw, metric, v, steps, log)
             if np.isfinite(y).any():
                 ax.plot(x, y, "o-", color=color[v], label=v, ms=3, lw=1.3)
                 ok = np.isfinite(lo)
                 if ok.any():
                     ax.fill_between(x[ok], lo[ok], hi[ok], color=color[v], alpha=0.15, lw=0)
+                _seed_points(ax, x, [sw.values(metric, s).get(v, {}) for s in steps], color[v])
+        if log:
+            _set_log(ax, "y")
         ax.set_xscale("log", base=2)
         ax.set_xticks(steps, [str(s) for s in steps])
         ax.set_xlabel("sampling steps")
         ax.set_title(name if len(groups) > 1 else "")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper right")
-    axes[0][0].set_ylabel(f"{metric.upper()} (lower is better)")
-    fig.suptitle(f"{metric.upper()} versus sampling steps: mean over seeds, 95 % t-interval bands")
+    axes[0][0].set_ylabel(f"{metric.upper()} (lower is better{', log scale' if log else ''})")
+    fig.suptitle(f"{metric.upper()} versus sampling steps: " + (
+        "geometric mean over seeds, 95 % t-interval of log values" if log else "mean over seeds, 95 % t-interval bands")
+        + f"; × = single seeds where fewer than {FEW_SEEDS} finished", fontsize=10)
     return _save(fig, path)
 
 
 def ablation_bars(sw: Sweep, metric: str, path: Path, wanted=(1, 4, 128)) -> Path | str:
-    """Horizontal bars per variant at 1, 4 and 128 steps (those measured), CI error bars, baseline line."""
+    """Horizontal bars per variant at 1, 4 and 128 steps (those measured), CI error bars, baseline line; a strictly
+    positive metric (FID) on a log x-axis with the log-scale interval; seeds as points where fewer than FEW_SEEDS."""
     have = sw.steps_of(metric)
     steps = [s for s in wanted if s in have]
     if not steps:
         return f"{metric} was not measured at {', '.join(map(str, wanted))} steps"
     n = len(sw.variants)
+    log = log_metric(sw, metric)
     fig, axes = plt.subplots(1, len(steps), figsize=(4.2 * len(steps), 0.35 * n + 1.6), squeeze=False, sharey=True)
     ys = np.arange(n)[::-1]
+    colors = _colors(n)
     for ax, s in zip(axes[0], steps):
-        ivs = [mean_ci(list(sw.values(metric, s).get(v, {}).values())) for v in sw.variants]
+        per = [sw.values(metric, s).get(v, {}) for v in sw.variants]
+        ivs = [center_ci(x.values(), log) for x in per]
         means = np.array([i.mean for i in ivs])
-        err = np.array([i.half if i.has_ci else 0.0 for i in ivs])
-        ax.barh(ys, np.nan_to_num(means), xerr=err, color=_colors(n), alpha=0.85, capsize=2)
+        lo = np.array([i.lo if i.has_ci else i.mean for i in ivs])
+        hi = np.array([i.hi if i.has_ci else i.mean for i in ivs])
+        err = np.nan_to_num(np.vstack([means - lo, hi - means]))  # asymmetric on the log scale
+        if log:  # bars on a log axis start at a floor below every interval and seed (a bar from 0 has no length)
+            seen = [x for x in (*lo, *means, *(w for d in per for w in d.values())) if math.isfinite(x) and x > 0]
+            floor = 10 ** math.floor(math.log10(min(seen))) if seen else 1.0
+            ok = np.isfinite(means)
+            ax.barh(ys[ok], means[ok] - floor, left=floor, xerr=err[:, ok], color=[c for c, k in zip(colors, ok) if k],
+                    alpha=0.85, capsize=2)
+            _set_log(ax, "x")
+        else:
+            ax.barh(ys, np.nan_to_num(means), xerr=err, color=colors, alpha=0.85, capsize=2)
+        for y, d in zip(ys, per):
+            _seed_points(ax, [y], [d], "k", horizontal=True)
         if sw.baseline in sw.variants:
             b = means[sw.variants.index(sw.baseline)]
             if math.isfinite(b):
                 ax.axvline(b, color="k", ls="--", lw=0.8)
         ax.set_title(f"{s} step{'s' * (s > 1)}")
-        ax.set_xlabel(metric.upper())
-        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel(metric.upper() + (" (log scale)" if log else ""))
+        ax.grid(axis="x", alpha=0.3, which="both" if log else "major")
     axes[0][0].set_yticks(ys, sw.variants, fontsize=8)
-    fig.suptitle(f"{metric.upper()} per variant (dashed: baseline '{sw.baseline}')")
+    fig.suptitle(f"{metric.upper()} per variant, " + ("geometric mean, 95 % log-scale interval" if log else
+                 "mean, 95 % t-interval") + f" (dashed: baseline '{sw.baseline}'; × = seeds where fewer than "
+                 f"{FEW_SEEDS} finished)", fontsize=10)
     return _save(fig, path)
 
 
 def guidance_sweep(sw: Sweep, metric: str, path: Path) -> Path | str:
-    """The metric versus the guidance value w at each sweep step count, per variant, with CI bands."""
+    """The metric versus the guidance value w at each sweep step count, per variant, with CI bands (log y-axis and
+    log-scale interval for a strictly positive metric; seeds as points where fewer than FEW_SEEDS)."""
     df = sw.scores[(sw.scores["metric"] == metric) & sw.scores["sweep"]] if len(sw.scores) else sw.scores
     if not len(df):
         return "no guidance sweep in this spec (eval.guidance_sweep is empty)"
     steps = sorted(int(s) for s in df["steps"].unique())
+    log = positive(df["value"])
     fig, axes = plt.subplots(1, len(steps), figsize=(4.5 * len(steps), 3.8), squeeze=False)
     names = [v for v in sw.variants if v in set(df["variant"])]
     for ax, s in zip(axes[0], steps):
         for v, c in zip(names, _colors(len(names))):
             ws = sorted(df[(df["variant"] == v) & (df["steps"] == s)]["guidance"].unique())
-            ivs = [mean_ci(list(sw.values(metric, s, w, sweep=True).get(v, {}).values())) for w in ws]
+            per = [sw.values(metric, s, w, sweep=True).get(v, {}) for w in ws]
+            ivs = [center_ci(x.values(), log) for x in per]
             y, lo, hi = (np.array([getattr(i, a) for i in ivs]) for a in ("mean", "lo", "hi"))
             ax.plot(ws, y, "o-", color=c, label=v, ms=3)
             ok = np.isfinite(lo)
             if ok.any():
                 ax.fill_between(np.array(ws)[ok], lo[ok], hi[ok], color=c, alpha=0.15, lw=0)
+            _seed_points(ax, ws, per, c)
+        if log:
+            _set_log(ax, "y")
         ax.set_title(f"{s} step{'s' * (s > 1)}")
         ax.set_xlabel("guidance w (or CFG scale)")
-        ax.set_ylabel(metric.upper())
-        ax.grid(alpha=0.3)
+        ax.set_ylabel(metric.upper() + (" (log scale)" if log else ""))
+        ax.grid(alpha=0.3, which="both" if log else "major")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     return _save(fig, path)
 

@@ -1,13 +1,17 @@
 """The study section of a report: state and best trials of an Optuna study, parameter importances, and its plots.
 
 Everything is read from the study (the Optuna storage `ism study` writes); plots come from Optuna's matplotlib
-backend, importances from optuna.importance (fANOVA, seeded so a report is reproducible).
+backend, importances from optuna.importance (fANOVA, seeded so a report is reproducible). The whole study report
+(write_study_report: objective, trial counts, profile, commands, then this section) goes to reports/studies/<name>/
+(embedded profile) or reports/studies/<name>-<profile>/, as report.md and report.pdf.
 """
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -92,7 +96,7 @@ def study_blocks(study: optuna.Study, out_dir: str | Path, top: int = TOP) -> li
     rows = [[str(i + 1), f"#{t.number}", fmt(t.value, 5), *[_value(t.params.get(k, "–")) for k in keys], _duration(t)]
             for i, t in enumerate(best)]
     blocks.append(Table(f"{slug}-best", f"Best trials of {study.study_name} ({direction})",
-                        ["rank", "trial", "objective", *keys, "duration"], rows,
+                        ["rank", "trial", (study.metric_names or ["objective"])[0], *keys, "duration"], rows,
                         bold={(0, j) for j in range(3 + len(keys))},
                         note=f"Top {len(best)} of {len(complete)} completed trials; pruned and failed trials excluded."))
     imp = importances(study)
@@ -129,3 +133,141 @@ def render_study_section(study: optuna.Study, out_dir: str | Path) -> tuple[str,
     out_dir = Path(out_dir)
     blocks = study_blocks(study, out_dir)
     return markdown(blocks, out_dir), [b.path for b in blocks if isinstance(b, Figure) and b.path]
+
+
+# ----------------------------------------------------------------------------------------------- the study report
+# `ism study` writes it when a study finishes; `ism report studies/X.yaml` rebuilds it from the Optuna storage alone.
+def report_dir(p, out: str | Path | None = None) -> Path:
+    """reports/studies/<name>/ for the embedded (default) profile, reports/studies/<name>-<profile>/ for any other,
+    so that a smoke run never overwrites the committed embedded report; `out` wins."""
+    from ism import ablate
+    if out:
+        return Path(out)
+    return Path("reports") / "studies" / (p.spec.name if p.profile == ablate.DEFAULT_PROFILE else f"{p.spec.name}-{p.profile}")
+
+
+def _shown(x: str | Path) -> str:
+    """A path (or sqlite URL) relative to the working directory when it lies under it, as typed in a command."""
+    s, pre = str(x), ""
+    if s.startswith("sqlite:///"):
+        pre, s = "sqlite:///", s[len("sqlite:///"):]
+    elif "://" in s:
+        return s
+    try:
+        return pre + Path(s).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return pre + s
+
+
+def rerun_command(p, study: optuna.Study, root: Path | None = None, url: str | None = None) -> str:
+    """`ism study` with the options that reproduce this study here (budget and storage only where not the default)."""
+    from ism.study.storage import FINISHED, storage_root, storage_url
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    parts = ["ism study", _shown(p.spec.path), "--profile", p.profile]
+    if done > p.n_trials:
+        parts += ["--n-trials", str(done)]
+    if root is not None and Path(root).resolve() != storage_root():
+        parts += ["--storage", _shown(root)]
+        if url and url != storage_url(None, Path(root).resolve()):
+            parts += ["--optuna-storage", _shown(url)]
+    elif url and url != storage_url(None, storage_root()):
+        parts += ["--optuna-storage", _shown(url)]
+    return " ".join(parts)
+
+
+def report_blocks(p, study: optuna.Study, out_dir: Path, url: str, command: str) -> list[Block]:
+    """The whole study report: header, objective, trial counts, profile, commands, then the study section."""
+    from ism.study.storage import FINISHED
+    obj = p.objective
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name for t in trials)
+    done = sum(states[s.name] for s in FINISHED)
+    name = (study.metric_names or [obj.label()])[0]
+    b: list[Block] = [Heading(f"ism study report: {p.spec.name} (profile {p.profile})", 1),
+                      Para(f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the Optuna storage `{_shown(url)}`, study "
+                           f"`{study.study_name}`. Every number is read from the study; nothing was rerun.")]
+    if p.spec.description:
+        b.append(Para(p.spec.description))
+    b += [Heading("Objective"),
+          Para(f"`{name}` ({obj.direction}) = " + " + ".join(f"{w:g} × `{k}`" for k, w in obj.terms.items()) +
+               f": {obj.metric} of the slow EMA at {', '.join(map(str, obj.steps))} sampling step"
+               f"{'s' * (len(obj.steps) > 1 or obj.steps[0] > 1)}, each from `eval.num_samples` = "
+               f"{p.base.eval.num_samples} samples; Optuna metric name `{name}`. Intermediate values (pruning) are the "
+               "same objective at the evaluations during training" +
+               (f" (every {p.base.eval.every_steps} steps)." if p.base.eval.every_steps else ".")),
+          Heading("Trials"),
+          Table("trial_states", "Trials by state", ["state", "trials"],
+                [[s.lower(), str(n)] for s, n in sorted(states.items())] + [["all", str(len(trials))]],
+                bold={(len(states), 0), (len(states), 1)},
+                note=f"Budget: {p.n_trials} finished trials (complete, pruned or failed) on this profile; "
+                     f"{done} finished."),
+          Heading("Profile and search space"),
+          Para(f"Profile `{p.profile}`: preset `{p.preset}`, {p.base.run.steps} training steps per trial, "
+               f"{p.parallelism} trial(s) at once, resources per trial {dict(p.resources)}; sampler "
+               f"{dict(p.sampler) or {'type': 'tpe'}}, pruner {dict(p.pruner) or {'type': 'none'}}."
+               + "".join(f" {n}" if n.endswith(".") else f" {n}." for n in p.notes)),
+          Table("space", "Search space", ["config key", "distribution"], [[x.key, x.describe()] for x in p.space]),
+          Heading("Commands"),
+          Para(f"Rerun or continue the study (finished trials are kept; only missing ones run): `{command}`."),
+          Para(f"Rebuild this report from the storage: `ism report {_shown(p.spec.path)} --profile {p.profile}`; "
+               f"export the best trial as a config: `{command} --export-best`.")]
+    return b + study_blocks(study, out_dir)
+
+
+@dataclass
+class StudyReport:
+    """What write_study_report produced."""
+    out_dir: Path
+    markdown: Path
+    pdf: Path
+    figures: list[Path]
+    logged_to: str | None = None
+
+
+def write_study_report(p, url: str, out: str | Path | None = None, root: Path | None = None,
+                       tracking_uri: str | None = None, study: optuna.Study | None = None) -> StudyReport:
+    """Read the plan's study from the Optuna storage and write report.md, report.pdf, figures/ and tables/trials.csv
+    (report_dir(p, out)); with tracking_uri, also log the folder on the study's MLflow parent run there, if any."""
+    from ism.report.render import render_markdown, render_pdf
+    from ism.study.storage import open_study
+    study = study or open_study(p, url, create=False)
+    out_dir = report_dir(p, out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for sub, ext in (("figures", ".png"), ("tables", ".csv")):  # what a previous report here wrote
+        if (out_dir / sub).is_dir():
+            for f in (out_dir / sub).iterdir():
+                if f.suffix == ext:
+                    f.unlink()
+    blocks = report_blocks(p, study, out_dir, url, rerun_command(p, study, root, url))
+    md = render_markdown(blocks, out_dir)
+    pdf = render_pdf(blocks, out_dir / "report.pdf", f"ism study report: {p.study_name}")
+    (out_dir / "tables").mkdir(exist_ok=True)
+    study.trials_dataframe(attrs=("number", "state", "value", "params", "duration")).to_csv(
+        out_dir / "tables" / "trials.csv", index=False)
+    logged = None
+    if tracking_uri:
+        parent = (study.user_attrs.get("ism.mlflow_parent") or {}).get(tracking_uri)
+        if parent:
+            from ism import tracking
+            tracking.log_folder(parent, out_dir, "report", tracking_uri)
+            logged = parent
+    return StudyReport(out_dir, md, pdf, [x.path for x in blocks if isinstance(x, Figure) and x.path], logged)
+
+
+def report_main(target: str, profile: str | None = None, out: str | None = None, storage: str | None = None,
+                optuna_storage: str | None = None, tracking_uri: str | None = None, log: bool = True) -> int:
+    """`ism report studies/X.yaml`: the study report from the stored study, without running anything."""
+    from ism import ablate
+    from ism.study.plan import plan
+    from ism.study.spec import load_spec
+    from ism.study.storage import storage_root, storage_url
+    p = plan(load_spec(target), profile or ablate.DEFAULT_PROFILE)
+    root = storage_root(storage)
+    url = storage_url(optuna_storage, root)
+    uri = None
+    if log:
+        from ism import tracking
+        uri = tracking.tracking_uri(tracking_uri)
+    r = write_study_report(p, url, out, root, uri)
+    print(f"wrote {r.markdown} and {r.pdf}" + (f"; logged to MLflow run {r.logged_to}" if r.logged_to else ""))
+    return 0

@@ -53,8 +53,8 @@ def describe_plan(p: StudyPlan, url: str) -> str:
     lines.append(f"trials {p.n_trials}, parallelism {p.parallelism}, resources per trial {dict(p.resources)}; "
                  f"sampler {dict(p.sampler) or {'type': 'tpe'}}, pruner {dict(p.pruner) or {'type': 'none'}}")
     lines += [f"  note: {n}" for n in p.notes]
-    if p.spec.enqueue:
-        lines.append(f"enqueued first: {list(p.spec.enqueue)}")
+    if p.enqueue:
+        lines.append(f"enqueued first: {list(p.enqueue)}")
     done = 0
     try:
         study = open_study(p, url, create=False)
@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storage", default=None, help="root of trial dirs and Ray results (default runs/study; env ISM_STORAGE)")
     ap.add_argument("--optuna-storage", default=None, help="Optuna RDB URL (default $OPTUNA_STORAGE or sqlite <storage>/optuna.db)")
     ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
+    ap.add_argument("--report-out", default=None, help="folder of the study report written when the study finishes "
+                    "(default reports/studies/<name>/ on the embedded profile, reports/studies/<name>-<profile>/ otherwise)")
+    ap.add_argument("--no-report", action="store_true", help="do not write the study report")
     args = ap.parse_args(argv)
     if args.n_trials is not None and args.n_trials < 1:
         raise ConfigError(f"--n-trials: expected an integer >= 1, got {args.n_trials}")
@@ -98,7 +101,24 @@ def main(argv: list[str] | None = None) -> int:
         path = export_best(p, url, Path(args.out) if args.out else None, root)
         print(f"ism study: best config of {p.study_name} -> {path}")
         return 0
-    return run_study(p, url, root, tracking_uri=args.tracking_uri)
+    rc = run_study(p, url, root, tracking_uri=args.tracking_uri)
+    if rc == 130 or args.no_report:  # interrupted: the report comes with the run that finishes the study
+        return rc
+    return write_report(p, url, root, args.report_out, args.tracking_uri) or rc
+
+
+def write_report(p: StudyPlan, url: str, root: Path, out: str | None, tracking_uri: str | None) -> int:
+    """The study report after a run (ism.report.study_section); 1 with a message if it could not be written."""
+    from ism import tracking
+    from ism.report.study_section import write_study_report
+    try:
+        r = write_study_report(p, url, out, root, tracking.tracking_uri(tracking_uri))
+    except Exception as e:  # the study itself is safe in its storage; say how to rebuild the report
+        print(f"ism study: the study report failed ({type(e).__name__}: {e}); rebuild it with "
+              f"`ism report {p.spec.path} --profile {p.profile}`", file=sys.stderr)
+        return 1
+    print(f"ism study: report -> {r.markdown} and {r.pdf}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ class StudyPlan:
     sampler: Mapping[str, Any]
     pruner: Mapping[str, Any]
     notes: tuple[str, ...] = field(default=())
+    enqueue: tuple[Mapping[str, Any], ...] = field(default=())  # trials run first: the profile's list, else the spec's
 
     @property
     def study_name(self) -> str:
@@ -107,8 +108,8 @@ def plan(spec: StudySpec, profile: str = ablate.DEFAULT_PROFILE, n_trials: int |
     resources = {**prof.resources, **spec.resources, **ablate._resources(f"{where}: resources", adj.get("resources"))}
     if resources.get("cpu", 0) <= 0 and resources.get("gpu", 0) <= 0:
         raise ConfigError(f"{where}: resources: a trial needs cpu > 0 or gpu > 0, got {resources}")
-    pruner = {**spec.pruner, **ablate._mapping(f"{where}: pruner", adj.get("pruner"))}
-    sampler = {**spec.sampler, **ablate._mapping(f"{where}: sampler", adj.get("sampler"))}
+    pruner = _layer(spec.pruner, ablate._mapping(f"{where}: pruner", adj.get("pruner")))
+    sampler = _layer(spec.sampler, ablate._mapping(f"{where}: sampler", adj.get("sampler")))
     every = pruner.get("every_steps", 0)
     space = {x.key: x for x in spec.space}
     for k, v in flatten_space(ablate._mapping(f"{where}: space", adj.get("space"))).items():
@@ -146,12 +147,29 @@ def plan(spec: StudySpec, profile: str = ablate.DEFAULT_PROFILE, n_trials: int |
     p = StudyPlan(spec, profile, preset, portable, scale, base, objective, tuple(space.values()),
                   n_trials or _posint(f"{where}: n_trials", adj.get("n_trials", spec.n_trials)),
                   _posint(f"{where}: parallelism", adj.get("parallelism", spec.parallelism)), resources,
-                  sampler, pruner, tuple(x for x in [adj.get("note")] if x))
+                  sampler, pruner, tuple(x for x in [adj.get("note")] if x), _enqueue(where, adj, spec))
     check_space(p)
     make_sampler(p, 0), make_pruner(p)  # shape errors of sampler/pruner settings surface now
-    for i, point in enumerate(spec.enqueue):
+    for i, point in enumerate(p.enqueue):
         check_point(p, point, f"{where}: enqueue[{i}]")
     return p
+
+
+def _layer(spec_part: Mapping[str, Any], profile_part: Mapping[str, Any]) -> dict[str, Any]:
+    """A profile's sampler/pruner settings over the spec's; a profile naming another type replaces them whole."""
+    if "type" in profile_part and profile_part["type"] != spec_part.get("type"):
+        return dict(profile_part)
+    return {**spec_part, **profile_part}
+
+
+def _enqueue(where: str, adj: Mapping[str, Any], spec: StudySpec) -> tuple[Mapping[str, Any], ...]:
+    """A profile's own enqueue list (e.g. a fixed grid on a small machine) replaces the spec's."""
+    if "enqueue" not in adj:
+        return spec.enqueue
+    points = adj["enqueue"]
+    if not isinstance(points, list) or not all(isinstance(e, Mapping) for e in points):
+        raise ConfigError(f"{where}: enqueue: expected a list of {{key: value}} mappings (trials to run first)")
+    return tuple(dict(e) for e in points)
 
 
 def from_dict_where(where: str, d: Mapping[str, Any]) -> Config:

@@ -22,7 +22,7 @@ SPEC_KEYS = ("name", "description", "base", "space", "objective", "n_trials", "p
 BASE_KEYS = ("preset", "ablation", "variant", "overrides")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
 PARAM_TYPES = ("float", "log-float", "int", "log-int", "categorical")
-PROFILE_KEYS = ("n_trials", "parallelism", "overrides", "space", "pruner", "sampler", "resources", "note")
+PROFILE_KEYS = ("n_trials", "parallelism", "overrides", "space", "pruner", "sampler", "resources", "note", "enqueue")
 METRICS = {"points": ("energy_distance", "sliced_wasserstein"), "image": ("fid", "kid", "spectrum_top_err"),
            "latent": ("fid", "kid")}
 
@@ -80,6 +80,14 @@ class Objective:
     def describe(self) -> str:
         body = " + ".join(f"{w:g}*{k}" for k, w in self.terms.items())
         return f"{self.direction} {body}"
+
+    def label(self) -> str:
+        """A short readable name of the objective (Optuna's metric name): fid@1x0.5+4x0.25+128x0.25, or fid@4
+        for one step count of weight 1."""
+        by_step = {int(k.rsplit("_", 1)[1]): w for k, w in self.terms.items()}
+        if len(by_step) == 1 and next(iter(by_step.values())) == 1:
+            return f"{self.metric}@{next(iter(by_step))}"
+        return f"{self.metric}@" + "+".join(f"{s}x{w:g}" for s, w in sorted(by_step.items()))
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from pathlib import Path
 
 import optuna
@@ -60,19 +61,30 @@ def open_study(p: StudyPlan, url: str, create: bool = True) -> optuna.Study:
     if study.direction.name.lower() != p.objective.direction:
         raise ConfigError(f"study '{p.study_name}' in {url} was created to {study.direction.name.lower()}; the spec says "
                           f"{p.objective.direction}. Rename the study (name:) or delete it")
+    name_metric(study, p)
     fp = study.user_attrs.get("ism.fingerprint")
     if fp is None:
         for k, v in {"ism.fingerprint": p.fingerprint(), "ism.spec": p.spec.name, "ism.profile": p.profile,
                      "ism.objective": p.objective.describe(), "ism.preset": p.preset,
                      "ism.space": {x.key: x.describe() for x in p.space}}.items():
             study.set_user_attr(k, v)
-        for point in p.spec.enqueue:
+        for point in p.enqueue:
             study.enqueue_trial({k: _encode(v) for k, v in point.items()}, skip_if_exists=True)
     elif fp != p.fingerprint():
         raise ConfigError(f"study '{p.study_name}' in {url} was made from a different space, objective or base config "
                           f"(fingerprint {fp}, the spec now gives {p.fingerprint()}); give the study a new name: "
                           f"or delete it: optuna delete-study --storage {url} --study-name '{p.study_name}'")
     return study
+
+
+def name_metric(study: optuna.Study, p: StudyPlan) -> None:
+    """Name the study's objective (optuna-dashboard shows it), e.g. fid@1x0.5+4x0.25+128x0.25. Written only when
+    it differs, so opening a study to resume it, or read it for a report, changes nothing."""
+    names = [p.objective.label()]
+    if study.metric_names != names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
 
 
 def requeue_stale(study: optuna.Study) -> list[int]:
