@@ -119,6 +119,9 @@ def test_guidance_spec_sweeps_guidance_per_mode():
                                                            "intrinsic": "intrinsic"}
     assert all(c.eval.guidance_sweep and c.eval.sweep_steps == (1, 4, 128) for c in by.values())
     assert 0.0 in by["intrinsic"].eval.guidance_sweep and 1.0 in by["cfg_finest"].eval.guidance_sweep
+    # the intrinsic sweep stays inside the w range the model was trained on, and reaches the inference default
+    assert max(by["intrinsic"].eval.guidance_sweep) <= by["intrinsic"].guidance.w_max
+    assert by["intrinsic"].eval.w in by["intrinsic"].eval.guidance_sweep
 
 
 def write_spec(path: Path, **over) -> Path:

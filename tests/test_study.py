@@ -158,7 +158,7 @@ def test_ablation_variant_base(tmp_path):
         toy_plan(tmp_path, with_(TOY, base={**base, "variant": "c"}))
 
 
-@pytest.mark.parametrize("name", ["wavelet", "sot", "ema", "guidance", "optim"])
+@pytest.mark.parametrize("name", ["wavelet", "sot", "ema", "guidance", "optim", "sm-guidance"])
 def test_shipped_specs_plan_on_every_profile(name):
     from ism.ablate import PROFILES
     spec = S.load_spec(ROOT / "studies" / f"{name}.yaml")

@@ -188,6 +188,10 @@ def report_blocks(p, study: optuna.Study, out_dir: Path, url: str, command: str)
                            f"`{study.study_name}`. Every number is read from the study; nothing was rerun.")]
     if p.spec.description:
         b.append(Para(p.spec.description))
+    if study.user_attrs.get("ism.fingerprint") not in (None, p.fingerprint()):
+        b.append(Para("Note: the spec or its base config has changed since this study ran (e.g. its best values were "
+                      "carried into the preset), so rerunning it would start a new study; the trials below ran on the "
+                      "base recorded with each trial's MLflow run."))
     b += [Heading("Objective"),
           Para(f"`{name}` ({obj.direction}) = " + " + ".join(f"{w:g} × `{k}`" for k, w in obj.terms.items()) +
                f": {obj.metric} of the slow EMA at {', '.join(map(str, obj.steps))} sampling step"
@@ -230,7 +234,7 @@ def write_study_report(p, url: str, out: str | Path | None = None, root: Path | 
     (report_dir(p, out)); with tracking_uri, also log the folder on the study's MLflow parent run there, if any."""
     from ism.report.render import render_markdown, render_pdf
     from ism.study.storage import open_study
-    study = study or open_study(p, url, create=False)
+    study = study or open_study(p, url, create=False, strict=False)
     out_dir = report_dir(p, out)
     out_dir.mkdir(parents=True, exist_ok=True)
     for sub, ext in (("figures", ".png"), ("tables", ".csv")):  # what a previous report here wrote

@@ -43,8 +43,9 @@ def study_dir(root: Path, p: StudyPlan) -> Path:
     return root / "studies" / p.spec.name / p.profile
 
 
-def open_study(p: StudyPlan, url: str, create: bool = True) -> optuna.Study:
-    """Load (or create) the plan's study; refuse a study made from a different space, objective or base."""
+def open_study(p: StudyPlan, url: str, create: bool = True, strict: bool = True) -> optuna.Study:
+    """Load (or create) the plan's study; refuse a study made from a different space, objective or base (strict; a
+    report reads it anyway: a per-block study's best values are carried into the preset, which moves the base)."""
     if url.startswith("sqlite:///"):
         db = Path(url[len("sqlite:///"):])
         if not db.exists() and not create:
@@ -70,7 +71,7 @@ def open_study(p: StudyPlan, url: str, create: bool = True) -> optuna.Study:
             study.set_user_attr(k, v)
         for point in p.enqueue:
             study.enqueue_trial({k: _encode(v) for k, v in point.items()}, skip_if_exists=True)
-    elif fp != p.fingerprint():
+    elif fp != p.fingerprint() and strict:
         raise ConfigError(f"study '{p.study_name}' in {url} was made from a different space, objective or base config "
                           f"(fingerprint {fp}, the spec now gives {p.fingerprint()}); give the study a new name: "
                           f"or delete it: optuna delete-study --storage {url} --study-name '{p.study_name}'")
