@@ -88,8 +88,8 @@ def test_invalid_corner_of_the_space_is_caught(tmp_path):
 
 @pytest.mark.parametrize("objective, message", [
     ({"metric": "fid", "steps": [1]}, "'fid' is not computed for toy2d data"),
-    ({"metric": "energy_distance", "steps": [3]}, "3 is not a power of two"),
-    ({"metric": "energy_distance", "steps": [8]}, "8 is not a power of two from 1 to 4"),
+    ({"metric": "energy_distance", "steps": [3]}, "steps: 3 is not allowed; sampling steps must be powers of two"),
+    ({"metric": "energy_distance", "steps": [8]}, "8 is not allowed; sampling steps must be powers of two from 1 to 4"),
     ({"metric": "energy_distance"}, "objective.steps: required"),
     ({"metric": "energy_distance_steps_1", "direction": "down"}, "'down' is not allowed"),
 ])

@@ -1,0 +1,69 @@
+"""`ism study`: run an Optuna study (rerun to continue it), or --dry-run (the plan and the study's state) and
+--export-best; writes the study report when the study finishes."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ism.commands import env
+from ism.commands.listing import describe_study
+from ism.config import ConfigError
+from ism.profiles import DEFAULT_PROFILE, PROFILES
+from ism.report.study_section import write_study_report
+from ism.study.driver import run_study
+from ism.study.export import export_best
+from ism.study.plan import StudyPlan, plan
+from ism.study.spec import load_spec
+from ism.study.storage import storage_url
+
+DEFAULT_STORAGE = "runs/study"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ism study", description="Run an Optuna study as Ray Tune trials tracked in MLflow. "
+                                 "Rerunning the same command continues an interrupted study.")
+    ap.add_argument("spec", help="study spec, e.g. studies/wavelet.yaml")
+    ap.add_argument("--profile", default=env.profile(),
+                    help=f"one of {', '.join(PROFILES)} (default {DEFAULT_PROFILE}; env PROFILE)")
+    ap.add_argument("--n-trials", type=int, default=None, help="trial budget (finished trials in all), overrides the spec")
+    ap.add_argument("--dry-run", action="store_true", help="show the base, space, objective, study state and cost; run nothing")
+    ap.add_argument("--export-best", action="store_true", help="write the best trial as a delta config YAML and exit")
+    ap.add_argument("--out", default=None, help="path for --export-best (default <storage>/best/<name>-<profile>.yaml)")
+    ap.add_argument("--storage", default=None, help="root of trial dirs and Ray results (default runs/study; env ISM_STORAGE)")
+    ap.add_argument("--optuna-storage", default=None, help="Optuna RDB URL (default $OPTUNA_STORAGE or sqlite <storage>/optuna.db)")
+    ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
+    ap.add_argument("--report-out", default=None, help="folder of the study report written when the study finishes "
+                    "(default reports/studies/<name>/ on the embedded profile, reports/studies/<name>-<profile>/ otherwise)")
+    ap.add_argument("--no-report", action="store_true", help="do not write the study report")
+    args = ap.parse_args(argv)
+    if args.n_trials is not None and args.n_trials < 1:
+        raise ConfigError(f"--n-trials: expected an integer >= 1, got {args.n_trials}")
+    p = plan(load_spec(args.spec), args.profile, args.n_trials)
+    root = env.storage(args.storage, DEFAULT_STORAGE)
+    url = storage_url(env.optuna_url(args.optuna_storage), root)
+    if args.dry_run:
+        print(describe_study(p, url))
+        return 0
+    if args.export_best:
+        path = export_best(p, url, Path(args.out) if args.out else None, root)
+        print(f"ism study: best config of {p.study_name} -> {path}")
+        return 0
+    uri = env.tracking_uri(args.tracking_uri)
+    rc = run_study(p, url, root, uri, env.eval_cache_root())
+    if rc == 130 or args.no_report:  # interrupted: the report comes with the run that finishes the study
+        return rc
+    return write_report(p, url, root, args.report_out, uri) or rc
+
+
+def write_report(p: StudyPlan, url: str, root: Path, out: str | None, tracking_uri: str) -> int:
+    """The study report after a run (ism.report.study_section); 1 with a message if it could not be written."""
+    try:
+        r = write_study_report(p, url, out, root, tracking_uri, default_root=env.storage(None, DEFAULT_STORAGE),
+                               default_url=env.optuna_url(None))
+    except Exception as e:  # the study itself is safe in its storage; say how to rebuild the report
+        print(f"ism study: the study report failed ({type(e).__name__}: {e}); rebuild it with "
+              f"`ism report {p.spec.path} --profile {p.profile}`", file=sys.stderr)
+        return 1
+    print(f"ism study: report -> {r.markdown} and {r.pdf}")
+    return 0
