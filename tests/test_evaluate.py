@@ -10,6 +10,7 @@ import torch
 from ism import diagnostics as D
 from ism import evaluate as EV
 from ism import extractors as E
+from ism.cli import main as cli
 from ism.config import resolve
 from ism.data import load_dataset
 from ism.models import build_model
@@ -116,7 +117,7 @@ def test_evaluator_on_points_uses_energy_distance(tmp_path):
     cfg, data = _small("toy2d", **{"eval.num_samples": 200})
     torch.manual_seed(0)
     net = build_model(cfg, data)
-    rows, metrics = EV.evaluate_run({"infer": net}, cfg, data, 0, tmp_path)
+    rows, metrics = EV.evaluate_run({"infer": net}, cfg, data, 0, tmp_path, tmp_path / "cache")
     kinds = {r["metric"] for r in rows}
     assert {"energy_distance", "sliced_wasserstein", "straightness", "sc_gap", "effective_guidance"} <= kinds
     assert "fid" not in kinds and all(r["extractor"] == "points" for r in rows)
@@ -130,11 +131,9 @@ def test_evaluator_on_points_uses_energy_distance(tmp_path):
 
 
 def test_cli_rejects_bad_step_counts(capsys):
-    assert EV.main(["nowhere", "--steps", "3"]) == 2
-    assert "powers of two" in capsys.readouterr().err
-    assert EV.main(["nowhere", "--steps", "1,x"]) == 2
+    assert cli(["eval", "nowhere", "--steps", "1,x"]) == 2
     assert "integers" in capsys.readouterr().err
-    assert EV.main(["nowhere", "--steps", "1,2"]) == 2     # no such run
+    assert cli(["eval", "nowhere", "--steps", "1,2"]) == 2     # no such run
     assert "nowhere" in capsys.readouterr().err
 
 
@@ -145,11 +144,13 @@ def test_train_then_ism_eval_end_to_end(shared_cache, tmp_path, monkeypatch, cap
     cfg = resolve("smoke", overrides={"run.progress": False, "eval.steps": [1, 128]})
     events = []
     summary = train(cfg, tmp_path / "run", callback=lambda kind, payload: events.append((kind, payload)),
-                    evaluator=EV.make_evaluator(cfg))
+                    evaluator=EV.make_evaluator(cfg, shared_cache))
     ev = [p for k, p in events if k == "eval"]
     assert ev and "fid_steps_1" in ev[-1]["metrics"] and summary["metrics"]["fid_steps_128"] > 0
-    assert EV.main([str(tmp_path / "run"), "--steps", "1,2", "--num-samples", "32", "--no-diagnostics"]) == 0
+    assert cli(["eval", str(tmp_path / "run"), "--steps", "1,2", "--num-samples", "32", "--no-diagnostics"]) == 0
     assert "fid_steps_2" in capsys.readouterr().out
     df = pd.read_csv(tmp_path / "run" / "eval" / "eval.csv")
     assert set(df[df.metric == "fid"].steps) == {1, 2, 128}
-    assert EV.main([str(tmp_path / "run"), "--steps", "256"]) == 2
+    assert cli(["eval", str(tmp_path / "run"), "--steps", "3"]) == 2
+    assert "powers of two" in capsys.readouterr().err
+    assert cli(["eval", str(tmp_path / "run"), "--steps", "256"]) == 2

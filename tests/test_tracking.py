@@ -23,11 +23,13 @@ def store(tmp_path_factory):
 def test_default_uri_is_sqlite_under_cwd_with_artifacts_beside_it(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    uri = tracking.tracking_uri()
-    assert uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    from ism.commands import env
+    uri = env.tracking_uri(None)
+    assert uri == tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
     assert tracking.artifact_root(uri) == (tmp_path / "mlruns" / "artifacts").resolve().as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    assert tracking.tracking_uri() == "http://127.0.0.1:5999"
+    assert env.tracking_uri(None) == "http://127.0.0.1:5999"
+    assert env.tracking_uri("sqlite:///x.db") == f"sqlite:///{tmp_path.resolve()}/x.db"  # the flag wins
     assert tracking.artifact_root("http://127.0.0.1:5999") is None  # the server picks its artifact store
     assert tracking.tracking_uri("sqlite:///rel/x.db") == f"sqlite:///{tmp_path.resolve()}/rel/x.db"
 
