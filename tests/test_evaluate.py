@@ -16,14 +16,6 @@ from ism.data import load_dataset
 from ism.models import build_model
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    """Same path as in test_extractors: each domain classifier trains once per pytest session."""
-    p = tmp_path_factory.getbasetemp() / "ism-shared-cache"
-    p.mkdir(exist_ok=True)
-    return p
-
-
 @pytest.fixture(scope="module")
 def smoke():
     torch.set_num_threads(1)

@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from benchmarks.support import free_port
 
 from ism import tracking
 
@@ -114,10 +114,6 @@ def test_ui_command_binds_localhost_over_the_store(store):
     assert cmd[cmd.index("--default-artifact-root") + 1] == tracking.artifact_root(store)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
