@@ -1,4 +1,5 @@
 """Config: presets, YAML deltas, overrides, strict validation with clear messages, run identity."""
+import dataclasses
 import subprocess
 import sys
 
@@ -13,8 +14,8 @@ from ism.cli import main as cli_main
 def test_every_preset_resolves(name):
     cfg = C.resolve(name)
     assert isinstance(cfg, C.Config)
-    with pytest.raises(Exception):
-        cfg.run.steps = 3  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.run.steps = 3
 
 
 def test_overrides_and_yaml_deltas(tmp_path):

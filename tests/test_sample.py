@@ -53,6 +53,25 @@ def test_intrinsic_guidance_is_one_pass_per_step_with_interval():
     assert float(net1.calls[0]["w"][0]) == 2.0
 
 
+def test_interval_at_inference_off_keeps_w_on_every_step():
+    cfg = resolve("toy2d", [], ["guidance.mode=intrinsic", "guidance.t_interval=0.3", "guidance.interval_at_inference=false"])
+    net = Recorder()
+    sample(net, torch.zeros(5, 2), torch.zeros(5, dtype=torch.long), 8, cfg, 2.0)
+    assert [float(c["w"][0]) for c in net.calls] == [2.0] * 8
+
+
+@pytest.mark.parametrize("mode, key", [("intrinsic", "eval.w"), ("cfg_finest", "eval.cfg_scale"),
+                                       ("cfg_every_level", "eval.cfg_scale"), ("none", None)])
+def test_ism_eval_guidance_sets_the_key_of_the_runs_mode(mode, key):
+    import argparse
+    from ism.commands.eval import overrides
+    over = ["data.conditional=false"] if mode == "none" else []
+    cfg = resolve("toy2d", [], [f"guidance.mode={mode}", *over])
+    args = argparse.Namespace(steps=None, num_samples=None, extractor=None, weights_path=None, no_diagnostics=False,
+                              sweep=None, guidance=2.5)
+    assert overrides(args, cfg) == ({key: 2.5} if key else {})
+
+
 def test_cfg_applies_only_at_the_finest_level_with_two_passes():
     cfg = resolve("toy2d", [], ["guidance.mode=cfg_finest"])
     net = Recorder()

@@ -106,12 +106,49 @@ def test_trial_log_skips_replayed_steps_and_logs_eval_once(store, tmp_path):
     assert [a.path for a in c.list_artifacts(rid, "eval")] == ["eval/eval.csv"]
 
 
-def test_ui_command_binds_localhost_over_the_store(store):
-    cmd = tracking.server_command(store, port=5123)
-    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
-    assert cmd[cmd.index("--workers") + 1] == "1"
-    assert cmd[cmd.index("--backend-store-uri") + 1] == store
+def test_ism_ui_serves_the_store_on_localhost(store, monkeypatch, capsys):
+    from ism.commands import ui
+    launched = []
+
+    class Proc:
+        def __init__(self, cmd):
+            launched.append(cmd)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(ui.subprocess, "Popen", Proc)
+    monkeypatch.setenv("ISM_UI_PORT", "5123")
+    assert ui.main(["--tracking-uri", store]) == 0
+    cmd = launched.pop()
+    assert cmd[1:4] == ["-m", "mlflow", "server"] and cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--port") + 1] == "5123" and cmd[cmd.index("--backend-store-uri") + 1] == store
     assert cmd[cmd.index("--default-artifact-root") + 1] == tracking.artifact_root(store)
+    assert "http://127.0.0.1:5123" in capsys.readouterr().out
+    assert ui.main(["--tracking-uri", "http://127.0.0.1:5999"]) == 0 and not launched  # a server already: nothing to start
+
+
+def test_retry_rides_out_transient_store_errors_only(monkeypatch):
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky(fail_times, message):
+        def fn(x):
+            calls.append(x)
+            if len(calls) <= fail_times:
+                raise RuntimeError(message)
+            return x * 2
+        return fn
+
+    assert tracking._retry(flaky(3, "database is locked"), 21) == 42 and len(calls) == 4
+    calls.clear()
+    with pytest.raises(RuntimeError, match="no such table"):
+        tracking._retry(flaky(1, "no such table"), 1)
+    assert len(calls) == 1, "a permanent error is raised at once"
+    calls.clear()
+    with pytest.raises(RuntimeError, match="locked"):
+        tracking._retry(flaky(99, "database is locked"), 1, tries=3)
+    assert len(calls) == 3
 
 
 
