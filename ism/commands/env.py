@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ism import tracking
 from ism.errors import ConfigError
 from ism.profiles import DEFAULT_PROFILE
 from ism.store import storage_root
@@ -33,6 +32,7 @@ def storage(flag: str | None, default: str) -> Path:
 
 def tracking_uri(flag: str | None) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else the sqlite store under ./mlruns."""
+    from ism import tracking  # mlflow (a second to import) loads only for the commands that track
     return tracking.tracking_uri(flag or os.environ.get("MLFLOW_TRACKING_URI"))
 
 

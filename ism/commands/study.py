@@ -7,17 +7,50 @@ import sys
 from pathlib import Path
 
 from ism.commands import env
-from ism.commands.listing import describe_study
-from ism.config import ConfigError
-from ism.profiles import DEFAULT_PROFILE, PROFILES
+from ism.commands.listing import fmt_s, fmt_v
+from ism.config import IDENTITY_KEYS, ConfigError, diff, from_dict, preset_delta, run_id
+from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, estimate_s
 from ism.report.study_section import write_study_report
 from ism.study.driver import run_study
 from ism.study.export import export_best
 from ism.study.plan import StudyPlan, plan
 from ism.study.spec import load_spec
-from ism.study.storage import storage_url
+from ism.study.storage import FINISHED, counts, open_study, storage_url
 
 DEFAULT_STORAGE = "runs/study"
+
+
+def describe_study(p: StudyPlan, url: str) -> str:
+    """`ism study --dry-run`: base, space, objective, budget, pruning, the study's state and an estimated cost."""
+    preset_cfg = from_dict(preset_delta(p.preset))
+    lines = [f"study {p.study_name} ({p.spec.path}) - preset {p.preset} - storage {url}"]
+    if p.spec.description:
+        lines.append(f"  {p.spec.description}")
+    d = {k: v for k, v in diff(preset_cfg, p.base).items() if k in IDENTITY_KEYS}
+    lines.append("base vs preset: " + (", ".join(f"{k}: {fmt_v(a)} -> {fmt_v(b)}" for k, (a, b) in d.items())
+                                       or "(the preset)"))
+    lines.append(f"base run id {run_id(p.base)}; space ({len(p.space)} keys):")
+    lines += [f"  {x.key:<32} {x.describe()}" for x in p.space]
+    lines.append(f"objective: {p.objective.describe()}")
+    lines.append(f"trials {p.n_trials}, parallelism {p.parallelism}, resources per trial {dict(p.resources)}; "
+                 f"sampler {dict(p.sampler) or {'type': 'tpe'}}, pruner {dict(p.pruner) or {'type': 'none'}}")
+    lines += [f"  note: {n}" for n in p.notes]
+    if p.enqueue:
+        lines.append(f"enqueued first: {list(p.enqueue)}")
+    done = 0
+    try:
+        study = open_study(p, url, create=False)
+        c = counts(study)
+        done = sum(c[s.name] for s in FINISHED)
+        lines.append("existing study: " + ", ".join(f"{v} {k.lower()}" for k, v in c.items() if v))
+    except ConfigError as e:
+        lines.append(f"existing study: none ({str(e).split(';')[0]})" if "no study" in str(e) else f"existing study: {e}")
+    est = estimate_s(p.base, p.profile)
+    left = max(0, p.n_trials - done)
+    k = concurrency(p.profile, p.resources, cap=p.parallelism)
+    lines.append(f"estimated cost: ~{fmt_s(est)} per full trial; {left} to run -> ~{fmt_s(est * left / k)} "
+                 f"wall at {k} at once (pruning shortens it)")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
