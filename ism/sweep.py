@@ -7,6 +7,7 @@ starts every unfinished trial again, and train() resumes it from its newest chec
 """
 from __future__ import annotations
 
+import json
 import sys
 from contextlib import ExitStack
 from pathlib import Path
