@@ -124,3 +124,32 @@ def test_one_ray_adapter_and_no_command_code_in_the_library():
     library = [m for m in graph if not m.startswith("ism.commands") and m not in ("ism.cli",)]
     assert not [m for m in library if any(d.startswith("ism.commands") for d in graph[m])]
     assert not [m for m in library if "argparse" in users[m]], "argument parsing belongs to ism.commands"
+
+
+# The layers of docs/architecture.md, top (0) to bottom: a module may import its own layer or the ones above it.
+LAYERS = [
+    ["ism.errors"],
+    ["ism.model_registry", "ism.schema", "ism.presets", "ism.config", "ism.metric_keys", "ism.store"],
+    ["ism.rng", "ism.sources", "ism.data", "ism.models", "ism.diagnostics", "ism.objective"],
+    ["ism.checkpoint", "ism.run_state", "ism.train"],
+    ["ism.sample", "ism.extractors", "ism.evaluate"],
+    ["ism.tracking"],
+    ["ism.profiles", "ism.specs", "ism.ablate", "ism.trial_objective", "ism.progress", "ism.trials", "ism.ray_adapter",
+     "ism.sweep", "ism.study"],
+    ["ism.report"],
+    ["ism.commands", "ism.cli"],
+]
+
+
+def _layer(module: str) -> int:
+    for i, names in enumerate(LAYERS):
+        if any(module == n or module.startswith(n + ".") for n in names):
+            return i
+    raise AssertionError(f"{module} is in no layer of docs/architecture.md")
+
+
+def test_no_module_imports_a_layer_below_its_own():
+    graph = import_graph()
+    wrong = sorted(f"{m} -> {d}" for m, deps in graph.items() if m != "ism" for d in deps
+                   if d != "ism" and _layer(d) > _layer(m))
+    assert not wrong, "imports against the layering: " + ", ".join(wrong)
