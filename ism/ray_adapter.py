@@ -8,6 +8,7 @@ from the copy Ray persisted, when the run dir lost it); Ray retries failures (Fa
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -254,7 +255,7 @@ class StudySearch(OptunaSearch):
 
     # The Optuna storage is the state; Ray never restores this searcher, so its checkpoint is only a note.
     def save(self, checkpoint_path: str):
-        Path(checkpoint_path).write_text(f'{{"study": "{self._given.study_name}", "state": "optuna storage"}}')
+        Path(checkpoint_path).write_text(json.dumps({"study": self._given.study_name, "state": "optuna storage"}))
 
     def restore(self, checkpoint_path: str):
         raise NotImplementedError("a study resumes by rerunning `ism study` (state lives in the Optuna storage)")

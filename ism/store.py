@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping
 
@@ -26,15 +27,35 @@ def atomic_write(path: str | Path, content: str | bytes | Callable[[IO[bytes]], 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        if callable(content):
-            content(fh)
-        else:
-            fh.write(content.encode() if isinstance(content, str) else content)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            if callable(content):
+                content(fh)
+            else:
+                fh.write(content.encode() if isinstance(content, str) else content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when the write failed
     return path
+
+
+def place(src: str | Path, dst: str | Path) -> Path:
+    """Put a hard link to src (a copy across file systems) at dst atomically. Only for files that are replaced,
+    never modified in place (checkpoints), so sharing the inode is safe."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -6,8 +6,6 @@ uninterrupted run ends: all randomness of step s derives from (seed, s).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -81,17 +79,10 @@ def adopt_training(run_dir: Path, donor: Path, steps: int) -> bool:
     src = store.checkpoint_path(donor, steps)
     if not store.unstarted(run_dir) or not src.is_file():
         return False
-    dst = store.checkpoint_path(run_dir, steps)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-    try:
-        os.link(src, tmp)  # checkpoints are replaced, never modified in place: sharing the inode is safe
-    except OSError:
-        shutil.copy2(src, tmp)
     if (donor / "stats.jsonl").is_file():
         store.atomic_write(run_dir / "stats.jsonl", (donor / "stats.jsonl").read_text())
     store.write_json(run_dir / store.TRAINING_FROM, {"run_dir": str(donor), "step": steps})
-    os.replace(tmp, dst)  # last: the checkpoint is what marks the training as present
+    store.place(src, store.checkpoint_path(run_dir, steps))  # last: the checkpoint marks the training as present
     return True
 
 

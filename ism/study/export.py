@@ -9,6 +9,7 @@ import yaml
 
 from ism.config import ConfigError, diff, from_dict, preset_delta, unflatten
 from ism.study.plan import StudyPlan
+from ism.store import atomic_write
 from ism.study.storage import open_study
 
 
@@ -23,11 +24,10 @@ def export_best(p: StudyPlan, url: str, out: Path | None = None, root: Path | No
     preset_cfg = from_dict(preset_delta(p.preset))
     delta = unflatten({k: list(b) if isinstance(b, tuple) else b for k, (_, b) in diff(preset_cfg, cfg).items()})
     out = out or Path(root or "runs/study").resolve() / "best" / f"{p.spec.name}-{p.profile}.yaml"
-    out.parent.mkdir(parents=True, exist_ok=True)
     params = p.decode(best.params)
     head = [f"# Best trial #{best.number} of study '{p.study_name}' ({p.spec.path}): {p.objective.describe()} = {best.value:.6g}",
             f"# tuned: {json.dumps(params)}",
             "# Load: ism train -c THIS_FILE (or config.resolve(files=[THIS_FILE])); as an ablation base:",
             f"#   base: {{preset: {p.preset}, overrides: <the sections below>}}"]
-    out.write_text("\n".join(head) + "\n" + yaml.safe_dump({"preset": p.preset, **delta}, sort_keys=False))
+    atomic_write(out, "\n".join(head) + "\n" + yaml.safe_dump({"preset": p.preset, **delta}, sort_keys=False))
     return out
