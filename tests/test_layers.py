@@ -100,6 +100,13 @@ PINNED = [
 ]
 
 
+# The keys left out of the run identity before the refactor (NON_IDENTITY_KEYS): changing them changes no id.
+PINNED.append(({"run": {"checkpoint_every": 7, "log_every": 3, "progress": False, "device": "cpu", "threads": 2,
+                        "out_dir": "elsewhere", "keep_checkpoints": 9},
+                "eval": {"batch_size": 17, "weights_path": "w.pt"}, "ot": {"prefetch": False}},
+               "d0b5ebb9e86a", "097d9b7550ea"))
+
+
 @pytest.mark.parametrize("delta, rid, tid", PINNED)
 def test_run_ids_are_pinned(delta, rid, tid):
     cfg = from_dict(delta)
