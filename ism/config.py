@@ -244,6 +244,7 @@ def identity_dict(cfg: Config) -> dict[str, Any]:
 
 
 def _hash(keys: Mapping[str, Any]) -> str:
+    """12 hex chars of the sha256 of the keys as canonical JSON."""
     return hashlib.sha256(json.dumps(keys, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 
 

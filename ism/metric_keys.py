@@ -9,6 +9,7 @@ _KEY = re.compile(r"^(?P<metric>.+?)_steps_(?P<steps>\d+)(?:_w_(?P<w>[-+0-9.e]+)
 
 
 class MetricKey(NamedTuple):
+    """The parts of a metric key."""
     metric: str
     steps: int
     w: float | None        # the guidance value of a guidance-sweep key, None at the run's own guidance

@@ -128,11 +128,13 @@ class RayHooks:
 
 # The trial bodies import torch, torchvision and mlflow: loaded in the workers only, never in the driver (~5 s).
 def _sweep_trainable(config: dict, payloads: dict, train_fn=None) -> None:
+    """Tune's function trainable of a sweep: the ablation trial of this run id."""
     from ism.trials import ablation_trial
     ablation_trial(payloads[config["run_id"]], RayHooks(), train_fn)
 
 
 def _study_trainable(config: dict, tracking_uri: str, objective: dict, train_fn=None, cache_root: str | None = None) -> None:
+    """Tune's function trainable of a study: the trial the search asked for."""
     from ism.trials import study_trial
     study_trial(config["_ism"], RayHooks(), tracking_uri, objective, train_fn, cache_root)
 
@@ -163,6 +165,7 @@ class _Forward(rt.Callback):
 
 
 def _run_config(storage_path: Path, max_failures: int, callbacks: list, **kw) -> rt.RunConfig:
+    """Tune's run config: storage, quiet output, JSON results, retries."""
     return rt.RunConfig(name=f"ray-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage_path), verbose=0,
                         callbacks=[*callbacks, JsonLoggerCallback()],
                         failure_config=rt.FailureConfig(max_failures=max_failures), **kw)

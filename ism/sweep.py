@@ -21,6 +21,7 @@ from ism.progress import Progress
 
 
 def _trial_tags(plan: Plan, t: Trial, git: str) -> dict[str, str]:
+    """MLflow tags of a trial's child run: spec, variants, seed, run id, profile, components."""
     comp = components(t.cfg)
     tags = {"ism.kind": "trial", "ism.spec": plan.spec.name, "ism.variant": t.variants[0],
             "ism.variants": ",".join(t.variants), "ism.seed": str(t.seed), "ism.run_id": t.run_id,

@@ -54,6 +54,7 @@ def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, st
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`ism ablate`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
     ap = argparse.ArgumentParser(prog="ism ablate", description="Run an ablation spec as Ray Tune trials tracked in MLflow. "
                                  "Rerunning the same command resumes an interrupted sweep.")
     ap.add_argument("spec", help="ablation spec, e.g. ablations/components.yaml")

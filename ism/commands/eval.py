@@ -17,6 +17,7 @@ from ism.store import run_dir_of
 
 
 def _int_list(text: str, what: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]; anything else is a ConfigError naming the option."""
     try:
         vals = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -27,6 +28,7 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def _float_list(text: str, what: str) -> list[float]:
+    """'0.5,1' -> [0.5, 1.0]; anything else is a ConfigError naming the option."""
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -57,6 +59,7 @@ def overrides(args: argparse.Namespace, cfg) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`ism eval`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
     ap = argparse.ArgumentParser(prog="ism eval", description="FID/KID (or 2-D distances) versus sampling steps and "
                                  "diagnostics for a run; writes RUN/eval/eval.csv and eval.json.")
     ap.add_argument("run", help="run directory or checkpoint file")

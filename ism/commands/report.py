@@ -44,6 +44,7 @@ def study_report(target: str, profile: str | None, out: str | None, storage: str
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`ism report`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
     ap = argparse.ArgumentParser(prog="ism report", description="Markdown and PDF report of an ablation sweep, read "
                                  "from MLflow: FID/KID versus steps with CIs, deltas, claims check, figures; or, for a "
                                  "study spec (studies/X.yaml), the study's report read from its Optuna storage.")

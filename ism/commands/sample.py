@@ -13,6 +13,7 @@ from ism.store import run_dir_of
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`ism sample`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
     ap = argparse.ArgumentParser(prog="ism sample", description="PNG grids from a run's slow EMA with fixed noise.")
     ap.add_argument("run", help="run directory or checkpoint file")
     ap.add_argument("--steps", default="1,4,128", help="comma-separated step counts (powers of two)")

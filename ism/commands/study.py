@@ -54,6 +54,7 @@ def describe_study(p: StudyPlan, url: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`ism study`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
     ap = argparse.ArgumentParser(prog="ism study", description="Run an Optuna study as Ray Tune trials tracked in MLflow. "
                                  "Rerunning the same command continues an interrupted study.")
     ap.add_argument("spec", help="study spec, e.g. studies/wavelet.yaml")

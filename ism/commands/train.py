@@ -26,6 +26,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`ism train`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
     ap = argparse.ArgumentParser(prog="ism train", description="Train one run; rerunning the same command resumes it.")
     add_config_args(ap)
     ap.add_argument("--dry-run", action="store_true", help="print the resolved config and run id, then exit")

@@ -9,6 +9,7 @@ from ism.commands import env
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`ism ui`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
     ap = argparse.ArgumentParser(prog="ism ui", description="The MLflow UI on 127.0.0.1 over the project's store.")
     ap.add_argument("--port", type=int, default=env.ui_port())
     ap.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlruns/mlflow.db")

@@ -112,14 +112,17 @@ class Bookkeeper:
         self.finish(ot, "FAIL", None, reason)
 
     def prune(self, ot, step: int | None) -> None:
+        """The study's pruner stopped the trial at `step`."""
         self.study.tell(ot, state=TrialState.PRUNED, skip_if_finished=True)
         self.finish(ot, "PRUNED", None, f"pruned at step {step}")
 
     def fail(self, ot, reason: str | None) -> None:
+        """The trial errored or diverged."""
         self.study.tell(ot, state=TrialState.FAIL, skip_if_finished=True)
         self.finish(ot, "FAIL", None, reason)
 
     def complete(self, ot, value: float) -> None:
+        """The trial finished with its objective value."""
         self.study.tell(ot, value, skip_if_finished=True)
         self.finish(ot, "COMPLETE", value)
 
