@@ -18,6 +18,8 @@ import time
 import numpy as np
 import torch
 
+from ism.commands.env import eval_cache_root
+
 N_FID_CNN = 500
 N_FID_INCEPTION = 96
 N_SAMPLE = 100
@@ -52,10 +54,10 @@ def fid_rows(cfg, data) -> list[dict]:
     rows = []
     samples = data.train_x[torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))]
     # mnist-cnn: one-time classifier training (cached afterwards) and reference statistics, then per-N cost.
-    cnn, t_setup, _ = _timed(lambda: E.setup("mnist-cnn", data))
+    cnn, t_setup, _ = _timed(lambda: E.setup("mnist-cnn", data, root=eval_cache_root()))
     ref = EV.reference(data, cnn)
-    EV.fid_kid(samples[:10], ref, cnn)  # warm the reference cache
-    _, wall, cpu = _timed(lambda: EV.fid_kid(samples[:N_FID_CNN], ref, cnn), repeats=2)
+    EV.fid_kid(samples[:10], ref, cnn, eval_cache_root() / "fidelity")  # warm the reference cache
+    _, wall, cpu = _timed(lambda: EV.fid_kid(samples[:N_FID_CNN], ref, cnn, eval_cache_root() / "fidelity"), repeats=2)
     fixed = _fid_fixed_seconds(128)
     per_k = (wall - fixed) * 1000 / N_FID_CNN + fixed
     rows += [
@@ -126,12 +128,12 @@ def guided_rows(data) -> list[dict]:
     base = {"shortcut.max_steps_log2": 3, "eval.steps": [1, steps], "eval.sweep_steps": [1, steps]}
     x0, y = fixed_noise(GUIDED_N, data.shape, 0), fixed_labels(GUIDED_N, data.num_classes)
     per_step = {}
-    for mode, kw in (("intrinsic", {"w": 1.0}), ("cfg_finest", {"cfg_scale": 1.5})):
+    for mode, guidance in (("intrinsic", 1.0), ("cfg_finest", 1.5)):
         cfg = resolve("mnist-cpu", overrides={**base, "guidance.mode": mode})
         torch.manual_seed(0)
         net = build_model(cfg, data).eval()
-        sample(net, x0[:8], y[:8], steps, cfg, null=data.num_classes, **kw)  # warm-up
-        _, wall, cpu = _timed(lambda: sample(net, x0, y, steps, cfg, null=data.num_classes, **kw), repeats=3)
+        sample(net, x0[:8], y[:8], steps, cfg, guidance, null=data.num_classes)  # warm-up
+        _, wall, cpu = _timed(lambda: sample(net, x0, y, steps, cfg, guidance, null=data.num_classes), repeats=3)
         per_step[mode] = (wall / steps, cpu / steps)
     ratio = per_step["intrinsic"][1] / per_step["cfg_finest"][1]
     return [

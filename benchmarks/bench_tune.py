@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,8 +24,11 @@ from pathlib import Path
 
 import yaml
 
-from ism import ablate, tracking, tune
+from ism import ablate, ray_adapter, tracking
+from ism.commands.env import eval_cache_root
 from ism.config import dump_yaml
+from ism.sweep import run_sweep
+from benchmarks.support import free_port
 
 BIN = Path(sys.executable).parent
 OVERHEAD_VARIANT = {"sm": {"reason": "SM baseline, the embedded preset as is"}}
@@ -48,7 +50,7 @@ def _spec(path: Path, name: str, variants: dict, seeds: list[int], overrides: di
 def _sweep_seconds(plan: ablate.Plan, storage: Path, uri: str) -> float:
     """Wall time of run_sweep with Ray already up (MLflow parent/child runs, trials, logging, artifacts)."""
     t0 = time.perf_counter()
-    rc = tune.run_sweep(plan, storage, tracking_uri=uri, progress_every_s=60.0)
+    rc = run_sweep(plan, storage, uri, eval_cache_root(), progress_every_s=60.0)
     if rc != 0:
         raise RuntimeError(f"bench sweep {plan.spec.name} ended with status {rc}")
     return time.perf_counter() - t0
@@ -60,7 +62,7 @@ def overhead(tmp: Path) -> list[dict]:
     tracking.experiment_id(tracking.client(uri), "ism/bench-overhead")  # create the store before timing
     plan = ablate.plan(ablate.load_spec(_spec(tmp / "o.yaml", "bench-overhead", OVERHEAD_VARIANT, [0])), PROFILE)
     cfg = plan.trials[0].cfg
-    with tune.ray_session(num_cpus=2):
+    with ray_adapter.ray_session(num_cpus=2):
         t_tune = _sweep_seconds(plan, tmp / "st", uri)
     (tmp / "resolved.yaml").write_text(dump_yaml(cfg))  # every key, so `ism train` resolves the identical config
     t0 = time.perf_counter()
@@ -79,12 +81,6 @@ def overhead(tmp: Path) -> list[dict]:
              "note": f"wall-time ratio, same config; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"},
             {"case": "same, training-loop time equalised", "value": adjusted, "unit": "x", "goal": "<= 1.05",
              "note": f"loop {loop_tune:.0f} s under Ray vs {loop_plain:.0f} s plain: the difference is machine load"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
@@ -108,7 +104,7 @@ def _wait(cond, what: str, timeout: float = 240) -> None:
 def _timed_sweep_child(spec: str, storage: str, uri: str, profile: str) -> None:
     """In a fresh process (Ray caches its auth settings per process): join RAY_ADDRESS, then time one sweep."""
     plan = ablate.plan(ablate.load_spec(spec), profile)
-    with tune.ray_session():
+    with ray_adapter.ray_session():
         seconds = _sweep_seconds(plan, Path(storage), uri)
     kids = tracking.child_runs(tracking.find_sweeps(plan.spec.name, profile, uri)[0].info.run_id, uri)
     start = {k.info.run_id: float(k.data.tags["ism.started_at"]) for k in kids}
@@ -121,7 +117,7 @@ def throughput(tmp: Path) -> list[dict]:
     """Trials per minute on one 1-CPU Ray node, then on two (head + worker via `ray start` on 127.0.0.1)."""
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"}
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
     tracking.experiment_id(tracking.client(uri), "ism/bench-nodes1")  # create the store before timing

@@ -1,46 +1,11 @@
-"""`ism` command line: each subcommand is `main(argv) -> int` in its own module, imported only when used."""
+"""`ism` console entry point (pyproject: ism = "ism.cli:main"): the dispatcher of ism.commands."""
 from __future__ import annotations
 
-import importlib
 import sys
 
-from ism.config import ConfigError
+from ism.commands import main
 
-COMMANDS = {
-    "train": ("ism.train", "train one run (rerun to resume); --dry-run prints the resolved config"),
-    "sample": ("ism.sample", "sample PNG grids from a run with the Euler shortcut sampler"),
-    "eval": ("ism.evaluate", "FID/KID versus sampling steps and diagnostics for a run"),
-    "ablate": ("ism.ablate", "run an ablation spec as Ray Tune trials tracked in MLflow"),
-    "study": ("ism.study", "run an Optuna study through Ray Tune, tracked in MLflow"),
-    "report": ("ism.report", "Markdown/PDF report of a spec or experiment from MLflow"),
-    "ui": ("ism.tracking", "the MLflow UI on 127.0.0.1 over the project's store"),
-}
-
-
-def usage() -> str:
-    """The top-level help text."""
-    lines = ["usage: ism COMMAND [ARGS]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "ism COMMAND --help for the options of one command."]
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(usage())
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(f"ism: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    try:
-        return int(module.main(rest) or 0)
-    except ConfigError as e:
-        print(f"ism {name}: error: {e}", file=sys.stderr)
-        return 2
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

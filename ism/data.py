@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ism import store
 from ism.config import ConfigError, DataConfig
 from ism.rng import generator
 from ism.sources import LOADERS, Raw, mnist5k_file
@@ -110,18 +109,10 @@ def _read_cache(path: Path, cfg: DataConfig, kind: str) -> Dataset | None:
 
 
 def _write_cache(path: Path, ds: Dataset) -> None:
-    """Atomic write (tmp file + os.replace) so concurrent loaders never read half a file; failures are harmless."""
+    """Written atomically, so concurrent loaders never read half a file; failures are harmless (a cache)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, num_classes=ds.num_classes, fingerprint=ds.fingerprint,
-                         **{k: getattr(ds, k).numpy() for k in _FIELDS})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        store.atomic_write(path, lambda fh: np.savez(fh, num_classes=ds.num_classes, fingerprint=ds.fingerprint,
+                                                     **{k: getattr(ds, k).numpy() for k in _FIELDS}))
     except OSError:
         pass
 

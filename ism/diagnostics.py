@@ -119,9 +119,9 @@ def path_lengths(path: Sequence[Tensor] | Tensor) -> tuple[Tensor, Tensor]:
     return length, chord
 
 
-def straightness(path: Sequence[Tensor] | Tensor) -> float:
-    """Mean path length / chord over samples: 1 for exactly straight trajectories, larger when they bend."""
-    length, chord = path_lengths(path)
+def straightness(length: Tensor, chord: Tensor) -> float:
+    """Mean path length / chord over samples (path_lengths): 1 for exactly straight trajectories, larger when they
+    bend."""
     return float((length / chord.clamp_min(1e-12)).mean())
 
 

@@ -8,12 +8,9 @@ resolution); 2-D points by energy distance and sliced Wasserstein. Results are a
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
-import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +19,10 @@ import torch_fidelity
 
 from ism import diagnostics as D
 from ism import extractors as E
-from ism.checkpoint import write_text_atomic
-from ism.config import Config, ConfigError, replace
-from ism.sample import check_steps, fixed_labels, fixed_noise, sample, save_grid
+from ism import metric_keys
+from ism.config import Config, step_level
+from ism.sample import default_guidance, fixed_labels, fixed_noise, sample, save_grid
+from ism.store import atomic_write
 
 FIELDS = ("train_step", "steps", "guidance", "metric", "value", "n", "extractor", "ref_hash", "extractor_accuracy")
 EVAL_SEED = 0             # one noise draw for every run, so variants compare on the same noise
@@ -77,10 +75,11 @@ def fid_kid(samples: torch.Tensor | ImageSet, ref: Reference | ImageSet, ext: E.
     """FID (and KID) of samples against a Reference (cached stats) or another ImageSet (not cached)."""
     a = samples if isinstance(samples, ImageSet) else ImageSet(samples, ext.rgb, image)
     b = ref.images if isinstance(ref, Reference) else ref
-    root = Path(cache_root) if cache_root is not None else E.cache_dir() / "fidelity"
+    if isinstance(ref, Reference) and cache_root is None:
+        raise ValueError("fid_kid: reference statistics are cached; pass cache_root")
     kw = dict(ext.kwargs)
     if isinstance(ref, Reference):
-        kw.update(input2_cache_name=ref.cache_name, cache_root=str(root), cache=True)
+        kw.update(input2_cache_name=ref.cache_name, cache_root=str(cache_root), cache=True)
     else:
         kw.update(cache=False)
     m = torch_fidelity.calculate_metrics(
@@ -93,22 +92,11 @@ def fid_kid(samples: torch.Tensor | ImageSet, ref: Reference | ImageSet, ext: E.
 
 
 # ----------------------------------------------------------------------------------------------- sampling
-def default_guidance(cfg: Config) -> float | None:
-    """The inference guidance of the run: eval.w (intrinsic), eval.cfg_scale (cfg_* modes), None (none)."""
-    return {"intrinsic": cfg.eval.w, "none": None}.get(cfg.guidance.mode, cfg.eval.cfg_scale)
-
-
 def cfg_equivalent(cfg: Config, g: float) -> float:
     """A guidance value of the run in CFG-scale units, one scale for every mode: 1 + w for intrinsic guidance (its
     target under our reading is (1+w) v_c − w v_u, i.e. CFG at scale 1 + w), the CFG scale itself for the cfg_*
     modes."""
     return 1.0 + float(g) if cfg.guidance.mode == "intrinsic" else float(g)
-
-
-def _guidance_kw(cfg: Config, g: float | None) -> dict:
-    if g is None or cfg.guidance.mode == "none":
-        return {}
-    return {"w": g} if cfg.guidance.mode == "intrinsic" else {"cfg_scale": g}
 
 
 @contextlib.contextmanager
@@ -130,8 +118,8 @@ def generate(net, cfg: Config, data, n: int, steps: int, guidance: float | None,
     xs, lengths, chords = [], [], []
     with _eval_mode(net), torch.no_grad():
         for i in range(0, n, bs):
-            out = sample(net, x0[i:i + bs].to(dev), y[i:i + bs].to(dev), steps, cfg, trajectory=paths,
-                         null=data.num_classes, **_guidance_kw(cfg, guidance))
+            out = sample(net, x0[i:i + bs].to(dev), y[i:i + bs].to(dev), steps, cfg, guidance, trajectory=paths,
+                         null=data.num_classes)
             if paths:
                 out, path = out
                 ln, ch = D.path_lengths([p.cpu() for p in path])
@@ -158,19 +146,22 @@ def _save_points(x: torch.Tensor, ref: torch.Tensor, path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------- the evaluation
 def evaluate_run(nets: dict, cfg: Config, data, step: int, run_dir: str | Path,
-                 cache_root: str | Path | None = None) -> tuple[list[dict], dict[str, float]]:
-    """Every metric of cfg.eval for the infer net; writes run_dir/eval/eval.{csv,json} and sample grids."""
+                 cache_root: str | Path) -> tuple[list[dict], dict[str, float]]:
+    """Every metric of cfg.eval for the infer net; writes run_dir/eval/eval.{csv,json} and sample grids.
+
+    cache_root: the evaluation cache (domain classifier, reference statistics), an absolute path the caller fixes
+    (Ray runs trials in their own working directories)."""
     ev, run_dir = cfg.eval, Path(run_dir)
     net, n, top = nets["infer"], ev.num_samples, 2 ** cfg.shortcut.max_steps_log2
     g0 = default_guidance(cfg)
     steps = sorted(set(ev.steps))
     for s in [*steps, *ev.sweep_steps]:
-        check_steps(s, cfg)
+        step_level(s, cfg.shortcut.max_steps_log2)
     points, is_image = data.kind == "points", data.kind == "image"
     ext = None if points else E.setup(ev.extractor, data, ev.weights_path, ev.batch_size,
-                                      root=cache_root and Path(cache_root))
+                                      root=Path(cache_root))
     ref = None if points else reference(data, ext)
-    fid_root = Path(cache_root) / "fidelity" if cache_root is not None else None
+    fid_root = Path(cache_root) / "fidelity"
     rows: list[dict] = []
 
     def score(x: torch.Tensor, s: int, g: float | None, kid: bool = True) -> list[dict]:
@@ -189,7 +180,7 @@ def evaluate_run(nets: dict, cfg: Config, data, step: int, run_dir: str | Path,
         if ev.diagnostics and is_image:
             rows.append(D.row("spectrum_top_err", D.spectrum_top_error(x, data.test_x), s, g0))
         if lc is not None:
-            rows.append(D.row("straightness", float((lc[0] / lc[1].clamp_min(1e-12)).mean()), s, g0))
+            rows.append(D.row("straightness", D.straightness(*lc), s, g0))
             rows.append(D.row("pairing_cost", D.pairing_cost(x0, x), s, g0))
     if ev.diagnostics:
         for s in steps[:-1]:
@@ -257,10 +248,8 @@ def flat_metrics(rows: list[dict], accuracy: float | None) -> dict[str, float]:
     for r in rows:
         if r["metric"] == "effective_guidance":
             out["effective_guidance"] = r["value"]
-        elif r.get("sweep"):
-            out[f"{r['metric']}_steps_{r['steps']}_w_{r['guidance']:g}"] = r["value"]
         else:
-            out[f"{r['metric']}_steps_{r['steps']}"] = r["value"]
+            out[metric_keys.key(r["metric"], r["steps"], r["guidance"] if r.get("sweep") else None)] = r["value"]
     if accuracy is not None:
         out["extractor_accuracy"] = accuracy
     return out
@@ -277,8 +266,8 @@ def write_table(run_dir: Path, rows: list[dict]) -> None:
     new_keys = {tuple(r[k] for k in ident) for r in rows}
     merged = [r for r in old if tuple(r.get(k) for k in ident) not in new_keys]
     merged += [{k: r.get(k) for k in FIELDS} for r in rows]
-    write_text_atomic(path, json.dumps(merged, indent=1))
-    write_text_atomic(out / "eval.csv", pd.DataFrame(merged, columns=list(FIELDS)).to_csv(index=False))
+    atomic_write(path, json.dumps(merged, indent=1))
+    atomic_write(out / "eval.csv", pd.DataFrame(merged, columns=list(FIELDS)).to_csv(index=False))
 
 
 def check_available(cfg: Config) -> None:
@@ -291,7 +280,7 @@ def check_available(cfg: Config) -> None:
         E.inception_compat_weights(cfg.eval.weights_path)
 
 
-def make_evaluator(cfg: Config, cache_root: str | Path | None = None):
+def make_evaluator(cfg: Config, cache_root: str | Path):
     """evaluator(nets, cfg, data, step, run_dir) -> (rows, metrics), as train() calls it."""
     check_available(cfg)
 
@@ -299,77 +288,3 @@ def make_evaluator(cfg: Config, cache_root: str | Path | None = None):
         return evaluate_run(nets, cfg_, data, step, run_dir, cache_root=cache_root)
 
     return evaluator
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-def _int_list(text: str, what: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{what}: {text!r} is not a comma-separated list of integers, e.g. 1,2,4,128") from None
-    if not vals:
-        raise ConfigError(f"{what}: empty list")
-    for v in vals:
-        if v < 1 or v & (v - 1):
-            raise ConfigError(f"{what}: {v} is not allowed; sampling steps must be powers of two (1, 2, 4, ..., 128)")
-    return vals
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ism eval", description="FID/KID (or 2-D distances) versus sampling steps and "
-                                 "diagnostics for a run; writes RUN/eval/eval.csv and eval.json.")
-    ap.add_argument("run", help="run directory or checkpoint file")
-    ap.add_argument("--steps", default=None, help="comma-separated step counts, e.g. 1,2,4,8,16,32,64,128 "
-                    "(default eval.steps of the run)")
-    ap.add_argument("--num-samples", type=int, default=None, help="samples per step count (default eval.num_samples)")
-    ap.add_argument("--guidance", type=float, default=None, help="w (intrinsic) or CFG scale (cfg_* modes)")
-    ap.add_argument("--extractor", default=None, choices=E.EXTRACTORS, help="feature extractor (default eval.extractor)")
-    ap.add_argument("--sweep", default=None, help="comma-separated guidance values for the sweep at eval.sweep_steps")
-    ap.add_argument("--weights-path", default=None, help="local weights for inception-v3-compat")
-    ap.add_argument("--no-diagnostics", action="store_true", help="skip straightness / spectrum / sc-gap diagnostics")
-    args = ap.parse_args(argv)
-    try:
-        steps = _int_list(args.steps, "--steps") if args.steps is not None else None
-        if args.num_samples is not None and args.num_samples < 2:
-            raise ConfigError(f"--num-samples: {args.num_samples} is too small; need >= 2")
-        from ism.train import load_run
-        cfg, nets, data, step = load_run(args.run)
-        over: dict = {}
-        if steps is not None:
-            top = 2 ** cfg.shortcut.max_steps_log2
-            if max(steps) > top:
-                raise ConfigError(f"--steps: {max(steps)} is not allowed; this run samples in at most {top} steps")
-            over["eval.steps"] = steps
-        if args.num_samples is not None:
-            over["eval.num_samples"] = args.num_samples
-        if args.extractor:
-            over["eval.extractor"] = args.extractor
-        if args.weights_path:
-            over["eval.weights_path"] = args.weights_path
-        if args.no_diagnostics:
-            over["eval.diagnostics"] = False
-        if args.sweep is not None:
-            try:
-                over["eval.guidance_sweep"] = [float(v) for v in args.sweep.split(",") if v.strip()]
-            except ValueError:
-                raise ConfigError(f"--sweep: {args.sweep!r} is not a comma-separated list of numbers") from None
-        if args.guidance is not None:
-            over["eval.w" if cfg.guidance.mode == "intrinsic" else "eval.cfg_scale"] = args.guidance
-        cfg = replace(cfg, **over) if over else cfg
-        check_available(cfg)
-        if cfg.run.threads:
-            torch.set_num_threads(cfg.run.threads)
-        p = Path(args.run)
-        run_dir = p if p.is_dir() else p.parent.parent
-        rows, metrics = evaluate_run(nets, cfg, data, step, run_dir)
-    except ConfigError as e:
-        print(f"ism eval: error: {e}", file=sys.stderr)
-        return 2
-    for k, v in sorted(metrics.items()):
-        print(f"{k:>32}  {v:.6g}" if isinstance(v, float) and math.isfinite(v) else f"{k:>32}  {v}")
-    print(f"wrote {run_dir / 'eval' / 'eval.csv'} ({len(rows)} rows)", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -30,9 +30,9 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-from torch_fidelity.utils_torch import torch_atomic_save
 
-from ism.config import ConfigError, cache_dir
+from ism import checkpoint
+from ism.config import ConfigError
 
 EXTRACTORS = ("mnist-cnn", "inception-v3-compat", "inception-fid-helper")
 CNN_VERSION = 1          # bump when the classifier or its training changes: old cache files are then ignored
@@ -143,9 +143,9 @@ def train_domain_cnn(data, seed: int = 0) -> tuple[DomainCNN, float]:
     return net.eval(), acc
 
 
-def ensure_domain_cnn(data, root: str | Path | None = None, seed: int = 0) -> CNNInfo:
-    """The cached classifier for this data (trained once per fingerprint; atomic write)."""
-    root = Path(root) if root is not None else cache_dir()
+def ensure_domain_cnn(data, root: str | Path, seed: int = 0) -> CNNInfo:
+    """The cached classifier for this data under the evaluation cache `root` (trained once per fingerprint)."""
+    root = Path(root)
     key = _cnn_key(data.fingerprint, seed)
     path = root / f"mnist-cnn-{key}.pt"
     if path.is_file():
@@ -158,9 +158,9 @@ def ensure_domain_cnn(data, root: str | Path | None = None, seed: int = 0) -> CN
     net, acc = train_domain_cnn(data, seed)
     secs = time.perf_counter() - t0
     root.mkdir(parents=True, exist_ok=True)
-    torch_atomic_save({"state_dict": net.state_dict(), "in_channels": int(data.train_x.shape[1]),
+    checkpoint.save({"state_dict": net.state_dict(), "in_channels": int(data.train_x.shape[1]),
                        "num_classes": int(data.num_classes), "accuracy": float(acc), "fingerprint": data.fingerprint,
-                       "version": CNN_VERSION, "train_seconds": secs}, str(path))
+                       "version": CNN_VERSION, "train_seconds": secs}, path)
     return CNNInfo(path, acc, key, secs)
 
 
@@ -313,6 +313,8 @@ def setup(name: str, data, weights_path: str = "", batch_size: int = 250, root: 
     if data.kind == "points":
         raise ConfigError("eval.extractor: 2-D points have no image features; they are scored by energy distance")
     if name == "mnist-cnn":
+        if root is None:
+            raise ValueError("extractors.setup: mnist-cnn needs root= (the evaluation cache it trains into)")
         info = ensure_domain_cnn(data, root)
         return ExtractorSetup(name, {"feature_extractor": name, "feature_extractor_weights_path": str(info.path)},
                               f"{name}:{info.key}", False, batch_size, info.accuracy)

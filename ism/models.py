@@ -7,16 +7,15 @@ Every model is `forward(x, t, k, y, w) -> Tensor` shaped like x, conditioned on 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ism.config import Config, ConfigError, _suggest
+from ism.config import Config
+from ism.errors import ConfigError, suggest
+from ism.model_registry import IMAGE_KINDS, MODELS, ModelSpec
 
-IMAGE_KINDS = ("image", "latent")
-POINT_KINDS = ("points",)
 
 
 # ----------------------------------------------------------------------------------------------- conditioning
@@ -232,53 +231,6 @@ class PointMLP(nn.Module):
         return self.out(self.norm(h))
 
 
-# ----------------------------------------------------------------------------------------------- registry
-@dataclass(frozen=True)
-class ModelSpec:
-    """A registered variant: its family, the data kinds it fits and its size arguments."""
-    family: str                  # "dit" | "unet" | "mlp"
-    kwargs: tuple                # (name, value) pairs passed to the family's constructor
-    about: str
-
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        return POINT_KINDS if self.family == "mlp" else IMAGE_KINDS
-
-    def divisor(self) -> int:
-        """H and W must be multiples of this (patch, or 2^(levels-1) poolings)."""
-        kw = dict(self.kwargs)
-        if self.family == "unet":
-            return kw.get("patch", 1) * 2 ** (len(kw["channels"]) - 1)
-        return kw["patch"] if self.family == "dit" else 1
-
-    def __call__(self, shape, num_classes: int, use_w: bool, dropout: float = 0.0) -> nn.Module:
-        cls = {"dit": DiT, "unet": UNet, "mlp": PointMLP}[self.family]
-        return cls(tuple(shape), num_classes, use_w, dropout=dropout, **dict(self.kwargs))
-
-
-def _dit(width, depth, heads, patch):
-    return ModelSpec("dit", (("width", width), ("depth", depth), ("heads", heads), ("patch", patch)),
-                     f"DiT width {width}, depth {depth}, {heads} heads, patch {patch}")
-
-
-def _unet(channels, emb, norm_groups, about):
-    return ModelSpec("unet", (("channels", channels), ("blocks", 1), ("emb", emb), ("norm_groups", norm_groups)), about)
-
-
-# The unet-* sizes were chosen by measurement on one CPU thread (docs/embedded-model.md): compute scales with the
-# channels at full resolution, and GroupNorm costs little there but makes short runs learn far faster.
-MODELS: dict[str, ModelSpec] = {
-    "unet-smoke": _unet((8, 16), 32, 4, "minimal FiLM U-Net for seconds-long tests"),
-    "unet-tiny": _unet((16, 32), 64, 8, "embedded default: FiLM U-Net 16/32 channels, 16x16 MNIST on 1 CPU thread"),
-    "unet-small": _unet((32, 64), 128, 8, "a wider FiLM U-Net (about 2.5x the step time of unet-tiny)"),
-    "mlp2d": ModelSpec("mlp", (("width", 128), ("depth", 4)), "residual adaLN MLP for 2-D points"),
-    "dit-tiny/4": _dit(128, 4, 4, 4),
-    "dit-s/2": _dit(384, 12, 6, 2),
-    "dit-b/2": _dit(768, 12, 12, 2),
-    "dit-xl/2": _dit(1152, 28, 16, 2),
-}
-
-
 def check_fits(name: str, spec: ModelSpec, data) -> None:
     """Raise ConfigError when the variant cannot take the data's kind or shape."""
     fits = [n for n, s in MODELS.items() if data.kind in s.kinds and
@@ -300,10 +252,12 @@ def build_model(cfg: Config, data) -> nn.Module:
     """The variant cfg.model.name for this data (anything with .shape, .num_classes, .kind)."""
     name = cfg.model.name
     if name not in MODELS:
-        raise ConfigError(f"model.name: unknown model '{name}'; choose one of {', '.join(MODELS)}." + _suggest(name, MODELS))
+        raise ConfigError(f"model.name: unknown model '{name}'; choose one of {', '.join(MODELS)}." + suggest(name, MODELS))
     spec = MODELS[name]
     check_fits(name, spec, data)
-    return spec(data.shape, data.num_classes, use_w=cfg.guidance.mode == "intrinsic", dropout=cfg.model.dropout)
+    cls = {"dit": DiT, "unet": UNet, "mlp": PointMLP}[spec.family]
+    return cls(tuple(data.shape), data.num_classes, cfg.guidance.mode == "intrinsic", dropout=cfg.model.dropout,
+               **dict(spec.kwargs))
 
 
 def count_params(model: nn.Module) -> int:

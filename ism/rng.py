@@ -5,8 +5,6 @@ import hashlib
 
 import torch
 
-STREAMS = ("data", "noise", "rows", "labels", "sample", "init", "split", "eval")
-
 
 def derive_seed(seed: int, step: int, stream: str) -> int:
     """A 63-bit seed from (seed, step, stream); independent streams never share draws."""

@@ -3,13 +3,13 @@
 Layout (docs/architecture.md, "MLflow layout"): experiment `ism/<spec>`; a parent run per sweep; a child run per
 trial whose MLflow run id is kept in the trial directory so a resumed trial continues its own run. Everything goes
 through an explicit MlflowClient (no global active run), so several trials can log from one process or many.
+`ism ui` (ism.commands.ui) serves the store through `server_command`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
+
 import subprocess
 import sys
 import time
@@ -21,6 +21,9 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ism import metric_keys
+from ism.store import write_json
+
 STORE_DIR = "mlruns"               # default store: <cwd>/mlruns/mlflow.db with artifacts in <cwd>/mlruns/artifacts
 DB_NAME = "mlflow.db"
 RUN_IDS_FILE = "mlflow_runs.json"  # in a trial dir: {parent run id: child run id}
@@ -30,8 +33,8 @@ TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 # ----------------------------------------------------------------------------------------------- store
 def tracking_uri(uri: str | None = None) -> str:
-    """The tracking URI: explicit > $MLFLOW_TRACKING_URI > sqlite store under ./mlruns (absolute)."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    """The tracking URI made absolute: the given one, else the sqlite store under ./mlruns (the commands read
+    $MLFLOW_TRACKING_URI)."""
     if uri:
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             uri = "sqlite:///" + str(Path(unquote(uri[len("sqlite:///"):])).resolve())
@@ -71,6 +74,23 @@ def _retry(fn, *args, tries: int = 8, **kw):
             if i == tries - 1 or not any(s in msg for s in ("locked", "busy", "timed out", "connection", "503", "502")):
                 raise
             time.sleep(0.2 * 2 ** i)
+
+
+def set_tag(c: MlflowClient, run_id: str, key: str, value: Any) -> None:
+    """Set one tag of a run (retried like every write)."""
+    _retry(c.set_tag, run_id, key, str(value))
+
+
+def git_commit() -> str:
+    """The project's commit (with '+dirty' when tracked files changed), or 'unknown' outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def experiment_id(c: MlflowClient, name: str) -> str:
@@ -172,10 +192,7 @@ def child_run(c: MlflowClient, exp: str, parent: str, trial_dir: Path, name: str
     if rid is None or status(c, rid) is None:
         rid = _retry(c.create_run, exp, run_name=name, tags={**tags, "mlflow.parentRunId": parent}).info.run_id
         known[parent] = rid
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=2))
-        os.replace(tmp, path)
+        write_json(path, known)
     else:
         for k, v in tags.items():
             _retry(c.set_tag, rid, k, v)
@@ -233,9 +250,9 @@ class TrialLog:
         """FID/KID against the sampling step count as MLflow series (`fid_vs_steps` at step N), for the UI's charts."""
         curves: dict[str, dict[int, float]] = {}
         for key, value in metrics.items():
-            head, sep, n = key.rpartition("_steps_")
-            if sep and head in names and n.isdigit():
-                curves.setdefault(f"{head}_vs_steps", {})[int(n)] = value
+            k = metric_keys.parse(key)
+            if k is not None and k.w is None and k.metric in names:
+                curves.setdefault(f"{k.metric}_vs_steps", {})[k.steps] = value
         skip = logged_steps(self.c, self.run_id, curves)
         for name, points in curves.items():
             for n, value in sorted(points.items()):
@@ -294,8 +311,6 @@ def list_artifacts(run_id: str, path: str, uri: str | None = None) -> list[str]:
 
 def download(run_id: str, path: str, dst: Path, uri: str | None = None) -> Path | None:
     """Download one artifact (file or folder) of a run into dst; None when the run does not hold it."""
-    # mlflow draws a tqdm bar per downloaded file; a report downloads dozens, so keep the terminal readable.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     dst.mkdir(parents=True, exist_ok=True)
     try:
         return Path(client(uri).download_artifacts(run_id, path, str(dst)))
@@ -324,26 +339,3 @@ def server_command(uri: str, host: str = "127.0.0.1", port: int = 5000, workers:
         raise ValueError(f"{uri} is already a tracking server; open it in a browser instead")
     return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", str(workers),
             "--backend-store-uri", uri, "--default-artifact-root", root]
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ism ui", description="The MLflow UI on 127.0.0.1 over the project's store.")
-    ap.add_argument("--port", type=int, default=int(os.environ.get("ISM_UI_PORT", 5000)))
-    ap.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlruns/mlflow.db")
-    args = ap.parse_args(argv)
-    uri = tracking_uri(args.tracking_uri)
-    if not uri.startswith("sqlite:"):
-        print(f"ism ui: the tracking URI {uri} is a server already; open it in a browser.")
-        return 0
-    cmd = server_command(uri, port=args.port)
-    print(f"ism ui: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C stops it)", flush=True)
-    proc = subprocess.Popen(cmd)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        return 0

@@ -5,12 +5,7 @@ uninterrupted run ends: all randomness of step s derives from (seed, s).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import math
-import os
-import resource
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,19 +16,19 @@ import yaml
 from tqdm import tqdm
 
 from ism import checkpoint as ckpt
-from ism.config import (DEFAULT_PRESET, PRESETS, Config, ConfigError, dump_yaml, from_dict, identity_dict, resolve,
-                        run_id)
+from ism import store
+from ism.config import Config, ConfigError, dump_yaml, from_dict, identity_dict, run_id
 from ism.data import Dataset, load_dataset
-from ism.models import build_model, count_params
+from ism.models import count_params
 from ism.objective.coupling import PairSource
-from ism.objective.ema import build_emas
 from ism.objective.losses import row_loss
 from ism.objective.targets import KIND_NAMES, build_rows
 from ism.rng import derive_seed, generator
+from ism.run_state import State, peak_memory_mb, resolve_device
 
 Callback = Callable[[str, dict], None]
 Evaluator = Callable[[dict, Config, Dataset, int, Path], tuple[list, dict]]
-CRASH_ENV = "ISM_INJECT_CRASH_AT_STEP"  # fault injection for resume/retry tests: crash once at this step
+CRASH_MARK = ".crash_injected"  # in the run dir: the injected crash already happened (a retry must get past it)
 
 
 class Diverged(RuntimeError):
@@ -42,27 +37,6 @@ class Diverged(RuntimeError):
     def __init__(self, step: int, run_dir: Path):
         super().__init__(f"diverged at step {step} (non-finite loss); last good checkpoint kept in {run_dir / 'checkpoints'}")
         self.step = step
-
-
-def resolve_device(cfg: Config) -> tuple[torch.device, torch.dtype | None]:
-    """(device, autocast dtype or None) from run.device and run.precision."""
-    dev = cfg.run.device
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"run.device: {cfg.run.device!r} but CUDA is not available here; use run.device=cpu or auto")
-    device = torch.device(dev)
-    prec = cfg.run.precision
-    if prec == "auto":
-        prec = "bf16" if device.type == "cuda" else "fp32"
-    return device, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: CUDA allocator peak on GPU, process max RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _prepare_run_dir(cfg: Config, run_dir: Path) -> None:
@@ -74,37 +48,7 @@ def _prepare_run_dir(cfg: Config, run_dir: Path) -> None:
         if identity_dict(old) != identity_dict(cfg):
             raise ConfigError(f"{run_dir} holds a different run (id {run_id(old)}, this config is {run_id(cfg)}); "
                               "choose another run dir or remove it")
-    ckpt.write_text_atomic(path, dump_yaml(cfg))
-
-
-class State:
-    """Model, EMAs and optimizer of one run."""
-
-    def __init__(self, cfg: Config, data: Dataset, device: torch.device):
-        torch.manual_seed(derive_seed(cfg.run.seed, 0, "init"))
-        self.model = build_model(cfg, data).to(device)
-        self.model.num_classes = data.num_classes  # the null-class index, read by the sampler
-        self.emas = build_emas(self.model, cfg)
-        self.optim = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                       betas=(cfg.optim.beta1, cfg.optim.beta2))
-
-    def nets(self) -> dict[str, torch.nn.Module]:
-        """The three networks by role."""
-        return {"online": self.model, "target": self.emas["target"].module, "infer": self.emas["infer"].module}
-
-    def unique_emas(self):
-        """EMA objects without the shared duplicate of a single EMA."""
-        return list({id(e): e for e in self.emas.values()}.values())
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "ema_target": self.emas["target"].state_dict(),
-                "ema_infer": self.emas["infer"].state_dict(), "optim": self.optim.state_dict()}
-
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.model.load_state_dict(sd["model"])
-        self.emas["target"].load_state_dict(sd["ema_target"])
-        self.emas["infer"].load_state_dict(sd["ema_infer"])
-        self.optim.load_state_dict(sd["optim"])
+    store.atomic_write(path, dump_yaml(cfg))
 
 
 def _lr(cfg: Config, step: int) -> float:
@@ -117,15 +61,14 @@ def _trim_stats(path: Path, upto: int) -> None:
     if not path.exists():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= upto]
-    ckpt.write_text_atomic(path, "".join(ln + "\n" for ln in keep))
+    store.atomic_write(path, "".join(ln + "\n" for ln in keep))
 
 
 def _save(state: State, cfg: Config, run_dir: Path, step: int, pairs: PairSource, elapsed: float) -> Path:
-    path = ckpt.checkpoint_path(run_dir, step)
-    ckpt.save_atomic({**state.state_dict(), "step": step, "elapsed_s": elapsed, "rng_cpu": torch.get_rng_state(),
-                      "pairs": pairs.state_dict(step), "config": dump_yaml(cfg), "run_id": run_id(cfg), "version": 1},
-                     path)
-    ckpt.prune(run_dir, cfg.run.keep_checkpoints)
+    # No global RNG state: every step reseeds torch from (seed, step), so a resumed run needs none.
+    path = ckpt.save({**state.state_dict(), "step": step, "elapsed_s": elapsed, "pairs": pairs.state_dict(step),
+                      "config": dump_yaml(cfg)}, store.checkpoint_path(run_dir, step))
+    store.prune(run_dir, cfg.run.keep_checkpoints)
     return path
 
 
@@ -133,30 +76,26 @@ def adopt_training(run_dir: Path, donor: Path, steps: int) -> bool:
     """Seed an unstarted run dir with a finished training of the same training config (hard link of the final
     checkpoint, copy of its stats.jsonl): train() then resumes at the last step and only evaluates."""
     run_dir, donor = Path(run_dir), Path(donor)
-    src = ckpt.checkpoint_path(donor, steps)
-    if ckpt.list_checkpoints(run_dir) or (run_dir / "summary.json").exists() or not src.is_file():
+    src = store.checkpoint_path(donor, steps)
+    if not store.unstarted(run_dir) or not src.is_file():
         return False
-    dst = ckpt.checkpoint_path(run_dir, steps)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-    try:
-        os.link(src, tmp)  # checkpoints are replaced, never modified in place: sharing the inode is safe
-    except OSError:
-        shutil.copy2(src, tmp)
     if (donor / "stats.jsonl").is_file():
-        ckpt.write_text_atomic(run_dir / "stats.jsonl", (donor / "stats.jsonl").read_text())
-    ckpt.write_text_atomic(run_dir / "training_from.json", json.dumps({"run_dir": str(donor), "step": steps}))
-    os.replace(tmp, dst)  # last: the checkpoint is what marks the training as present
+        store.atomic_write(run_dir / "stats.jsonl", (donor / "stats.jsonl").read_text())
+    store.write_json(run_dir / store.TRAINING_FROM, {"run_dir": str(donor), "step": steps})
+    store.place(src, store.checkpoint_path(run_dir, steps))  # last: the checkpoint marks the training as present
     return True
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | None = None,
-          evaluator: Evaluator | None = None) -> dict[str, Any]:
-    """Train (or resume, or return the summary of a finished run) and return the run summary."""
+          evaluator: Evaluator | None = None, crash_at_step: int | None = None) -> dict[str, Any]:
+    """Train (or resume, or return the summary of a finished run) and return the run summary.
+
+    crash_at_step: fault injection for resume and retry tests; the run raises once when it reaches that step.
+    """
     run_dir = Path(run_dir) if run_dir else Path(cfg.run.out_dir) / run_id(cfg)
     emit = callback or (lambda kind, payload: None)
     _prepare_run_dir(cfg, run_dir)
-    summary_path = run_dir / "summary.json"
+    summary_path = run_dir / store.SUMMARY
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
         emit("done", {"step": summary["steps"], "summary": summary})
@@ -168,17 +107,15 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
     state = State(cfg, data, device)
     pairs = PairSource(data, cfg)
     start, elapsed = 0, 0.0
-    last = ckpt.latest_checkpoint(run_dir)
+    last = store.latest_checkpoint(run_dir)
     if last is not None:
         sd = ckpt.load(last, map_location=device)
         state.load_state_dict(sd)
         start, elapsed = int(sd["step"]), float(sd["elapsed_s"])
         pairs.load_state_dict(sd["pairs"], start)
-        torch.set_rng_state(sd["rng_cpu"])
     stats_path = run_dir / "stats.jsonl"
     _trim_stats(stats_path, start)
     null, nets = data.num_classes, state.nets()
-    crash_at = int(os.environ.get(CRASH_ENV, "-1"))
     acc: dict[str, float] = {}
     counts: dict[str, float] = {}
     last_loss = float("nan")
@@ -186,9 +123,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
     bar = tqdm(total=cfg.run.steps, initial=start, disable=not cfg.run.progress, dynamic_ncols=True,
                desc=f"train {run_id(cfg)}", file=sys.stderr)
     for step in range(start, cfg.run.steps):
-        if step == crash_at and not (run_dir / ".crash_injected").exists():
-            (run_dir / ".crash_injected").touch()
-            raise RuntimeError(f"injected crash at step {step} ({CRASH_ENV})")
+        if step == crash_at_step and not (run_dir / CRASH_MARK).exists():
+            (run_dir / CRASH_MARK).touch()
+            raise RuntimeError(f"injected crash at step {step} (fault injection)")
         torch.manual_seed(derive_seed(cfg.run.seed, step, "torch"))  # dropout etc. draw from (seed, step) too
         x1, y, x0, pdiag = pairs.batch(step)
         x1, y, x0 = x1.to(device, non_blocking=True), y.to(device), x0.to(device, non_blocking=True)
@@ -251,64 +188,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
     summary = {"run_id": run_id(cfg), "steps": cfg.run.steps, "final_loss": last_loss, "wall_time_s": elapsed,
                "peak_mem_mb": peak_memory_mb(device), "params": count_params(state.model), "device": str(device),
                "resumed_from": start, "metrics": eval_metrics}
-    ckpt.write_text_atomic(summary_path, json.dumps(summary, indent=2))
+    store.atomic_write(summary_path, json.dumps(summary, indent=2))
     emit("done", {"step": cfg.run.steps, "summary": summary})
     return summary
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[Config, dict, Dataset, int]:
-    """(cfg, nets, data, step) from a run directory (its newest checkpoint) or a checkpoint file."""
-    p = Path(path)
-    if p.is_dir():
-        found = ckpt.latest_checkpoint(p)
-        if found is None:
-            raise ConfigError(f"{p}: no checkpoint found (expected {p}/checkpoints/ckpt-XXXXXXXX.pt)")
-        p = found
-    elif not p.is_file():
-        raise ConfigError(f"{p}: no such run directory or checkpoint file")
-    sd = ckpt.load(p, map_location=device)
-    cfg = from_dict(yaml.safe_load(sd["config"]))
-    data = load_dataset(cfg.data)
-    state = State(cfg, data, torch.device(device))
-    state.load_state_dict(sd)
-    state.model.eval()
-    return cfg, state.nets(), data, int(sd["step"])
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Resolve --preset, --config files and key=value overrides."""
-    return resolve(args.preset, args.config or [], args.overrides)
-
-
-def add_config_args(ap: argparse.ArgumentParser) -> None:
-    """The config options shared by train-like commands."""
-    ap.add_argument("--preset", default=DEFAULT_PRESET, help=f"named preset: {', '.join(PRESETS)} (default {DEFAULT_PRESET})")
-    ap.add_argument("-c", "--config", action="append", help="YAML delta file(s), applied in order")
-    ap.add_argument("overrides", nargs="*", help="dotted overrides key=value, e.g. guidance.mode=intrinsic")
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ism train", description="Train one run; rerunning the same command resumes it.")
-    add_config_args(ap)
-    ap.add_argument("--dry-run", action="store_true", help="print the resolved config and run id, then exit")
-    ap.add_argument("--run-dir", default=None, help="run directory (default run.out_dir/RUN_ID)")
-    ap.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
-    args = ap.parse_args(argv)
-    cfg = config_from_args(args)
-    run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.run.out_dir) / run_id(cfg)
-    if args.dry_run:
-        print(f"# run id {run_id(cfg)}  ->  {run_dir}")
-        print(dump_yaml(cfg), end="")
-        return 0
-    evaluator = None
-    if not args.no_eval and cfg.eval.at_end:
-        from ism.evaluate import make_evaluator
-        evaluator = make_evaluator(cfg)
-    print(f"run {run_id(cfg)} -> {run_dir}", file=sys.stderr)
-    try:
-        summary = train(cfg, run_dir, evaluator=evaluator)
-    except Diverged as e:
-        print(f"ism train: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps({k: v for k, v in summary.items() if k != "metrics"} | {"metrics": summary["metrics"]}, indent=2))
-    return 0 if math.isfinite(summary["final_loss"]) or cfg.run.steps == 0 else 1

@@ -6,9 +6,9 @@ import torch
 
 
 @pytest.fixture(scope="session", autouse=True)
-def shared_ism_cache(tmp_path_factory):
+def shared_cache(tmp_path_factory):
     """One feature-extractor/reference-stat cache for the whole session (also inherited by Ray workers and
-    subprocesses), so the domain CNN is trained once per test run and never into the checkout."""
+    subprocesses as ISM_CACHE), so the domain CNN is trained once per test run and never into the checkout."""
     path = tmp_path_factory.getbasetemp() / "ism-shared-cache"
     path.mkdir(exist_ok=True)
     old = os.environ.get("ISM_CACHE")

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ism import ablate, cli
+from ism import ablate, cli, profiles
+from ism.commands import ablate as ablate_cmd
 from ism.config import ConfigError, flatten, run_id
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,7 +171,7 @@ def test_bad_spec_on_the_command_line_exits_2_before_anything_starts(tmp_path, c
 def test_dry_run_lists_trials_diffs_resources_and_cost(tmp_path, capsys):
     spec = write_spec(tmp_path / "s.yaml", variants={"a": {"reason": "baseline"}, "b": {"reason": "b", "overrides": {}},
                                                      "c": {"reason": "wavelets", "overrides": {"wavelet.enabled": True}}})
-    assert ablate.main([str(spec), "--profile", "smoke", "--dry-run", "--storage", str(tmp_path / "st")]) == 0
+    assert ablate_cmd.main([str(spec), "--profile", "smoke", "--dry-run", "--storage", str(tmp_path / "st")]) == 0
     out = capsys.readouterr().out
     assert "3 variants -> 2 distinct configs x 2 seeds [0, 1] = 4 trials" in out
     assert "a = b: baseline" in out and "diff vs base: (the base)" in out
@@ -323,7 +324,7 @@ def test_trial_differing_only_in_evaluation_adopts_the_finished_training(smoke_s
     new, other = (next(t for t in p.trials if t.variants[0] == v) for v in ("a", "lr"))
     assert new.run_id != donor_t.run_id
     assert ablate.reused_training(p, st) == {new.run_id: donor_t.run_id}
-    assert ablate.main([str(spec), "--profile", "smoke", "--dry-run", "--storage", str(st)]) == 0
+    assert ablate_cmd.main([str(spec), "--profile", "smoke", "--dry-run", "--storage", str(st)]) == 0
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     res = run_ablate(spec, st, uri)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -336,7 +337,7 @@ def test_trial_differing_only_in_evaluation_adopts_the_finished_training(smoke_s
     assert (run / "stats.jsonl").read_text() == (donor / "stats.jsonl").read_text()
     rows = json.loads((run / "eval" / "eval.json").read_text())
     assert {r["guidance"] for r in rows if r.get("metric") == "fid" and r["steps"] == 1} >= {1.0, 2.0}, "the sweep ran"
-    from ism.evaluate import default_guidance
+    from ism.sample import default_guidance
     g = default_guidance(new.cfg)
     fid = {r["steps"]: r["value"] for r in rows if r["metric"] == "fid" and r["guidance"] == g}
     old = {r["steps"]: r["value"] for r in json.loads((donor / "eval" / "eval.json").read_text())
@@ -428,9 +429,9 @@ def test_spec_base_can_be_an_exported_delta_file(tmp_path):
 
 
 def test_concurrency_follows_the_profiles_cpus_and_the_study_cap():
-    assert ablate.concurrency("embedded", {"cpu": 1}) == 2           # two 1-CPU trials on the 2-core local Ray
-    assert ablate.concurrency("embedded", {"cpu": 0.5}) == 4         # Ray packs fractional shares
-    assert ablate.concurrency("embedded", {"cpu": 2}) == 1
-    assert ablate.concurrency("embedded", {"cpu": 1}, cap=1) == 1    # a study's parallelism caps it
-    assert ablate.concurrency("gpu-cifar10", {"gpu": 1, "cpu": 8}) == 1
-    assert ablate.concurrency("gpu-cifar10", {"gpu": 1, "cpu": 8}, cap=4) == 4
+    assert profiles.concurrency("embedded", {"cpu": 1}) == 2           # two 1-CPU trials on the 2-core local Ray
+    assert profiles.concurrency("embedded", {"cpu": 0.5}) == 4         # Ray packs fractional shares
+    assert profiles.concurrency("embedded", {"cpu": 2}) == 1
+    assert profiles.concurrency("embedded", {"cpu": 1}, cap=1) == 1    # a study's parallelism caps it
+    assert profiles.concurrency("gpu-cifar10", {"gpu": 1, "cpu": 8}) == 1
+    assert profiles.concurrency("gpu-cifar10", {"gpu": 1, "cpu": 8}, cap=4) == 4

@@ -1,4 +1,5 @@
 """Config: presets, YAML deltas, overrides, strict validation with clear messages, run identity."""
+import dataclasses
 import subprocess
 import sys
 
@@ -13,8 +14,8 @@ from ism.cli import main as cli_main
 def test_every_preset_resolves(name):
     cfg = C.resolve(name)
     assert isinstance(cfg, C.Config)
-    with pytest.raises(Exception):
-        cfg.run.steps = 3  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.run.steps = 3
 
 
 def test_overrides_and_yaml_deltas(tmp_path):
@@ -29,6 +30,7 @@ def test_overrides_and_yaml_deltas(tmp_path):
 @pytest.mark.parametrize("override, message", [
     (["optim.lrr=1"], "unknown config key 'optim.lrr'.*Did you mean 'lr'"),
     (["optimm.lr=1"], "unknown config section 'optimm'.*Did you mean 'optim'"),
+    (["model.name=dit-zz"], "model.name: 'dit-zz' is not allowed.*Did you mean 'dit-s/2'"),
     (["optim.lr=abc"], "optim.lr: expected a number"),
     (["optim.batch_size=2.5"], "optim.batch_size: expected an integer"),
     (["wavelet.enabled=maybe"], "wavelet.enabled: expected true or false"),

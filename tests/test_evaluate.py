@@ -1,6 +1,7 @@
 """Evaluation: FID/KID sanity, reference-statistics cache, the evaluator on real (untrained and trained) nets, CLI."""
 import dataclasses
 import json
+import math
 import os
 
 import pandas as pd
@@ -10,17 +11,10 @@ import torch
 from ism import diagnostics as D
 from ism import evaluate as EV
 from ism import extractors as E
+from ism.cli import main as cli
 from ism.config import resolve
 from ism.data import load_dataset
 from ism.models import build_model
-
-
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    """Same path as in test_extractors: each domain classifier trains once per pytest session."""
-    p = tmp_path_factory.getbasetemp() / "ism-shared-cache"
-    p.mkdir(exist_ok=True)
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +92,6 @@ def test_evaluator_on_an_image_model_writes_the_table(shared_cache, tmp_path):
     assert df.ref_hash.nunique() == 1 and df.extractor_accuracy.iloc[0] == pytest.approx(metrics["extractor_accuracy"])
     for s in (1, 2, 8):
         assert metrics[f"fid_steps_{s}"] > 0 and f"kid_steps_{s}" in metrics
-    assert metrics["straightness_steps_8"] >= 1.0
     assert {"fid_steps_1_w_1", "fid_steps_8_w_3", "sc_gap_steps_1", "effective_guidance"} <= set(metrics)
     assert metrics["effective_guidance"] in (1.0, 3.0)
     sweep = df[(df.metric == "fid") & (df.guidance == 3.0)]
@@ -116,7 +109,7 @@ def test_evaluator_on_points_uses_energy_distance(tmp_path):
     cfg, data = _small("toy2d", **{"eval.num_samples": 200})
     torch.manual_seed(0)
     net = build_model(cfg, data)
-    rows, metrics = EV.evaluate_run({"infer": net}, cfg, data, 0, tmp_path)
+    rows, metrics = EV.evaluate_run({"infer": net}, cfg, data, 0, tmp_path, tmp_path / "cache")
     kinds = {r["metric"] for r in rows}
     assert {"energy_distance", "sliced_wasserstein", "straightness", "sc_gap", "effective_guidance"} <= kinds
     assert "fid" not in kinds and all(r["extractor"] == "points" for r in rows)
@@ -125,16 +118,39 @@ def test_evaluator_on_points_uses_energy_distance(tmp_path):
     idx = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:200]
     real = D.energy_distance(data.train_x[idx], data.test_x)
     assert metrics["energy_distance_steps_1"] > 5 * real
-    assert metrics["straightness_steps_8"] == pytest.approx(0.0)   # zero velocity: no path at all
     assert (tmp_path / "samples" / "grid_steps_1_train_00000000.png").is_file()
 
 
+class Velocity(torch.nn.Module):
+    """Unit speed along (cos(pi * turn * t), sin(pi * turn * t)): an Euler path of N steps is a polyline of length
+    1; turn=0 is a straight path."""
+
+    def __init__(self, turn: float):
+        super().__init__()
+        self.turn = turn
+        self.p = torch.nn.Parameter(torch.zeros(1))  # the evaluator reads the device from the parameters
+
+    def forward(self, x, t, k, y, w):
+        a = math.pi * self.turn * t
+        return torch.stack([torch.cos(a), torch.sin(a)], dim=1) + 0 * x
+
+
+@pytest.mark.parametrize("turn", [0.0, 1.0])
+def test_straightness_is_path_length_over_chord(tmp_path, turn):
+    steps = 8
+    cfg, data = _small("toy2d", **{"eval.num_samples": 16, "eval.steps": [steps], "eval.sweep_steps": [1],
+                                   "guidance.mode": "none", "data.conditional": False})
+    _, metrics = EV.evaluate_run({"infer": Velocity(turn)}, cfg, data, 0, tmp_path, tmp_path / "cache")
+    a = math.pi * turn * torch.arange(steps) / steps
+    chord = float(torch.stack([torch.cos(a), torch.sin(a)], 1).sum(0).norm()) / steps   # path length is 1
+    assert metrics[f"straightness_steps_{steps}"] == pytest.approx(1.0 / chord, rel=1e-6)
+    assert (turn == 0) == (metrics[f"straightness_steps_{steps}"] == pytest.approx(1.0))
+
+
 def test_cli_rejects_bad_step_counts(capsys):
-    assert EV.main(["nowhere", "--steps", "3"]) == 2
-    assert "powers of two" in capsys.readouterr().err
-    assert EV.main(["nowhere", "--steps", "1,x"]) == 2
+    assert cli(["eval", "nowhere", "--steps", "1,x"]) == 2
     assert "integers" in capsys.readouterr().err
-    assert EV.main(["nowhere", "--steps", "1,2"]) == 2     # no such run
+    assert cli(["eval", "nowhere", "--steps", "1,2"]) == 2     # no such run
     assert "nowhere" in capsys.readouterr().err
 
 
@@ -145,11 +161,13 @@ def test_train_then_ism_eval_end_to_end(shared_cache, tmp_path, monkeypatch, cap
     cfg = resolve("smoke", overrides={"run.progress": False, "eval.steps": [1, 128]})
     events = []
     summary = train(cfg, tmp_path / "run", callback=lambda kind, payload: events.append((kind, payload)),
-                    evaluator=EV.make_evaluator(cfg))
+                    evaluator=EV.make_evaluator(cfg, shared_cache))
     ev = [p for k, p in events if k == "eval"]
     assert ev and "fid_steps_1" in ev[-1]["metrics"] and summary["metrics"]["fid_steps_128"] > 0
-    assert EV.main([str(tmp_path / "run"), "--steps", "1,2", "--num-samples", "32", "--no-diagnostics"]) == 0
+    assert cli(["eval", str(tmp_path / "run"), "--steps", "1,2", "--num-samples", "32", "--no-diagnostics"]) == 0
     assert "fid_steps_2" in capsys.readouterr().out
     df = pd.read_csv(tmp_path / "run" / "eval" / "eval.csv")
     assert set(df[df.metric == "fid"].steps) == {1, 2, 128}
-    assert EV.main([str(tmp_path / "run"), "--steps", "256"]) == 2
+    assert cli(["eval", str(tmp_path / "run"), "--steps", "3"]) == 2
+    assert "powers of two" in capsys.readouterr().err
+    assert cli(["eval", str(tmp_path / "run"), "--steps", "256"]) == 2

@@ -12,14 +12,6 @@ from ism.config import ConfigError, resolve
 from ism.data import load_dataset
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    """One cache dir per pytest session (test_evaluate uses the same path), so each classifier trains once."""
-    p = tmp_path_factory.getbasetemp() / "ism-shared-cache"
-    p.mkdir(exist_ok=True)
-    return p
-
-
 class Images(torch.utils.data.Dataset):
     def __init__(self, x):
         self.x = x

@@ -63,7 +63,9 @@ def test_small_variants_build_shape_and_zero_init(name):
     out = model(x, t, k, y, w)
     assert out.shape == x.shape
     assert torch.count_nonzero(out) == 0, "the output layer must start at zero"
-    assert count_params(model) == sum(p.numel() for p in model.parameters()) > 0
+    total = count_params(model)
+    frozen = next(model.parameters()).requires_grad_(False)
+    assert total > frozen.numel() > 0 and count_params(model) == total - frozen.numel(), "counts trainable params"
 
 
 def test_every_registered_variant_is_tested():

@@ -3,7 +3,7 @@ import io
 import json
 from types import SimpleNamespace
 
-from ism import ablate, tune
+from ism import ablate, progress, trials
 
 
 def _trial(run_id, result=None):
@@ -14,7 +14,7 @@ def test_progress_lines_follow_the_trials():
     plan = ablate.plan(ablate.load_spec("ablations/guidance.yaml"), "smoke", seeds=[0])
     a, b = plan.trials[:2]
     out = io.StringIO()
-    p = tune.Progress(plan, list(plan.trials), done_before=0, every_s=0.0, out=out)
+    p = progress.Progress(plan, list(plan.trials), done_before=0, every_s=0.0, out=out)
     p.on_trial_start(0, [], _trial(a.run_id))
     p.on_trial_start(0, [], _trial(b.run_id))
     p.on_trial_result(0, [], _trial(a.run_id), {"step": 4, "loss": 0.1234})
@@ -31,11 +31,11 @@ def test_progress_lines_follow_the_trials():
 
 def test_resumed_trial_reports_its_last_logged_step(tmp_path):
     stats = tmp_path / "stats.jsonl"
-    assert tune._resumed_at(stats) == {}
+    assert trials.resumed_at(stats) == {}
     stats.write_text(json.dumps({"step": 50, "loss": 0.5}) + "\n" + json.dumps({"step": 100, "loss": 0.25}) + "\n")
-    assert tune._resumed_at(stats) == {"step": 100, "loss": 0.25}
+    assert trials.resumed_at(stats) == {"step": 100, "loss": 0.25}
     stats.write_text("not json\n")
-    assert tune._resumed_at(stats) == {}
+    assert trials.resumed_at(stats) == {}
 
 
 def test_eta_follows_training_progress_and_skips_adopted_training():
@@ -45,13 +45,13 @@ def test_eta_follows_training_progress_and_skips_adopted_training():
     steps = a.cfg.run.steps
     etas = []
     for step in (0, steps // 2, steps):
-        p = tune.Progress(plan, list(plan.trials), done_before=0, every_s=1e9, out=io.StringIO())
+        p = progress.Progress(plan, list(plan.trials), done_before=0, every_s=1e9, out=io.StringIO())
         p.start -= 100.0  # 100 s into the sweep
         p.on_trial_start(0, [], _trial(a.run_id))
         p.on_trial_result(0, [], _trial(a.run_id), {"step": step})
         etas.append(p.eta_s())
     assert etas[0] is None and etas[1] > etas[2] > 0
-    reused = tune.Progress(plan, list(plan.trials), done_before=0, every_s=1e9, out=io.StringIO(),
+    reused = progress.Progress(plan, list(plan.trials), done_before=0, every_s=1e9, out=io.StringIO(),
                            reused=frozenset({a.run_id}))
     assert reused.train_share[a.run_id] == 0.0 and reused.work[a.run_id] < p.work[a.run_id]
     reused.on_trial_start(0, [], _trial(a.run_id))
@@ -63,7 +63,7 @@ def test_trials_finished_by_another_sweep_do_not_speed_up_the_eta():
     """A trial another spec already ran finishes at once here: the ETA must not read that as fast progress."""
     plan = ablate.plan(ablate.load_spec("ablations/guidance.yaml"), "smoke", seeds=[0])
     a, b = plan.trials[:2]
-    p = tune.Progress(plan, list(plan.trials), done_before=0, every_s=1e9, out=io.StringIO(),
+    p = progress.Progress(plan, list(plan.trials), done_before=0, every_s=1e9, out=io.StringIO(),
                       stored=frozenset({a.run_id}))
     p.on_trial_start(0, [], _trial(a.run_id))
     p.on_trial_complete(0, [], _trial(a.run_id, {"done": 1}))

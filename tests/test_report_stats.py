@@ -215,6 +215,6 @@ def test_effective_guidance_is_recorded_in_cfg_equivalent_units(monkeypatch, tmp
     torch.manual_seed(0)
     net = build_model(cfg, data)
     monkeypatch.setattr(EV.D, "effective_guidance", lambda ref, cands, grid=None, distance=None: (0.75, {}))
-    rows, metrics = EV.evaluate_run({"infer": net}, cfg, data, 0, tmp_path)
+    rows, metrics = EV.evaluate_run({"infer": net}, cfg, data, 0, tmp_path, tmp_path / "cache")
     assert metrics["effective_guidance"] == 1.75
     assert [r["value"] for r in rows if r["metric"] == "effective_guidance"] == [1.75]

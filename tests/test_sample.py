@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from ism.config import ConfigError, resolve
-from ism.sample import fixed_labels, fixed_noise, main as sample_main, sample
+from ism.commands.sample import main as sample_main
+from ism.sample import fixed_labels, fixed_noise, sample
 from ism.train import train
 
 
@@ -42,26 +43,45 @@ def test_euler_steps_levels_and_times(n):
 def test_intrinsic_guidance_is_one_pass_per_step_with_interval():
     cfg = resolve("toy2d", [], ["guidance.mode=intrinsic", "guidance.t_interval=0.3"])
     net = Recorder()
-    sample(net, torch.zeros(5, 2), torch.zeros(5, dtype=torch.long), 8, cfg, w=2.0)
+    sample(net, torch.zeros(5, 2), torch.zeros(5, dtype=torch.long), 8, cfg, 2.0)
     assert len(net.calls) == 8 and all(c["n"] == 5 for c in net.calls)
     ws = [float(c["w"][0]) for c in net.calls]
     # steps [0, .125) and [.125, .25) lie wholly below t_interval = 0.3: w = 0; [.25, .375) straddles it: keeps w
     assert ws == [0.0, 0.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
     net1 = Recorder()
-    sample(net1, torch.zeros(5, 2), torch.zeros(5, dtype=torch.long), 1, cfg, w=2.0)
+    sample(net1, torch.zeros(5, 2), torch.zeros(5, dtype=torch.long), 1, cfg, 2.0)
     assert float(net1.calls[0]["w"][0]) == 2.0
+
+
+def test_interval_at_inference_off_keeps_w_on_every_step():
+    cfg = resolve("toy2d", [], ["guidance.mode=intrinsic", "guidance.t_interval=0.3", "guidance.interval_at_inference=false"])
+    net = Recorder()
+    sample(net, torch.zeros(5, 2), torch.zeros(5, dtype=torch.long), 8, cfg, 2.0)
+    assert [float(c["w"][0]) for c in net.calls] == [2.0] * 8
+
+
+@pytest.mark.parametrize("mode, key", [("intrinsic", "eval.w"), ("cfg_finest", "eval.cfg_scale"),
+                                       ("cfg_every_level", "eval.cfg_scale"), ("none", None)])
+def test_ism_eval_guidance_sets_the_key_of_the_runs_mode(mode, key):
+    import argparse
+    from ism.commands.eval import overrides
+    over = ["data.conditional=false"] if mode == "none" else []
+    cfg = resolve("toy2d", [], [f"guidance.mode={mode}", *over])
+    args = argparse.Namespace(steps=None, num_samples=None, extractor=None, weights_path=None, no_diagnostics=False,
+                              sweep=None, guidance=2.5)
+    assert overrides(args, cfg) == ({key: 2.5} if key else {})
 
 
 def test_cfg_applies_only_at_the_finest_level_with_two_passes():
     cfg = resolve("toy2d", [], ["guidance.mode=cfg_finest"])
     net = Recorder()
-    x = sample(net, torch.zeros(2, 2), torch.ones(2, dtype=torch.long), 128, cfg, cfg_scale=3.0)
+    x = sample(net, torch.zeros(2, 2), torch.ones(2, dtype=torch.long), 128, cfg, 3.0, null=Recorder.num_classes)
     assert all(c["n"] == 4 for c in net.calls)  # cond + null in one batched pass
     assert all(torch.equal(c["y"][2:], torch.full((2,), 4)) for c in net.calls)
     # v = v_null + 3 (v_c - v_null) = 2 + 3 (1 - 2) = -1 per unit time
     torch.testing.assert_close(x, -torch.ones(2, 2))
     net4 = Recorder()
-    sample(net4, torch.zeros(2, 2), torch.ones(2, dtype=torch.long), 4, cfg, cfg_scale=3.0)
+    sample(net4, torch.zeros(2, 2), torch.ones(2, dtype=torch.long), 4, cfg, 3.0, null=Recorder.num_classes)
     assert all(c["n"] == 2 for c in net4.calls)  # guidance is baked in below the finest level
 
 
@@ -81,5 +101,5 @@ def test_sample_cli_writes_png_grids(tmp_path):
     from PIL import Image
     img = Image.open(run / "samples" / pngs[0])
     assert img.size[0] > 16 * 2 and img.size[1] > 16 * 10
-    with pytest.raises(ConfigError, match="steps: 5 is not allowed"):
+    with pytest.raises(ConfigError, match="--steps: 5 is not allowed"):
         sample_main([str(run), "--steps", "5"])

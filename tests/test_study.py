@@ -14,7 +14,9 @@ import optuna
 import pytest
 import yaml
 
+from ism import specs
 from ism import study as S
+from ism.commands import study as study_cmd
 from ism.config import ConfigError, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,8 +90,8 @@ def test_invalid_corner_of_the_space_is_caught(tmp_path):
 
 @pytest.mark.parametrize("objective, message", [
     ({"metric": "fid", "steps": [1]}, "'fid' is not computed for toy2d data"),
-    ({"metric": "energy_distance", "steps": [3]}, "3 is not a power of two"),
-    ({"metric": "energy_distance", "steps": [8]}, "8 is not a power of two from 1 to 4"),
+    ({"metric": "energy_distance", "steps": [3]}, "steps: 3 is not allowed; sampling steps must be powers of two"),
+    ({"metric": "energy_distance", "steps": [8]}, "8 is not allowed; sampling steps must be powers of two from 1 to 4"),
     ({"metric": "energy_distance"}, "objective.steps: required"),
     ({"metric": "energy_distance_steps_1", "direction": "down"}, "'down' is not allowed"),
 ])
@@ -160,7 +162,7 @@ def test_ablation_variant_base(tmp_path):
 
 @pytest.mark.parametrize("name", ["wavelet", "sot", "ema", "guidance", "optim", "sm-guidance"])
 def test_shipped_specs_plan_on_every_profile(name):
-    from ism.ablate import PROFILES
+    from ism.profiles import PROFILES
     spec = S.load_spec(ROOT / "studies" / f"{name}.yaml")
     for profile in PROFILES:
         p = S.plan(spec, profile)
@@ -222,7 +224,7 @@ def test_export_best_loads_with_resolve(tmp_path):
     assert text.startswith(f"# Best trial #{study.best_trial.number}") and "preset: toy2d" in text
     # The sections are also valid ablation-base overrides.
     delta = yaml.safe_load(text)
-    assert S.ablate._overrides("base.overrides", {k: v for k, v in delta.items() if k != "preset"})
+    assert specs.overrides("base.overrides", {k: v for k, v in delta.items() if k != "preset"})
 
 
 def test_export_best_without_completed_trial_fails(tmp_path):
@@ -237,7 +239,7 @@ def test_export_best_without_completed_trial_fails(tmp_path):
 
 def test_dry_run_lists_the_plan_and_creates_nothing(tmp_path, capsys):
     path = write_spec(tmp_path, TOY)
-    assert S.main([str(path), "--profile", "smoke", "--dry-run", "--storage", str(tmp_path / "store")]) == 0
+    assert study_cmd.main([str(path), "--profile", "smoke", "--dry-run", "--storage", str(tmp_path / "store")]) == 0
     out = capsys.readouterr().out
     assert "study toy/smoke" in out and "optim.lr" in out and "log-float [1e-06, 0.01]" in out
     assert "minimize 0.5*energy_distance_steps_1 + 0.5*energy_distance_steps_2" in out and "existing study: none" in out
@@ -334,9 +336,8 @@ def test_study_report_is_rebuilt_from_storage(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray for the module's studies (run_study reuses an initialised Ray and leaves it running)."""
-    from ism import tune
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    with tune.ray_session(num_cpus=2):
+    from ism import ray_adapter
+    with ray_adapter.ray_session(num_cpus=2):
         yield
 
 
@@ -359,7 +360,7 @@ def test_study_completes_prunes_persists_and_exports(tmp_path, ray_local):
     report = tmp_path / "report"
     args = [str(path), "--profile", "smoke", "--storage", str(tmp_path / "store"), "--tracking-uri", uri,
             "--report-out", str(report)]
-    assert S.main(args) == 0
+    assert study_cmd.main(args) == 0
     url = f"sqlite:///{tmp_path / 'store' / 'optuna.db'}"
     study = optuna.load_study(study_name="toy/smoke", storage=url)     # persisted in a plain Optuna DB
     states = [t.state.name for t in study.trials]
@@ -368,7 +369,7 @@ def test_study_completes_prunes_persists_and_exports(tmp_path, ray_local):
     # The finished study wrote its report; `ism report` rebuilds the same report from the storage alone.
     md = _check_study_report(report, study, path)
     assert f"{states.count('PRUNED')} trial(s) pruned" in md and "intermediate_values.png)" in md
-    from ism.report import main as report_main
+    from ism.commands.report import main as report_main
     rebuilt = tmp_path / "rebuilt"
     assert report_main([str(path), "--profile", "smoke", "--storage", str(tmp_path / "store"), "--out", str(rebuilt),
                         "--no-log"]) == 0
@@ -388,11 +389,11 @@ def test_study_completes_prunes_persists_and_exports(tmp_path, ray_local):
     hist = [(m.step, m.value) for m in c.get_metric_history(by_number[0].info.run_id, "objective")]
     assert [s for s, _ in hist] == [10, 20] and hist[-1][1] == pytest.approx(study.trials[0].value)
     # Rerunning a finished study runs nothing and adds no trial.
-    assert S.main(args) == 0
+    assert study_cmd.main(args) == 0
     assert len(optuna.load_study(study_name="toy/smoke", storage=url).trials) == 3
     assert len(_mlflow_children(uri, "toy")[2]) == 3
     out = tmp_path / "best.yaml"
-    assert S.main(args + ["--export-best", "--out", str(out)]) == 0
+    assert study_cmd.main(args + ["--export-best", "--out", str(out)]) == 0
     cfg = resolve(files=[out])
     assert cfg.optim.lr == pytest.approx(study.best_params["optim.lr"]) and cfg.data.name == "toy2d"
     _check_dashboard_reads(url, "toy/smoke", ["Complete", "Pruned"])
@@ -455,7 +456,7 @@ def test_study_resumes_after_kill_without_lost_or_duplicated_trials(tmp_path, ra
     running = _count(db, "toyk/smoke", "RUNNING")
     assert running >= 1
     assert not (tmp_path / "report").exists()      # an interrupted study writes no report; the finishing run does
-    assert S.main(args) == 0
+    assert study_cmd.main(args) == 0
     assert "| complete | 3 |" in (tmp_path / "report" / "report.md").read_text()
     study = optuna.load_study(study_name="toyk/smoke", storage=f"sqlite:///{db}")
     assert [t.number for t in study.trials] == [0, 1, 2]                   # nothing lost, nothing duplicated

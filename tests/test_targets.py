@@ -108,6 +108,17 @@ def test_cfg_every_level_guides_every_conditional_shortcut_row():
     sc = rows.kind == T.SC
     cond = sc & (rows.y != NULL)
     assert diag["rows_cfg"] == float(cond.sum()) and 0 < cond.sum() < sc.sum()
+    # Every conditional shortcut row, at every level, differs from its unguided bootstrap target; null rows equal it.
+    levels = set()
+    for i in sc.nonzero().flatten().tolist():
+        sl = slice(i, i + 1)
+        plain = T.bootstrap_target(LabelNet(), rows.xt[sl], rows.t[sl], rows.k[sl], rows.y[sl], rows.w[sl], cfg, NULL)
+        if bool(cond[i]):
+            levels.add(int(rows.k[i]))
+            assert not torch.allclose(plain, rows.target[sl]), f"row {i} (level {int(rows.k[i])}) is not guided"
+        else:
+            torch.testing.assert_close(plain, rows.target[sl])
+    assert len(levels) > 1, "guided rows span several levels"
 
 
 def test_intrinsic_rows_layout():

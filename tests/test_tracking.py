@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from benchmarks.support import free_port
 
 from ism import tracking
 
@@ -23,11 +23,13 @@ def store(tmp_path_factory):
 def test_default_uri_is_sqlite_under_cwd_with_artifacts_beside_it(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    uri = tracking.tracking_uri()
-    assert uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    from ism.commands import env
+    uri = env.tracking_uri(None)
+    assert uri == tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
     assert tracking.artifact_root(uri) == (tmp_path / "mlruns" / "artifacts").resolve().as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    assert tracking.tracking_uri() == "http://127.0.0.1:5999"
+    assert env.tracking_uri(None) == "http://127.0.0.1:5999"
+    assert env.tracking_uri("sqlite:///x.db") == f"sqlite:///{tmp_path.resolve()}/x.db"  # the flag wins
     assert tracking.artifact_root("http://127.0.0.1:5999") is None  # the server picks its artifact store
     assert tracking.tracking_uri("sqlite:///rel/x.db") == f"sqlite:///{tmp_path.resolve()}/rel/x.db"
 
@@ -104,18 +106,51 @@ def test_trial_log_skips_replayed_steps_and_logs_eval_once(store, tmp_path):
     assert [a.path for a in c.list_artifacts(rid, "eval")] == ["eval/eval.csv"]
 
 
-def test_ui_command_binds_localhost_over_the_store(store):
-    cmd = tracking.server_command(store, port=5123)
-    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
-    assert cmd[cmd.index("--workers") + 1] == "1"
-    assert cmd[cmd.index("--backend-store-uri") + 1] == store
+def test_ism_ui_serves_the_store_on_localhost(store, monkeypatch, capsys):
+    from ism.commands import ui
+    launched = []
+
+    class Proc:
+        def __init__(self, cmd):
+            launched.append(cmd)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(ui.subprocess, "Popen", Proc)
+    monkeypatch.setenv("ISM_UI_PORT", "5123")
+    assert ui.main(["--tracking-uri", store]) == 0
+    cmd = launched.pop()
+    assert cmd[1:4] == ["-m", "mlflow", "server"] and cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--port") + 1] == "5123" and cmd[cmd.index("--backend-store-uri") + 1] == store
     assert cmd[cmd.index("--default-artifact-root") + 1] == tracking.artifact_root(store)
+    assert "http://127.0.0.1:5123" in capsys.readouterr().out
+    assert ui.main(["--tracking-uri", "http://127.0.0.1:5999"]) == 0 and not launched  # a server already: nothing to start
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_retry_rides_out_transient_store_errors_only(monkeypatch):
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky(fail_times, message):
+        def fn(x):
+            calls.append(x)
+            if len(calls) <= fail_times:
+                raise RuntimeError(message)
+            return x * 2
+        return fn
+
+    assert tracking._retry(flaky(3, "database is locked"), 21) == 42 and len(calls) == 4
+    calls.clear()
+    with pytest.raises(RuntimeError, match="no such table"):
+        tracking._retry(flaky(1, "no such table"), 1)
+    assert len(calls) == 1, "a permanent error is raised at once"
+    calls.clear()
+    with pytest.raises(RuntimeError, match="locked"):
+        tracking._retry(flaky(99, "database is locked"), 1, tries=3)
+    assert len(calls) == 3
+
+
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:

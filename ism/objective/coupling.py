@@ -33,12 +33,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ism.config import Config, ConfigError
+from ism.diagnostics import pairing_cost
 from ism.rng import generator
-
-
-def pair_cost(x0: Tensor, x1: Tensor) -> float:
-    """Mean squared Euclidean distance ||x0_i - x1_i||^2 of a pairing (full resolution)."""
-    return float((x0.double() - x1.double()).reshape(len(x0), -1).square().sum(dim=1).mean())
 
 
 def _cost_view(x: Tensor, cost_resolution: int) -> Tensor:
@@ -86,7 +82,7 @@ def ot_assign(x0: Tensor, x1: Tensor, cost_resolution: int = 0,
             rows = (labels == c).nonzero().squeeze(1)
             perm[rows] = rows[_assign(x0[rows], x1[rows], cost_resolution)]
     solve_s = time.perf_counter() - t0
-    diag = {"ot/cost_before": pair_cost(x0, x1), "ot/cost_after": pair_cost(x0[perm], x1), "ot/solve_s": solve_s}
+    diag = {"ot/cost_before": pairing_cost(x0, x1), "ot/cost_after": pairing_cost(x0[perm], x1), "ot/solve_s": solve_s}
     return perm, diag
 
 
@@ -195,7 +191,7 @@ class PairSource:
         else:
             idx, x0 = self.data_indices(step), self.noise(step)
         x1, y = self.x[idx], self.y[idx]
-        diag["ot/batch_cost"] = pair_cost(x0, x1)
+        diag["ot/batch_cost"] = pairing_cost(x0, x1)
         self._next_step = step + 1
         return x1, y, x0, diag
 

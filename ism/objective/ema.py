@@ -24,12 +24,6 @@ class EMA:
         self.num_updates = 0
         self._own = None  # the copy's tensor lists, built on first update
 
-    def to(self, *args, **kwargs) -> "EMA":
-        """Move the averaged copy (e.g. to the training device)."""
-        self.module.to(*args, **kwargs)
-        self._own = None
-        return self
-
     @staticmethod
     def _tensors(model: nn.Module) -> tuple[list[str], list[torch.Tensor], list[str], list[torch.Tensor]]:
         """Parameter names, parameters, buffer names, buffers (in registration order)."""

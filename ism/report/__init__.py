@@ -1,13 +1,10 @@
-"""`ism report`: a sweep's results read from MLflow -> tables, figures, claims check -> reports/NAME/report.{md,pdf}.
+"""The report of a sweep's results read from MLflow -> tables, figures, claims check -> reports/NAME/report.{md,pdf}.
 
 No number in a report is typed by hand: every value comes from the MLflow store (runs, metrics, artifacts) through
 ism.report.load; the only constants are the paper's reference numbers in the cumulative table, labelled as such.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -170,52 +167,3 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
     b += [_fig(figs, f"samples_{s}", f"Samples at {s} step{'s' * (s > 1)}") for s in (1, 4, 128)]
     b += [Heading("Configuration differences"), tables["config_diff"], Heading("Run metadata"), tables["metadata"]]
     return b
-
-
-def _is_study_spec(target: str) -> bool:
-    """A study spec file (studies/*.yaml: it has a search space and an objective), not an ablation spec."""
-    path = Path(target)
-    if path.suffix not in (".yaml", ".yml") or not path.is_file():
-        return False
-    import yaml
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        return False
-    return isinstance(raw, dict) and "space" in raw and "objective" in raw
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ism report", description="Markdown and PDF report of an ablation sweep, read "
-                                 "from MLflow: FID/KID versus steps with CIs, deltas, claims check, figures; or, for a "
-                                 "study spec (studies/X.yaml), the study's report read from its Optuna storage.")
-    ap.add_argument("target", help="spec file (ablations/components.yaml or studies/wavelet.yaml), spec name, or "
-                    "experiment (ism/components)")
-    ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
-    ap.add_argument("--out", default=None, help="output folder (default reports/<spec>; studies: reports/studies/<name>/ "
-                    "on the embedded profile, reports/studies/<name>-<profile>/ on another)")
-    ap.add_argument("--profile", default=os.environ.get("PROFILE") or None,
-                    help="report the newest sweep of this profile (default: the newest sweep of any profile); "
-                    "studies: the study of this profile (default embedded)")
-    ap.add_argument("--sweep", default=None, help="a specific sweep: its parent MLflow run id or ism.sweep_id")
-    ap.add_argument("--no-log", action="store_true", help="do not log the report as artifacts of the sweep's parent run")
-    ap.add_argument("--storage", default=None, help="study specs (studies/X.yaml): root of the study storage "
-                    "(default runs/study; env ISM_STORAGE)")
-    ap.add_argument("--optuna-storage", default=None, help="study specs: Optuna RDB URL (default $OPTUNA_STORAGE or "
-                    "sqlite <storage>/optuna.db)")
-    args = ap.parse_args(argv)
-    if _is_study_spec(args.target):  # studies/X.yaml: the study report, from the Optuna storage (optuna loads only here)
-        from ism.report.study_section import report_main
-        return report_main(args.target, args.profile, args.out, args.storage, args.optuna_storage,
-                           args.tracking_uri, log=not args.no_log)
-    r = build_report(args.target, args.tracking_uri, args.out, args.profile, args.sweep, log=not args.no_log)
-    verdicts = ", ".join(f"{c.claim.problem}: {c.verdict}" for c in r.claims)
-    print(f"wrote {r.markdown} and {r.pdf}" + (f"; logged to MLflow run {r.logged_to}" if r.logged_to else ""))
-    print(f"claims: {verdicts}")
-    if not r.sweep.missing.empty:
-        print(f"{len(r.sweep.missing)} trial(s) missing or failed; listed in the report", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,10 +15,9 @@ from typing import Any
 
 import pandas as pd
 
-from ism import tracking
+from ism import metric_keys, tracking
 from ism.config import ConfigError
 
-EVAL_KEY = re.compile(r"^(?P<metric>.+?)_steps_(?P<steps>\d+)(?:_w_(?P<w>[-+0-9.e]+))?$")
 LOSS_KEYS = ("loss", "loss_fm", "loss_sc", "loss_guid")
 PRIMARY = (("fid", "kid"), ("energy_distance", "sliced_wasserstein"))  # images, then 2-D points
 BASELINE_NAMES = ("sm", "baseline", "base")
@@ -194,13 +193,12 @@ def load_sweep(target: str, uri: str | None = None, profile: str | None = None, 
         for key, val in r["metrics"].items():
             if val is None or not math.isfinite(val):
                 continue
-            m = EVAL_KEY.match(key)
+            m = metric_keys.parse(key)
             for v in names:
                 if m:
-                    w = m.group("w")
-                    score_rows.append({"variant": v, "seed": seed, "mlflow_id": r["mlflow_id"], "metric": m.group("metric"),
-                                       "steps": int(m.group("steps")), "guidance": float(w) if w else math.nan,
-                                       "sweep": w is not None, "value": float(val)})
+                    score_rows.append({"variant": v, "seed": seed, "mlflow_id": r["mlflow_id"], "metric": m.metric,
+                                       "steps": m.steps, "guidance": m.w if m.w is not None else math.nan,
+                                       "sweep": m.w is not None, "value": float(val)})
                 else:
                     scalar_rows.append({"variant": v, "seed": seed, "mlflow_id": r["mlflow_id"], "key": key,
                                         "value": float(val)})

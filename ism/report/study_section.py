@@ -22,8 +22,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from ism.report.render import Block, Figure, Heading, Para, markdown  # noqa: E402
+from ism import tracking  # noqa: E402
+from ism.profiles import DEFAULT_PROFILE  # noqa: E402
+from ism.report.render import Block, Figure, Heading, Para, markdown, render_markdown, render_pdf  # noqa: E402
 from ism.report.tables import Table, fmt  # noqa: E402
+from ism.study.storage import FINISHED, open_study, storage_url  # noqa: E402
 
 DPI = 110
 TOP = 5
@@ -140,10 +143,9 @@ def render_study_section(study: optuna.Study, out_dir: str | Path) -> tuple[str,
 def report_dir(p, out: str | Path | None = None) -> Path:
     """reports/studies/<name>/ for the embedded (default) profile, reports/studies/<name>-<profile>/ for any other,
     so that a smoke run never overwrites the committed embedded report; `out` wins."""
-    from ism import ablate
     if out:
         return Path(out)
-    return Path("reports") / "studies" / (p.spec.name if p.profile == ablate.DEFAULT_PROFILE else f"{p.spec.name}-{p.profile}")
+    return Path("reports") / "studies" / (p.spec.name if p.profile == DEFAULT_PROFILE else f"{p.spec.name}-{p.profile}")
 
 
 def _shown(x: str | Path) -> str:
@@ -159,25 +161,26 @@ def _shown(x: str | Path) -> str:
         return pre + s
 
 
-def rerun_command(p, study: optuna.Study, root: Path | None = None, url: str | None = None) -> str:
-    """`ism study` with the options that reproduce this study here (budget and storage only where not the default)."""
-    from ism.study.storage import FINISHED, storage_root, storage_url
+def rerun_command(p, study: optuna.Study, root: Path | None = None, url: str | None = None,
+                  default_root: Path | None = None, default_url: str | None = None) -> str:
+    """`ism study` with the options that reproduce this study here (budget and storage only where they differ from
+    what the command picks by itself: default_root, and default_url, an Optuna URL from the environment)."""
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     parts = ["ism study", _shown(p.spec.path), "--profile", p.profile]
     if done > p.n_trials:
         parts += ["--n-trials", str(done)]
-    if root is not None and Path(root).resolve() != storage_root():
+    default_root = Path(default_root or "runs/study").resolve()
+    if root is not None and Path(root).resolve() != default_root:
         parts += ["--storage", _shown(root)]
-        if url and url != storage_url(None, Path(root).resolve()):
+        if url and url != storage_url(default_url, Path(root).resolve()):
             parts += ["--optuna-storage", _shown(url)]
-    elif url and url != storage_url(None, storage_root()):
+    elif url and url != storage_url(default_url, default_root):
         parts += ["--optuna-storage", _shown(url)]
     return " ".join(parts)
 
 
 def report_blocks(p, study: optuna.Study, out_dir: Path, url: str, command: str) -> list[Block]:
     """The whole study report: header, objective, trial counts, profile, commands, then the study section."""
-    from ism.study.storage import FINISHED
     obj = p.objective
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name for t in trials)
@@ -229,11 +232,10 @@ class StudyReport:
 
 
 def write_study_report(p, url: str, out: str | Path | None = None, root: Path | None = None,
-                       tracking_uri: str | None = None, study: optuna.Study | None = None) -> StudyReport:
+                       tracking_uri: str | None = None, study: optuna.Study | None = None,
+                       default_root: Path | None = None, default_url: str | None = None) -> StudyReport:
     """Read the plan's study from the Optuna storage and write report.md, report.pdf, figures/ and tables/trials.csv
     (report_dir(p, out)); with tracking_uri, also log the folder on the study's MLflow parent run there, if any."""
-    from ism.report.render import render_markdown, render_pdf
-    from ism.study.storage import open_study
     study = study or open_study(p, url, create=False, strict=False)
     out_dir = report_dir(p, out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -242,7 +244,7 @@ def write_study_report(p, url: str, out: str | Path | None = None, root: Path | 
             for f in (out_dir / sub).iterdir():
                 if f.suffix == ext:
                     f.unlink()
-    blocks = report_blocks(p, study, out_dir, url, rerun_command(p, study, root, url))
+    blocks = report_blocks(p, study, out_dir, url, rerun_command(p, study, root, url, default_root, default_url))
     md = render_markdown(blocks, out_dir)
     pdf = render_pdf(blocks, out_dir / "report.pdf", f"ism study report: {p.study_name}")
     (out_dir / "tables").mkdir(exist_ok=True)
@@ -252,26 +254,6 @@ def write_study_report(p, url: str, out: str | Path | None = None, root: Path | 
     if tracking_uri:
         parent = (study.user_attrs.get("ism.mlflow_parent") or {}).get(tracking_uri)
         if parent:
-            from ism import tracking
             tracking.log_folder(parent, out_dir, "report", tracking_uri)
             logged = parent
     return StudyReport(out_dir, md, pdf, [x.path for x in blocks if isinstance(x, Figure) and x.path], logged)
-
-
-def report_main(target: str, profile: str | None = None, out: str | None = None, storage: str | None = None,
-                optuna_storage: str | None = None, tracking_uri: str | None = None, log: bool = True) -> int:
-    """`ism report studies/X.yaml`: the study report from the stored study, without running anything."""
-    from ism import ablate
-    from ism.study.plan import plan
-    from ism.study.spec import load_spec
-    from ism.study.storage import storage_root, storage_url
-    p = plan(load_spec(target), profile or ablate.DEFAULT_PROFILE)
-    root = storage_root(storage)
-    url = storage_url(optuna_storage, root)
-    uri = None
-    if log:
-        from ism import tracking
-        uri = tracking.tracking_uri(tracking_uri)
-    r = write_study_report(p, url, out, root, uri)
-    print(f"wrote {r.markdown} and {r.pdf}" + (f"; logged to MLflow run {r.logged_to}" if r.logged_to else ""))
-    return 0

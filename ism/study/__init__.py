@@ -1,4 +1,4 @@
-"""`ism study`: Optuna studies over config keys, run as Ray Tune trials (OptunaSearch) and tracked in MLflow.
+"""Optuna studies over config keys, run as Ray Tune trials (through ism.ray_adapter) and tracked in MLflow.
 
 A study spec (studies/*.yaml) names a base (a preset or an ablation variant, plus overrides), a search space over
 config keys, an objective over evaluation metrics, a direction, a trial budget, parallelism, a seeded sampler and a
@@ -12,25 +12,24 @@ missing. Pruning uses Optuna's own pruners on the intermediate values stored in 
 restart; a Tune scheduler only carries them out. The study DB holds nothing but Optuna's own tables
 (optuna-dashboard reads it); ism's bookkeeping lives in trial user attributes.
 
-Modules: spec (the spec file, search space, objective), plan (a spec resolved for one profile and checked),
-storage (the Optuna storage, resume and requeue), driver (Ray Tune + MLflow), cli (`ism study`, --dry-run,
---export-best). The names below are the package's public API (tests, report generator, `ism study` via ism.cli).
+Modules: spec (the spec file, search space), plan (a spec resolved for one profile and checked), storage (the Optuna
+storage, resume and requeue), driver (the Bookkeeper and run_study), export (--export-best). The names below are the
+package's public API (tests, the report generator, `ism study` in ism.commands.study).
 """
 from __future__ import annotations
 
-from ism import ablate
-from ism.study.cli import describe_plan, export_best, main
-from ism.study.driver import METRIC, Bookkeeper, run_study, run_trial
+from ism.study.driver import Bookkeeper, run_study
+from ism.study.export import export_best
 from ism.study.plan import (CORNER_LIMIT, StudyPlan, check_point, check_space, from_dict_where, make_pruner,
                             make_sampler, plan)
-from ism.study.spec import (BASE_KEYS, METRICS, PARAM_KEYS, PARAM_TYPES, PROFILE_KEYS, SPEC_KEYS, Objective, Param,
-                            StudySpec, flatten_space, load_spec, parse_objective, parse_param)
-from ism.study.storage import (FINISHED, check_driver, counts, load_study, open_study, rdb, requeue_stale, storage_root,
-                               storage_url, study_dir)
+from ism.study.spec import (BASE_KEYS, METRICS, PARAM_KEYS, PARAM_TYPES, PROFILE_KEYS, SPEC_KEYS, Param, StudySpec,
+                            flatten_space, load_spec, parse_objective, parse_param)
+from ism.study.storage import (FINISHED, check_driver, counts, load_study, open_study, rdb, requeue_stale, storage_url,
+                               study_dir)
+from ism.trial_objective import METRIC, Objective
 
 __all__ = ["BASE_KEYS", "CORNER_LIMIT", "FINISHED", "METRIC", "METRICS", "PARAM_KEYS", "PARAM_TYPES", "PROFILE_KEYS",
-           "SPEC_KEYS", "Bookkeeper", "Objective", "Param", "StudyPlan", "StudySpec", "ablate", "check_driver",
-           "check_point", "check_space", "counts", "describe_plan", "export_best", "flatten_space", "from_dict_where",
-           "load_spec", "load_study", "main", "make_pruner", "make_sampler", "open_study", "parse_objective",
-           "parse_param", "plan", "rdb", "requeue_stale", "run_study", "run_trial", "storage_root", "storage_url",
-           "study_dir"]
+           "SPEC_KEYS", "Bookkeeper", "Objective", "Param", "StudyPlan", "StudySpec", "check_driver", "check_point",
+           "check_space", "counts", "export_best", "flatten_space", "from_dict_where", "load_spec", "load_study",
+           "make_pruner", "make_sampler", "open_study", "parse_objective", "parse_param", "plan", "rdb",
+           "requeue_stale", "run_study", "storage_url", "study_dir"]

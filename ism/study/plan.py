@@ -12,11 +12,14 @@ from typing import Any, Mapping
 
 import optuna
 
-from ism import ablate
-from ism.config import (Config, ConfigError, _suggest, deep_merge, flatten, from_dict, identity_dict, preset_delta,
-                        unflatten)
-from ism.study.spec import (Objective, Param, StudySpec, _encode, _posint, flatten_space, parse_objective,
-                            parse_param)
+from ism import profiles
+from ism import specs as S
+from ism.ablate import load_spec as load_ablation_spec
+from ism.config import Config, ConfigError, deep_merge, flatten, from_dict, identity_dict, preset_delta, unflatten
+from ism.errors import suggest
+from ism.profiles import DEFAULT_PROFILE
+from ism.study.spec import Param, StudySpec, _encode, flatten_space, parse_objective, parse_param
+from ism.trial_objective import Objective
 
 CORNER_LIMIT = 64                    # check every corner of the space when there are at most this many
 
@@ -82,21 +85,18 @@ def _ablation_layers(spec: StudySpec) -> tuple[str | None, list[Mapping[str, Any
     path = Path(spec.ablation)
     if not path.is_absolute() and (Path(spec.path).parent / path).exists():  # relative to the study spec first
         path = Path(spec.path).parent / path
-    a = ablate.load_spec(path)
+    a = load_ablation_spec(path)
     names = [v.name for v in a.variants]
     if spec.variant not in names:
         raise ConfigError(f"{spec.path}: base.variant: '{spec.variant}' is not a variant of {path}; it has "
-                          f"{', '.join(names)}." + _suggest(str(spec.variant), names))
+                          f"{', '.join(names)}." + suggest(str(spec.variant), names))
     v = next(v for v in a.variants if v.name == spec.variant)
     return a.base_preset, [a.base_overrides, v.overrides]
 
 
-def plan(spec: StudySpec, profile: str = ablate.DEFAULT_PROFILE, n_trials: int | None = None) -> StudyPlan:
+def plan(spec: StudySpec, profile: str = DEFAULT_PROFILE, n_trials: int | None = None) -> StudyPlan:
     """Resolve the base config and check the space at its corners and the objective (ConfigError before any trial)."""
-    if profile not in ablate.PROFILES:
-        raise ConfigError(f"unknown profile '{profile}'; choose one of {', '.join(ablate.PROFILES)}."
-                          + _suggest(profile, ablate.PROFILES))
-    prof, adj = ablate.PROFILES[profile], dict(spec.profiles.get(profile) or {})
+    prof, adj = profiles.get(profile), dict(spec.profiles.get(profile) or {})
     where = f"{spec.path} (profile {profile})"
     preset, layers = spec.preset, []
     if spec.ablation:
@@ -105,24 +105,23 @@ def plan(spec: StudySpec, profile: str = ablate.DEFAULT_PROFILE, n_trials: int |
     portable: dict[str, Any] = {}
     for layer in [preset_delta(preset), *layers, spec.overrides]:
         portable = deep_merge(portable, layer)
-    resources = {**prof.resources, **spec.resources, **ablate._resources(f"{where}: resources", adj.get("resources"))}
-    if resources.get("cpu", 0) <= 0 and resources.get("gpu", 0) <= 0:
-        raise ConfigError(f"{where}: resources: a trial needs cpu > 0 or gpu > 0, got {resources}")
-    pruner = _layer(spec.pruner, ablate._mapping(f"{where}: pruner", adj.get("pruner")))
-    sampler = _layer(spec.sampler, ablate._mapping(f"{where}: sampler", adj.get("sampler")))
+    resources = {**prof.resources, **spec.resources, **S.resources(f"{where}: resources", adj.get("resources"))}
+    S.check_trial_resources(where, resources)
+    pruner = _layer(spec.pruner, S.mapping(f"{where}: pruner", adj.get("pruner")))
+    sampler = _layer(spec.sampler, S.mapping(f"{where}: sampler", adj.get("sampler")))
     every = pruner.get("every_steps", 0)
     space = {x.key: x for x in spec.space}
-    for k, v in flatten_space(ablate._mapping(f"{where}: space", adj.get("space"))).items():
+    for k, v in flatten_space(S.mapping(f"{where}: space", adj.get("space"))).items():
         if k not in space:
             raise ConfigError(f"{where}: profiles.{profile}.space: '{k}' is not in the spec's space; a profile may only "
-                              f"re-range searched keys ({', '.join(space)})." + _suggest(k, space))
+                              f"re-range searched keys ({', '.join(space)})." + suggest(k, space))
         try:
             space[k] = parse_param(k, v)
         except ConfigError as e:
             raise ConfigError(f"{where}: profiles.{profile}.{e}") from None
     # How the study evaluates (intermediate evals for pruning, no diagnostics or sweeps the objective ignores):
     # settings of the study, not of the tuned recipe, so they stay out of --export-best.
-    study_eval = {"eval.every_steps": _posint(f"{where}: pruner.every_steps", every, 0), "eval.diagnostics": False,
+    study_eval = {"eval.every_steps": S.integer(f"{where}: pruner.every_steps", every, 0), "eval.diagnostics": False,
                   "eval.guidance_sweep": [], "run.seed": spec.seed}
     # Data kind and step budget decide which metrics exist; eval steps are the study's to set, so neutral here.
     head = from_dict_where(where, deep_merge(portable, {**prof.overrides, "eval.steps": [1], "eval.sweep_steps": [1]}))
@@ -131,7 +130,7 @@ def plan(spec: StudySpec, profile: str = ablate.DEFAULT_PROFILE, n_trials: int |
     study_eval["eval.sweep_steps"] = [min(objective.steps)]
     scale: dict[str, Any] = {}
     for layer in [dict(prof.overrides), {"run.threads": max(1, int(resources.get("cpu", 1)))}, study_eval,
-                  ablate._overrides(f"{where}: overrides", adj.get("overrides"))]:
+                  S.overrides(f"{where}: overrides", adj.get("overrides"))]:
         scale = deep_merge(scale, layer)
     clash = sorted(set(flatten(unflatten(scale))) & set(space))
     if clash:
@@ -145,8 +144,8 @@ def plan(spec: StudySpec, profile: str = ablate.DEFAULT_PROFILE, n_trials: int |
             raise ConfigError(f"{where}: pruner.every_steps: {every} leaves no intermediate evaluation before "
                               f"run.steps={base.run.steps}; lower it")
     p = StudyPlan(spec, profile, preset, portable, scale, base, objective, tuple(space.values()),
-                  n_trials or _posint(f"{where}: n_trials", adj.get("n_trials", spec.n_trials)),
-                  _posint(f"{where}: parallelism", adj.get("parallelism", spec.parallelism)), resources,
+                  n_trials or S.integer(f"{where}: n_trials", adj.get("n_trials", spec.n_trials)),
+                  S.integer(f"{where}: parallelism", adj.get("parallelism", spec.parallelism)), resources,
                   sampler, pruner, tuple(x for x in [adj.get("note")] if x), _enqueue(where, adj, spec))
     check_space(p)
     make_sampler(p, 0), make_pruner(p)  # shape errors of sampler/pruner settings surface now
@@ -204,7 +203,7 @@ def check_point(p: StudyPlan, point: Mapping[str, Any], where: str) -> None:
     dists = p.distributions()
     for k, v in point.items():
         if k not in dists:
-            raise ConfigError(f"{where}: '{k}' is not a searched key; the space has {', '.join(dists)}." + _suggest(k, dists))
+            raise ConfigError(f"{where}: '{k}' is not a searched key; the space has {', '.join(dists)}." + suggest(k, dists))
         if not dists[k]._contains(dists[k].to_internal_repr(_encode(v))):
             raise ConfigError(f"{where}: {k}={v!r} lies outside the space ({next(x for x in p.space if x.key == k).describe()})")
     try:
@@ -217,13 +216,13 @@ def make_sampler(p: StudyPlan, n_existing: int) -> optuna.samplers.BaseSampler:
     """Seeded sampler; the seed moves on with the trials already in the study so a resumed study draws new points."""
     s = dict(p.sampler)
     kind = s.pop("type", "tpe")
-    seed = _posint(f"{p.spec.path}: sampler.seed", s.pop("seed", 0), 0) + n_existing
+    seed = S.integer(f"{p.spec.path}: sampler.seed", s.pop("seed", 0), 0) + n_existing
     if kind == "random":
-        ablate._check_keys(f"{p.spec.path}: sampler", s, ())
+        S.check_keys(f"{p.spec.path}: sampler", s, ())
         return optuna.samplers.RandomSampler(seed=seed)
     if kind != "tpe":
         raise ConfigError(f"{p.spec.path}: sampler.type: {kind!r} is not allowed; choose tpe or random")
-    ablate._check_keys(f"{p.spec.path}: sampler", s, ("n_startup_trials", "multivariate", "constant_liar"))
+    S.check_keys(f"{p.spec.path}: sampler", s, ("n_startup_trials", "multivariate", "constant_liar"))
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.get("n_startup_trials", 5),
                                       multivariate=s.get("multivariate", True),
                                       constant_liar=s.get("constant_liar", p.parallelism > 1))
@@ -237,7 +236,7 @@ def make_pruner(p: StudyPlan) -> optuna.pruners.BasePruner:
                "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate")}
     if kind not in allowed:
         raise ConfigError(f"{p.spec.path}: pruner.type: {kind!r} is not allowed; choose one of {', '.join(allowed)}")
-    ablate._check_keys(f"{p.spec.path}: pruner", s, allowed[kind] + ("every_steps",))
+    S.check_keys(f"{p.spec.path}: pruner", s, allowed[kind] + ("every_steps",))
     if kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=s.get("n_startup_trials", 3),
                                            n_warmup_steps=s.get("n_warmup_steps", 0), n_min_trials=s.get("n_min_trials", 1))

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import optuna
-from ism import ablate
-from ism.config import NON_IDENTITY_KEYS, Config, ConfigError, _suggest, preset_delta, read_yaml_mapping
+
+from ism import metric_keys
+from ism import specs as S
+from ism.config import IDENTITY_KEYS, Config, ConfigError, preset_delta, read_yaml_mapping, step_level
+from ism.errors import suggest
+from ism.profiles import PROFILES
+from ism.trial_objective import Objective
 
 SPEC_KEYS = ("name", "description", "base", "space", "objective", "n_trials", "parallelism", "sampler", "pruner",
              "resources", "max_failures", "seed", "enqueue", "profiles")
@@ -64,33 +67,6 @@ def _encode(c: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class Objective:
-    """A metric, or a weighted sum of one metric over sampling step counts."""
-    terms: Mapping[str, float]       # MLflow/eval metric key -> weight
-    metric: str
-    steps: tuple[int, ...]
-    direction: str                   # minimize | maximize
-
-    def value(self, metrics: Mapping[str, float]) -> float:
-        missing = [k for k in self.terms if k not in metrics]
-        if missing:
-            raise ConfigError(f"objective: the evaluation produced no {', '.join(missing)} (got {', '.join(sorted(metrics))})")
-        return float(sum(w * float(metrics[k]) for k, w in self.terms.items()))
-
-    def describe(self) -> str:
-        body = " + ".join(f"{w:g}*{k}" for k, w in self.terms.items())
-        return f"{self.direction} {body}"
-
-    def label(self) -> str:
-        """A short readable name of the objective (Optuna's metric name): fid@1x0.5+4x0.25+128x0.25, or fid@4
-        for one step count of weight 1."""
-        by_step = {int(k.rsplit("_", 1)[1]): w for k, w in self.terms.items()}
-        if len(by_step) == 1 and next(iter(by_step.values())) == 1:
-            return f"{self.metric}@{next(iter(by_step))}"
-        return f"{self.metric}@" + "+".join(f"{s}x{w:g}" for s, w in sorted(by_step.items()))
-
-
-@dataclass(frozen=True)
 class StudySpec:
     name: str
     path: str
@@ -113,28 +89,16 @@ class StudySpec:
     text: str
 
 
-def _posint(where: str, v: Any, lo: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ConfigError(f"{where}: expected an integer >= {lo}, got {v!r}")
-    return v
-
-
-def _num(where: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ConfigError(f"{where}: expected a finite number, got {v!r}")
-    return v
-
-
 def _config_hint(key: str):
     """The type hint of a dotted config key, or a ConfigError naming the allowed keys."""
     sections = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
     sec, _, name = key.partition(".")
     if sec not in sections or not name:
         raise ConfigError(f"space: unknown config key '{key}'; keys are section.name with sections "
-                          f"{', '.join(sections)}." + _suggest(sec, sections))
+                          f"{', '.join(sections)}." + suggest(sec, sections))
     fields = {f.name: f for f in dataclasses.fields(sections[sec])}
     if name not in fields:
-        raise ConfigError(f"space: unknown config key '{key}'; allowed in '{sec}': {', '.join(fields)}." + _suggest(name, fields))
+        raise ConfigError(f"space: unknown config key '{key}'; allowed in '{sec}': {', '.join(fields)}." + suggest(name, fields))
     return typing.get_type_hints(sections[sec])[name]
 
 
@@ -142,14 +106,14 @@ def parse_param(key: str, raw: Any) -> Param:
     """Shape-check one search-space entry (bounds are checked against the config in plan())."""
     where = f"space.{key}"
     hint = _config_hint(key)
-    if key in NON_IDENTITY_KEYS:
+    if key not in IDENTITY_KEYS:
         raise ConfigError(f"{where}: {key} does not change what a run computes; search a key that does")
-    raw = ablate._mapping(where, raw)
-    ablate._check_keys(where, raw, PARAM_KEYS)
+    raw = S.mapping(where, raw)
+    S.check_keys(where, raw, PARAM_KEYS)
     kind = raw.get("type", "categorical" if "choices" in raw else None)
     if kind not in PARAM_TYPES:
         raise ConfigError(f"{where}.type: {kind!r} is not allowed; choose one of {', '.join(PARAM_TYPES)}."
-                          + _suggest(str(kind), PARAM_TYPES))
+                          + suggest(str(kind), PARAM_TYPES))
     log = bool(raw.get("log", False)) or kind.startswith("log-")
     kind = kind.removeprefix("log-")
     if kind == "categorical":
@@ -167,7 +131,7 @@ def parse_param(key: str, raw: Any) -> Param:
     for b in ("low", "high"):
         if b not in raw:
             raise ConfigError(f"{where}: '{b}' is required for type {kind}")
-    low, high = _num(f"{where}.low", raw["low"]), _num(f"{where}.high", raw["high"])
+    low, high = S.number(f"{where}.low", raw["low"]), S.number(f"{where}.high", raw["high"])
     if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
         raise ConfigError(f"{where}: type int needs integer bounds, got [{low}, {high}]")
     if not low < high:
@@ -178,7 +142,7 @@ def parse_param(key: str, raw: Any) -> Param:
                           "for a linear range or raise low")
     step = raw.get("step")
     if step is not None:
-        step = _num(f"{where}.step", step)
+        step = S.number(f"{where}.step", step)
         if step <= 0 or step > high - low or log:
             raise ConfigError(f"{where}.step: {step!r} must be > 0 and <= high - low, and not combined with log")
     return Param(key, kind, float(low) if kind == "float" else int(low), float(high) if kind == "float" else int(high),
@@ -189,41 +153,41 @@ def load_spec(path: str | Path) -> StudySpec:
     """Parse and shape-check a study spec file (configs are resolved and validated by plan())."""
     p = Path(path)
     raw, text = read_yaml_mapping(p, "study spec", f"a mapping with keys {', '.join(SPEC_KEYS)}")
-    ablate._check_keys(str(p), raw, SPEC_KEYS)
-    base = ablate._mapping(f"{p}: base", raw.get("base"))
-    ablate._check_keys(f"{p}: base", base, BASE_KEYS)
+    S.check_keys(str(p), raw, SPEC_KEYS)
+    base = S.mapping(f"{p}: base", raw.get("base"))
+    S.check_keys(f"{p}: base", base, BASE_KEYS)
     if base.get("preset") is not None:
         preset_delta(base["preset"])
     if bool(base.get("ablation")) != bool(base.get("variant")):
         raise ConfigError(f"{p}: base: 'ablation' (a spec path) and 'variant' (one of its variants) go together")
     if base.get("ablation") and base.get("preset"):
         raise ConfigError(f"{p}: base: give either 'preset' or 'ablation' + 'variant' (the ablation spec names its preset)")
-    space_raw = ablate._mapping(f"{p}: space", raw.get("space"))
+    space_raw = S.mapping(f"{p}: space", raw.get("space"))
     if not space_raw:
         raise ConfigError(f"{p}: space: at least one searched key is required (e.g. optim.lr: {{type: log-float, low: 1e-4, high: 1e-2}})")
     try:
         space = tuple(parse_param(str(k), v) for k, v in flatten_space(space_raw).items())
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
-    profiles = ablate._mapping(f"{p}: profiles", raw.get("profiles"))
+    profiles = S.mapping(f"{p}: profiles", raw.get("profiles"))
     for name, adj in profiles.items():
-        if name not in ablate.PROFILES:
-            raise ConfigError(f"{p}: profiles: unknown profile '{name}'; choose one of {', '.join(ablate.PROFILES)}."
-                              + _suggest(str(name), ablate.PROFILES))
-        ablate._check_keys(f"{p}: profiles.{name}", ablate._mapping(f"{p}: profiles.{name}", adj), PROFILE_KEYS)
+        if name not in PROFILES:
+            raise ConfigError(f"{p}: profiles: unknown profile '{name}'; choose one of {', '.join(PROFILES)}."
+                              + suggest(str(name), PROFILES))
+        S.check_keys(f"{p}: profiles.{name}", S.mapping(f"{p}: profiles.{name}", adj), PROFILE_KEYS)
     enqueue = raw.get("enqueue") or []
     if not isinstance(enqueue, list) or not all(isinstance(e, Mapping) for e in enqueue):
         raise ConfigError(f"{p}: enqueue: expected a list of {{key: value}} mappings (trials to run first)")
     return StudySpec(
         name=str(raw.get("name") or p.stem), path=str(p), description=str(raw.get("description", "")).strip(),
         preset=base.get("preset"), ablation=base.get("ablation"), variant=base.get("variant"),
-        overrides=ablate._overrides(f"{p}: base.overrides", base.get("overrides")), space=space,
-        objective_raw=ablate._mapping(f"{p}: objective", raw.get("objective")),
-        n_trials=_posint(f"{p}: n_trials", raw.get("n_trials", 20)),
-        parallelism=_posint(f"{p}: parallelism", raw.get("parallelism", 1)),
-        sampler=ablate._mapping(f"{p}: sampler", raw.get("sampler")), pruner=ablate._mapping(f"{p}: pruner", raw.get("pruner")),
-        resources=ablate._resources(f"{p}: resources", raw.get("resources")),
-        max_failures=_posint(f"{p}: max_failures", raw.get("max_failures", 1), 0), seed=_posint(f"{p}: seed", raw.get("seed", 0), 0),
+        overrides=S.overrides(f"{p}: base.overrides", base.get("overrides")), space=space,
+        objective_raw=S.mapping(f"{p}: objective", raw.get("objective")),
+        n_trials=S.integer(f"{p}: n_trials", raw.get("n_trials", 20)),
+        parallelism=S.integer(f"{p}: parallelism", raw.get("parallelism", 1)),
+        sampler=S.mapping(f"{p}: sampler", raw.get("sampler")), pruner=S.mapping(f"{p}: pruner", raw.get("pruner")),
+        resources=S.resources(f"{p}: resources", raw.get("resources")),
+        max_failures=S.integer(f"{p}: max_failures", raw.get("max_failures", 1), 0), seed=S.integer(f"{p}: seed", raw.get("seed", 0), 0),
         enqueue=tuple(dict(e) for e in enqueue), profiles=profiles, text=text)
 
 
@@ -240,34 +204,33 @@ def flatten_space(space: Mapping[str, Any]) -> dict[str, Any]:
 
 def parse_objective(raw: Mapping[str, Any], cfg: Config, where: str) -> Objective:
     """Check the objective against what the evaluator of this config produces."""
-    ablate._check_keys(f"{where}: objective", raw, ("metric", "steps", "direction"))
+    S.check_keys(f"{where}: objective", raw, ("metric", "steps", "direction"))
     metric = raw.get("metric")
     if not isinstance(metric, str) or not metric:
         raise ConfigError(f"{where}: objective.metric: required, e.g. fid (with steps) or fid_steps_1")
     kind = "points" if cfg.data.name == "toy2d" else "latent" if cfg.data.name == "latents" else "image"
-    m = re.fullmatch(r"(.+)_steps_(\d+)", metric)
+    named = metric_keys.parse(metric)
     steps_raw = raw.get("steps")
-    if m:
+    if named is not None and named.w is None:
         if steps_raw is not None:
-            raise ConfigError(f"{where}: objective: '{metric}' already names its step count; drop 'steps' or use metric: {m[1]}")
-        metric, steps_raw = m[1], {int(m[2]): 1.0}
+            raise ConfigError(f"{where}: objective: '{metric}' already names its step count; drop 'steps' or use "
+                              f"metric: {named.metric}")
+        metric, steps_raw = named.metric, {named.steps: 1.0}
     if metric not in METRICS[kind]:
         raise ConfigError(f"{where}: objective.metric: '{metric}' is not computed for {cfg.data.name} data; choose one of "
-                          f"{', '.join(METRICS[kind])} (optionally as <metric>_steps_N)." + _suggest(metric, METRICS[kind]))
+                          f"{', '.join(METRICS[kind])} (optionally as <metric>_steps_N)." + suggest(metric, METRICS[kind]))
     if steps_raw is None:
         raise ConfigError(f"{where}: objective.steps: required with metric '{metric}' (a list, or {{steps: weight}})")
     if isinstance(steps_raw, list):
         steps_raw = {s: 1.0 / len(steps_raw) for s in steps_raw}
     weights = {}
-    top = 2 ** cfg.shortcut.max_steps_log2
-    for s, w in ablate._mapping(f"{where}: objective.steps", steps_raw).items():
+    for s, w in S.mapping(f"{where}: objective.steps", steps_raw).items():
         s = int(s) if isinstance(s, (int, str)) and str(s).isdigit() else s
-        if not isinstance(s, int) or s < 1 or s & (s - 1) or s > top:
-            raise ConfigError(f"{where}: objective.steps: {s!r} is not a power of two from 1 to {top}")
-        weights[f"{metric}_steps_{s}"] = float(_num(f"{where}: objective.steps.{s}", w))
+        step_level(s, cfg.shortcut.max_steps_log2, f"{where}: objective.steps")
+        weights[metric_keys.key(metric, s)] = float(S.number(f"{where}: objective.steps.{s}", w))
     if not weights:
         raise ConfigError(f"{where}: objective.steps: at least one step count is required")
     direction = raw.get("direction", "minimize")
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"{where}: objective.direction: {direction!r} is not allowed; choose minimize or maximize")
-    return Objective(weights, metric, tuple(sorted(int(k.rsplit("_", 1)[1]) for k in weights)), direction)
+    return Objective(weights, metric, tuple(sorted(metric_keys.parse(k).steps for k in weights)), direction)

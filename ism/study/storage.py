@@ -10,7 +10,6 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from ism import ablate
 from ism.config import ConfigError
 from ism.study.plan import StudyPlan, make_pruner, make_sampler, plan
 from ism.study.spec import _encode, load_spec
@@ -18,14 +17,9 @@ from ism.study.spec import _encode, load_spec
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def storage_root(path: str | Path | None = None) -> Path:
-    """Root of study trial dirs, Ray results and the default Optuna DB: --storage, $ISM_STORAGE, or runs/study."""
-    return Path(path or os.environ.get("ISM_STORAGE") or "runs/study").resolve()
-
-
 def storage_url(url: str | None, root: Path) -> str:
-    """Optuna storage: --optuna-storage, $OPTUNA_STORAGE (any RDB URL), or a sqlite file under the storage root."""
-    url = url or os.environ.get("OPTUNA_STORAGE")
+    """The Optuna storage: an RDB URL (a relative sqlite path made absolute), else a sqlite file under the storage
+    root (the commands read --optuna-storage and $OPTUNA_STORAGE)."""
     if url:
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
             url = "sqlite:///" + str(Path(url[len("sqlite:///"):]).resolve())
@@ -120,8 +114,7 @@ def check_driver(study: optuna.Study) -> None:
                           "wait for it or stop it first")
 
 
-def load_study(spec_path: str | Path, profile: str = ablate.DEFAULT_PROFILE, url: str | None = None,
-               storage: str | Path | None = None) -> optuna.Study:
+def load_study(spec_path: str | Path, profile: str, url: str | None, storage: Path) -> optuna.Study:
     """The stored study of a spec and profile (report generator entry point)."""
     p = plan(load_spec(spec_path), profile)
-    return open_study(p, storage_url(url, storage_root(storage)), create=False)
+    return open_study(p, storage_url(url, storage), create=False)

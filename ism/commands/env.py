@@ -1,0 +1,67 @@
+"""The environment, read here and in the Ray adapter only: one function and one default per variable.
+
+ISM_CACHE            evaluation cache (domain classifier, reference statistics): <cwd>/.ism/cache
+ISM_STORAGE          root of trial dirs and Ray results: the command's --storage default (runs/ablate, runs/study)
+MLFLOW_TRACKING_URI  MLflow store: sqlite under <cwd>/mlruns
+OPTUNA_STORAGE       Optuna RDB: sqlite <storage>/optuna.db
+PROFILE              the profile of ablate / study / report: embedded
+ISM_UI_PORT          port of `ism ui`: 5000
+ISM_INJECT_CRASH     fault injection for tests, "<variant or run id>@<step>": unset
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ism.errors import ConfigError
+from ism.profiles import DEFAULT_PROFILE
+from ism.store import storage_root
+
+CRASH_ENV = "ISM_INJECT_CRASH"
+
+
+def eval_cache_root() -> Path:
+    """$ISM_CACHE, else .ism/cache under the working directory, as an absolute path (trials run elsewhere)."""
+    return Path(os.environ.get("ISM_CACHE") or Path.cwd() / ".ism" / "cache").resolve()
+
+
+def storage(flag: str | None, default: str) -> Path:
+    """--storage, else $ISM_STORAGE, else the command's default folder; absolute."""
+    return storage_root(flag or os.environ.get("ISM_STORAGE") or default)
+
+
+def tracking_uri(flag: str | None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the sqlite store under ./mlruns."""
+    from ism import tracking  # mlflow (a second to import) loads only for the commands that track
+    return tracking.tracking_uri(flag or os.environ.get("MLFLOW_TRACKING_URI"))
+
+
+def optuna_url(flag: str | None) -> str | None:
+    """--optuna-storage, else $OPTUNA_STORAGE, else None (the sqlite file under the study storage)."""
+    return flag or os.environ.get("OPTUNA_STORAGE") or None
+
+
+def profile() -> str:
+    """$PROFILE, else the embedded profile."""
+    return os.environ.get("PROFILE") or DEFAULT_PROFILE
+
+
+def report_profile() -> str | None:
+    """$PROFILE for `ism report`, else None (the newest sweep of any profile)."""
+    return os.environ.get("PROFILE") or None
+
+
+def ui_port() -> int:
+    """$ISM_UI_PORT, else 5000."""
+    return int(os.environ.get("ISM_UI_PORT", 5000))
+
+
+def crash_target() -> tuple[str, int] | None:
+    """$ISM_INJECT_CRASH as (variant or run id, step): that trial crashes once at that step (tests)."""
+    spec = os.environ.get(CRASH_ENV, "")
+    if not spec:
+        return None
+    who, _, step = spec.rpartition("@")
+    if not who or not step.isdigit():
+        raise ConfigError(f"{CRASH_ENV}={spec!r}: expected <variant or run id>@<step>, e.g. sm@4")
+    return who, int(step)

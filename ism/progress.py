@@ -1,0 +1,117 @@
+"""A sweep's terminal progress: trials done / running / failed, each running trial's step, loss and FIDs, and an ETA
+from the cost model (ism.profiles) scaled by how fast estimated work has been getting done."""
+from __future__ import annotations
+
+import sys
+import time
+
+from ism import metric_keys
+from ism.ablate import Plan, Trial
+from ism.profiles import estimate_parts
+
+
+def _fids(result: dict) -> str:
+    """' FID@1 85.2 @4 40.1 @128 20.3' from a trial's latest result (empty before its evaluation)."""
+    keys = {k: metric_keys.parse(k) for k in result}
+    fids = sorted((mk.steps, result[k]) for k, mk in keys.items() if mk and mk.metric == "fid" and mk.w is None)
+    return (" FID " + " ".join(f"@{n} {v:.1f}" for n, v in fids if n in (1, 4, 128) or len(fids) <= 3)) if fids else ""
+
+
+class Progress:
+    """Compact terminal progress: trials done / running / failed, latest loss and FID per running trial, ETA.
+
+    Its on_* methods take Tune's callback arguments; the Ray adapter forwards a sweep's trial events to them."""
+
+    def __init__(self, plan: Plan, pending: list[Trial], done_before: int, every_s: float = 20.0, out=sys.stderr,
+                 reused: frozenset[str] = frozenset(), stored: frozenset[str] = frozenset()):
+        self.plan, self.out, self.every = plan, out, every_s
+        self.by_id = {t.run_id: t for t in pending}
+        self.total = len(plan.trials)
+        self.done, self.failed, self.retries = done_before, 0, 0
+        self.running: dict[str, dict] = {}
+        self.start = time.time()
+        self.last_print = 0.0
+        # A trial finished by another spec's sweep is only logged here: no work, so it cannot speed up the ETA's
+        # rate; an adopted training leaves only the evaluation.
+        parts = {t.run_id: (0.0, 0.0, 0.0) if t.run_id in stored else
+                 (0.0, *estimate_parts(t.cfg, plan.profile)[1:]) if t.run_id in reused else
+                 estimate_parts(t.cfg, plan.profile) for t in pending}
+        self.work = {rid: sum(p) for rid, p in parts.items()}
+        # share of a trial's estimated time spent training (evaluation follows; a guidance sweep makes it long)
+        self.train_share = {rid: p[0] / max(sum(p), 1e-9) for rid, p in parts.items()}
+        self.finished_work = 0.0
+
+    def _label(self, trial) -> str:
+        t = self.by_id.get(trial.config.get("run_id"))
+        return t.label if t else str(trial)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running[trial.config["run_id"]] = {}
+        self._print(force=True, event=f"start {self._label(trial)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.running[trial.config["run_id"]] = result
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        rid = trial.config["run_id"]
+        self.running.pop(rid, None)
+        self.finished_work += self.work.get(rid, 0.0)
+        if (trial.last_result or {}).get("failed"):
+            self.failed += 1
+            self._print(force=True, event=f"FAILED {self._label(trial)} (not retried: the same error would recur)")
+            return
+        self.done += 1
+        self._print(force=True, event=f"done {self._label(trial)}{_fids(trial.last_result or {})}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.retries += 1
+        self.running.pop(trial.config["run_id"], None)
+        self._print(force=True, event=f"retry {self._label(trial)} (failure {trial.num_failures} of at most "
+                                      f"{self.plan.max_failures}; resumes from its last checkpoint)")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        rid = trial.config["run_id"]
+        self.running.pop(rid, None)
+        self.failed += 1
+        self.finished_work += self.work.get(rid, 0.0)
+        self._print(force=True, event=f"FAILED {self._label(trial)}")
+
+    def on_step_end(self, iteration, trials, **info):
+        self._print()
+
+    def eta_s(self) -> float | None:
+        """Remaining seconds: estimated work left scaled by how fast estimated work has been getting done."""
+        part = 0.0
+        for rid, res in self.running.items():
+            t = self.by_id.get(rid)
+            if t and res.get("step") and t.cfg.run.steps:
+                part += self.work[rid] * self.train_share[rid] * min(1.0, res["step"] / t.cfg.run.steps)
+        done_work = self.finished_work + part
+        left = sum(self.work.values()) - done_work
+        if done_work <= 0:
+            return None
+        return left * (time.time() - self.start) / done_work
+
+    def _print(self, force: bool = False, event: str = "") -> None:
+        now = time.time()
+        if not force and now - self.last_print < self.every:
+            return
+        self.last_print = now
+        eta = self.eta_s()
+        head = (f"[{self.plan.spec.name}/{self.plan.profile}] {self.done}/{self.total} done, {len(self.running)} running, "
+                f"{self.failed} failed" + (f", {self.retries} retried" if self.retries else "")
+                + f" | {(now - self.start) / 60:.1f} min" + (f", ETA {eta / 60:.1f} min" if eta is not None else ""))
+        parts = []
+        for rid, res in self.running.items():
+            t = self.by_id.get(rid)
+            if not t:
+                continue
+            s = f"{t.label} step {res.get('step', 0)}/{t.cfg.run.steps}"
+            if "loss" in res:
+                s += f" loss {res['loss']:.4f}"
+            fids = _fids(res)
+            if not fids and res.get("step") == t.cfg.run.steps and t.cfg.eval.at_end:
+                fids = " evaluating"
+            parts.append(s + fids)
+        print(head + (f" | {event}" if event else "") + ("\n    " + "\n    ".join(parts) if parts else ""),
+              file=self.out, flush=True)

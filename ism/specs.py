@@ -1,0 +1,78 @@
+"""Shape checks shared by ablation and study spec files: each returns the checked value or raises a ConfigError that
+names the spec location (`where`)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from ism.errors import ConfigError, suggest
+
+RESOURCE_KEYS = ("cpu", "gpu", "memory")
+
+
+def check_keys(where: str, d: Mapping[str, Any], allowed) -> None:
+    """Every key of d is allowed (with a did-you-mean otherwise)."""
+    for k in d:
+        if k not in allowed:
+            raise ConfigError(f"{where}: unknown key '{k}'; allowed: {', '.join(allowed)}." + suggest(str(k), allowed))
+
+
+def mapping(where: str, v: Any) -> dict[str, Any]:
+    """A mapping (None = empty)."""
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(v).__name__} {v!r}")
+    return dict(v)
+
+
+def int_list(where: str, v: Any, lo: int = 0) -> tuple[int, ...]:
+    """A non-empty list of distinct integers >= lo (a single integer counts as a list of one)."""
+    vals = [v] if isinstance(v, int) and not isinstance(v, bool) else v
+    if not isinstance(vals, (list, tuple)) or not vals or any(isinstance(x, bool) or not isinstance(x, int) or x < lo
+                                                              for x in vals):
+        raise ConfigError(f"{where}: expected a non-empty list of integers >= {lo}, got {v!r}")
+    if len(set(vals)) != len(vals):
+        raise ConfigError(f"{where}: repeated values in {v!r}")
+    return tuple(vals)
+
+
+def integer(where: str, v: Any, lo: int = 1) -> int:
+    """An integer >= lo."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ConfigError(f"{where}: expected an integer >= {lo}, got {v!r}")
+    return v
+
+
+def number(where: str, v: Any) -> float:
+    """A finite number."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(f"{where}: expected a finite number, got {v!r}")
+    return v
+
+
+def resources(where: str, v: Any) -> dict[str, float]:
+    """Per-trial resources {cpu, gpu, memory}: numbers >= 0, fractions allowed."""
+    out = {}
+    for k, x in mapping(where, v).items():
+        if k not in RESOURCE_KEYS:
+            raise ConfigError(f"{where}: unknown resource '{k}'; allowed: {', '.join(RESOURCE_KEYS)}." + suggest(k, RESOURCE_KEYS))
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or x < 0 or not math.isfinite(x):
+            raise ConfigError(f"{where}.{k}: expected a number >= 0 (fractions allowed), got {x!r}")
+        out[k] = float(x)
+    return out
+
+
+def check_trial_resources(where: str, r: Mapping[str, float]) -> None:
+    """A trial needs some CPU or GPU."""
+    if r.get("cpu", 0) <= 0 and r.get("gpu", 0) <= 0:
+        raise ConfigError(f"{where}: resources: a trial needs cpu > 0 or gpu > 0, got {r}")
+
+
+def overrides(where: str, v: Any) -> dict[str, Any]:
+    """Overrides as a nested or dotted mapping; shape errors name the spec location."""
+    d = mapping(where, v)
+    for k in d:
+        if not isinstance(k, str):
+            raise ConfigError(f"{where}: keys must be config keys like guidance.mode, got {k!r}")
+    return d

@@ -1,0 +1,150 @@
+"""The on-disk layout (torch-free): one atomic write, checkpoint names, a run dir's state, the sweep storage tree.
+
+<run dir>/config.yaml, stats.jsonl, checkpoints/ckpt-XXXXXXXX.pt, summary.json (written last: its presence means
+done), training_from.json (adopted training), eval/, samples/.
+<storage>/trials/<run id>/                      a trial's run dir, shared by every sweep and spec
+<storage>/sweeps/<spec>/<profile>-<sweep id>/   plan.json, mlflow.json (parent run ids), Ray's experiment dirs
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import IO, Any, Callable, Mapping
+
+from ism.config import ConfigError, from_dict, load_yaml, run_id, training_id
+
+CHECKPOINT = re.compile(r"ckpt-(\d{8})\.pt$")
+SUMMARY = "summary.json"
+TRAINING_FROM = "training_from.json"
+
+
+def atomic_write(path: str | Path, content: str | bytes | Callable[[IO[bytes]], None]) -> Path:
+    """Write text, bytes or what `content(fh)` writes to path.tmp<pid>, fsync, then rename: readers never see half a
+    file, and concurrent writers (trials, a driver) never share a temporary name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            if callable(content):
+                content(fh)
+            else:
+                fh.write(content.encode() if isinstance(content, str) else content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when the write failed
+    return path
+
+
+def place(src: str | Path, dst: str | Path) -> Path:
+    """Put a hard link to src (a copy across file systems) at dst atomically. Only for files that are replaced,
+    never modified in place (checkpoints), so sharing the inode is safe."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """A JSON file, written atomically."""
+    return atomic_write(path, json.dumps(data, indent=2))
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON file's content, {} when it does not exist."""
+    p = Path(path)
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint after `step` completed steps lives."""
+    return Path(run_dir) / "checkpoints" / f"ckpt-{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of complete checkpoints, oldest first."""
+    d = Path(run_dir) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in d.glob("ckpt-*.pt") if (m := CHECKPOINT.search(p.name))] if d.is_dir() else []
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def prune(run_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints."""
+    for _, p in list_checkpoints(run_dir)[:-keep]:
+        p.unlink(missing_ok=True)
+
+
+def run_dir_of(path: str | Path) -> Path:
+    """The run dir of a run dir or of a checkpoint file in it."""
+    p = Path(path)
+    return p if p.is_dir() else p.parent.parent
+
+
+def unstarted(run_dir: str | Path) -> bool:
+    """No checkpoint and no summary yet: a run dir that may still adopt a finished training."""
+    return not (Path(run_dir) / SUMMARY).exists() and not list_checkpoints(run_dir)
+
+
+# ----------------------------------------------------------------------------------------------- sweep storage
+def storage_root(path: str | Path) -> Path:
+    """Absolute storage root (Ray needs absolute paths)."""
+    return Path(path).resolve()
+
+
+def trial_dir(storage: str | Path, rid: str) -> Path:
+    """Run directory of one trial, keyed by its run id."""
+    return Path(storage) / "trials" / rid
+
+
+def sweep_dir(storage: str | Path, spec: str, profile: str, sweep_id: str) -> Path:
+    """Directory of one sweep (spec x profile x trial set)."""
+    return Path(storage) / "sweeps" / spec / f"{profile}-{sweep_id}"
+
+
+def finished(storage: str | Path, run_ids) -> set[str]:
+    """The run ids whose training and evaluation finished (summary.json is written last)."""
+    return {rid for rid in run_ids if (trial_dir(storage, rid) / SUMMARY).exists()}
+
+
+def trained_donors(storage: str | Path) -> dict[str, Path]:
+    """{training id: run dir} of stored trials whose training finished (the final checkpoint is on disk).
+
+    A trial whose config differs from one of them only in evaluation settings (the guidance spec's sweeps over
+    components' trials) adopts that training and only evaluates. Unreadable or outdated run dirs are skipped.
+    """
+    found: dict[str, Path] = {}
+    root = Path(storage) / "trials"
+    for d in sorted(root.iterdir()) if root.is_dir() else ():
+        try:
+            cfg = from_dict(load_yaml(d / "config.yaml"))
+        except (OSError, ConfigError):
+            continue
+        if checkpoint_path(d, cfg.run.steps).is_file():
+            found.setdefault(training_id(cfg), d)
+    return found
+
+
+def trained_donor(cfg, storage: str | Path, donors: Mapping[str, Path] | None = None) -> Path | None:
+    """Run dir of another stored trial with the same training as cfg, finished; None when there is none."""
+    d = (trained_donors(storage) if donors is None else donors).get(training_id(cfg))
+    return d if d is not None and d.name != run_id(cfg) else None

@@ -1,6 +1,0 @@
-"""`python -m ism.study`: the same as `ism study`."""
-import sys
-
-from ism.study.cli import main
-
-sys.exit(main())

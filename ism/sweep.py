@@ -1,0 +1,142 @@
+"""The ablation sweep driver: a plan's parent and child MLflow runs (reused on reruns), the trials still to run
+(a trial is done when its run dir holds summary.json and its child run is FINISHED), the Tuner through the Ray
+adapter, and every run's final MLflow status, never left RUNNING.
+
+Resume is keyed by run id, not by Ray's experiment state: rerunning the command after Ctrl-C, kill -9 or a lost node
+starts every unfinished trial again, and train() resumes it from its newest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Callable
+
+from ism import ray_adapter, store, tracking
+from ism.ablate import Plan, Trial, components, finished_trials, reused_training, sweep_dir
+from ism.config import flatten, to_dict
+from ism.profiles import PROFILES
+from ism.progress import Progress
+
+
+def _trial_tags(plan: Plan, t: Trial, git: str) -> dict[str, str]:
+    """MLflow tags of a trial's child run: spec, variants, seed, run id, profile, components."""
+    comp = components(t.cfg)
+    tags = {"ism.kind": "trial", "ism.spec": plan.spec.name, "ism.variant": t.variants[0],
+            "ism.variants": ",".join(t.variants), "ism.seed": str(t.seed), "ism.run_id": t.run_id,
+            "ism.profile": plan.profile, "ism.sweep_id": plan.sweep_id, "ism.git_commit": git,
+            "ism.components": ",".join(k for k, on in comp.items() if on) or "none"}
+    tags.update({f"ism.component.{k}": "on" if on else "off" for k, on in comp.items()})
+    return tags
+
+
+def _open_tracking(plan: Plan, storage: Path, uri: str) -> tuple[Any, str, dict[str, str], list[Trial]]:
+    """The sweep's parent run and one child run per trial (reused on reruns); returns the trials still to run."""
+    sdir = sweep_dir(storage, plan)
+    store.write_json(sdir / "plan.json", plan.to_json())
+    c = tracking.client(uri)
+    git = tracking.git_commit()
+    stored = store.read_json(sdir / "mlflow.json")
+    parent_tags = {"ism.kind": "sweep", "ism.spec": plan.spec.name, "ism.profile": plan.profile,
+                   "ism.sweep_id": plan.sweep_id, "ism.git_commit": git, "ism.preset": plan.preset}
+    params = {"spec": plan.spec.name, "profile": plan.profile, "preset": plan.preset, "trials": len(plan.trials),
+              "seeds": list(plan.seeds), "variants": list(plan.variants), "resources": json.dumps(dict(plan.resources)),
+              "max_failures": plan.max_failures}
+    exp, parent = tracking.start_parent(c, f"ism/{plan.spec.name}", f"{plan.spec.name}-{plan.profile}", parent_tags,
+                                        params, {"spec.yaml": plan.spec.text,
+                                                 "plan.json": json.dumps(plan.to_json(), indent=2),
+                                                 "notes.txt": "\n".join(plan.notes) + "\n"},
+                                        stored.get(uri))
+    store.write_json(sdir / "mlflow.json", {**stored, uri: parent})
+    finished = finished_trials(plan, storage)
+    children, pending = {}, []
+    for t in plan.trials:
+        rid = tracking.child_run(c, exp, parent, store.trial_dir(storage, t.run_id), f"{t.label}-{t.run_id}",
+                                 _trial_tags(plan, t, git), flatten(t.cfg))
+        children[t.run_id] = rid
+        if t.run_id in finished and tracking.status(c, rid) == "FINISHED":
+            continue
+        tracking.set_status(c, rid, "SCHEDULED")  # also clears a RUNNING left behind by a kill -9
+        pending.append(t)
+    print(f"[{plan.spec.name}/{plan.profile}] sweep {plan.sweep_id}: {len(plan.trials)} trials, "
+          f"{len(plan.trials) - len(pending)} already done, {len(pending)} to run; MLflow {uri} experiment "
+          f"ism/{plan.spec.name} run {parent}", file=sys.stderr)
+    return c, parent, children, pending
+
+
+def run_sweep(plan: Plan, storage: Path, tracking_uri: str, cache_root: Path, crash: tuple[str, int] | None = None,
+              train_fn: Callable | None = None, progress_every_s: float = 20.0) -> int:
+    """Run (or resume) a sweep; returns 0 when every trial finished, 1 when some failed, 130 when interrupted.
+
+    cache_root: the evaluation cache, absolute (trials run in Ray's working directories); crash: (variant or run id,
+    step) for fault-injection tests: that trial crashes once at that step."""
+    uri = tracking.tracking_uri(tracking_uri)
+    with ExitStack() as stack:
+        def start_ray() -> None:
+            if not ray_adapter.is_running():
+                stack.enter_context(ray_adapter.ray_session(num_cpus=PROFILES[plan.profile].cpus or None))
+            ray_adapter.check_resources(dict(plan.resources))  # before any MLflow run when work is known to be left
+
+        stored = frozenset(finished_trials(plan, storage))  # trials run before this sweep (by any spec)
+        if stored != {t.run_id for t in plan.trials}:
+            start_ray()
+        c, parent, children, pending = _open_tracking(plan, storage, uri)
+        if not pending:
+            tracking.set_status(c, parent, "FINISHED")
+            return 0
+        # Seed-major order: an interrupted or time-boxed sweep still covers every variant with its first seeds.
+        pending = sorted(pending, key=lambda t: t.seed)
+        payloads = {t.run_id: {"cfg": to_dict(t.cfg), "trial_dir": str(store.trial_dir(storage, t.run_id)),
+                               "tracking_uri": uri, "mlflow_run_id": children[t.run_id], "cache_root": str(cache_root),
+                               "storage": str(storage),
+                               "crash_at_step": crash[1] if crash and crash[0] in (t.run_id, *t.variants) else None}
+                    for t in pending}
+        progress = Progress(plan, pending, len(plan.trials) - len(pending), every_s=progress_every_s,
+                            reused=frozenset(reused_training(plan, storage)), stored=stored)
+        errors: dict[str, str] = {}
+        interrupted = False
+        labels = {t.run_id: f"{t.label.replace('/', '-')}-{t.run_id}" for t in pending}
+        try:
+            start_ray()
+            errors = ray_adapter.run_grid(payloads, labels, plan.resources, sweep_dir(storage, plan) / "ray",
+                                          plan.max_failures, progress, train_fn)
+        except KeyboardInterrupt:
+            interrupted = True
+        except BaseException as e:  # Ray could not start, the cluster vanished, ...: settle MLflow, then re-raise
+            reason = f"sweep aborted: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            _finish(plan, c, parent, children, pending, {t.run_id: reason for t in pending}, False)
+            raise
+        return _finish(plan, c, parent, children, pending, errors, interrupted)
+
+
+def _finish(plan: Plan, c, parent: str, children: dict, pending: list[Trial], errors: dict[str, str],
+            interrupted: bool) -> int:
+    """Settle every trial's MLflow status (never left RUNNING) and the parent's; print failures with their reasons."""
+    failed, killed = [], []
+    for t in pending:
+        rid = children[t.run_id]
+        run = c.get_run(rid)
+        st, tags = run.info.status, run.data.tags
+        if st == "FINISHED":
+            continue
+        if t.run_id in errors or (st == "FAILED" and tags.get("ism.permanent")):
+            reason = tags.get("ism.error") or tags.get("ism.last_error") or errors[t.run_id]
+            if st != "FAILED" or "ism.error" not in tags:
+                tracking.set_status(c, rid, "FAILED", reason)
+            failed.append((t, reason))
+        else:
+            tracking.set_status(c, rid, "KILLED", "sweep interrupted before this trial finished; rerun to resume")
+            killed.append(t)
+    if failed or killed:
+        interrupted = interrupted or bool(killed)
+    status = "KILLED" if interrupted else "FAILED" if failed else "FINISHED"
+    tracking.set_status(c, parent, status, None)
+    name = f"[{plan.spec.name}/{plan.profile}]"
+    for t, reason in failed:
+        print(f"{name} FAILED {' = '.join(t.variants)} seed {t.seed} (run {t.run_id}): {reason}", file=sys.stderr)
+    if killed:
+        print(f"{name} interrupted: {len(killed)} trial(s) unfinished; rerun the same command to resume", file=sys.stderr)
+    n_ok = len(plan.trials) - len(failed) - len(killed)
+    print(f"{name} {n_ok}/{len(plan.trials)} trials finished, {len(failed)} failed, {len(killed)} unfinished", file=sys.stderr)
+    return 130 if interrupted else 1 if failed else 0
