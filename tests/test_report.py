@@ -3,6 +3,7 @@ own writers, from a real ablation plan: numbers equal MLflow's, CIs equal scipy'
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -352,3 +353,11 @@ def test_guidance_claims_pair_modes_even_with_interval_guidance(store, tmp_path)
     assert res["compounding guidance"].verdict == "reproduced"
     assert res["fixed guidance"].pair == ("cfg_finest", "intrinsic") and res["fixed guidance"].verdict == "reproduced"
     assert res["frequency bias"].verdict.startswith("inconclusive (not measured")
+
+
+def test_a_non_embedded_report_never_lands_on_the_committed_embedded_one():
+    from ism.report import default_out
+    assert default_out("components", "embedded") == Path("reports/components")
+    assert default_out("components", None) == Path("reports/components")  # a plan without a profile: as before
+    assert default_out("components", "smoke") == Path("reports/components-smoke")
+    assert default_out("ema", "gpu-cifar10") == Path("reports/ema-gpu-cifar10")

@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("target", help="spec file (ablations/components.yaml or studies/wavelet.yaml), spec name, or "
                     "experiment (ism/components)")
     ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
-    ap.add_argument("--out", default=None, help="output folder (default reports/<spec>; studies: reports/studies/<name>/ "
-                    "on the embedded profile, reports/studies/<name>-<profile>/ on another)")
+    ap.add_argument("--out", default=None, help="output folder (default reports/<spec> for an embedded sweep, "
+                    "reports/<spec>-<profile> for another; studies: reports/studies/<name>/ on the embedded profile, "
+                    "reports/studies/<name>-<profile>/ on another)")
     ap.add_argument("--profile", default=env.report_profile(),
                     help="report the newest sweep of this profile (default: the newest sweep of any profile); "
                     "studies: the study of this profile (default embedded)")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ism import tracking
+from ism.profiles import DEFAULT_PROFILE
 from ism.report import figures as F
 from ism.report import load as L
 from ism.report.claims import Result, claims_table
@@ -71,13 +72,19 @@ def _clean(out: Path) -> None:
                     p.unlink()
 
 
+def default_out(spec: str, profile: str | None) -> Path:
+    """reports/<spec> for the embedded profile (the committed reports), reports/<spec>-<profile> for any other, so a
+    smoke or GPU sweep's report never overwrites the committed embedded one."""
+    return Path("reports") / (spec if profile in (None, DEFAULT_PROFILE) else f"{spec}-{profile}")
+
+
 def build_report(target: str, tracking_uri: str | None = None, out: str | Path | None = None,
                  profile: str | None = None, sweep: str | None = None, log: bool = True) -> Report:
     """Read a sweep from MLflow and write report.md, report.pdf, figures/ and tables/ (and log them on the parent)."""
     with tempfile.TemporaryDirectory(prefix="ism-report-") as tmp:
         work = Path(tmp)
         sw = L.load_sweep(target, tracking_uri, profile, sweep, workdir=work)
-        out_dir = Path(out or Path("reports") / sw.spec)
+        out_dir = Path(out or default_out(sw.spec, sw.plan.get("profile")))
         out_dir.mkdir(parents=True, exist_ok=True)
         _clean(out_dir)
         figdir = out_dir / "figures"
