@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ism import metric_keys
+from ism.errors import ConfigError
 from ism.store import write_json
 
 STORE_DIR = "mlruns"               # default store: <cwd>/mlruns/mlflow.db with artifacts in <cwd>/mlruns/artifacts
@@ -40,6 +41,42 @@ def tracking_uri(uri: str | None = None) -> str:
             uri = "sqlite:///" + str(Path(unquote(uri[len("sqlite:///"):])).resolve())
         return uri
     return "sqlite:///" + str((Path.cwd() / STORE_DIR / DB_NAME).resolve())
+
+
+DB_SCHEMES = ("postgresql", "mysql", "mssql")  # SQLAlchemy stores, with or without "+driver"
+SERVER_TIMEOUT_S = 5.0
+
+
+def check_uri(uri: str) -> None:
+    """A user-given tracking URI that MLflow can use, checked before any work starts (a ConfigError naming it):
+    sqlite in an existing folder (never created silently), a database URL, or an http(s) server that answers."""
+    scheme = urlparse(uri).scheme.split("+")[0]
+    allowed = "sqlite:////abs/path/mlflow.db, http(s)://host:port (an MLflow server), postgresql://, mysql://, mssql://"
+    if scheme == "sqlite":
+        # The store's own folder (e.g. mlruns/) is made on demand, but only inside a folder that exists: a mistyped
+        # path fails here instead of growing a directory tree somewhere.
+        folder = Path(unquote(uri[len("sqlite:///"):])).parent
+        if not uri.startswith("sqlite:///") or not (folder.is_dir() or folder.parent.is_dir()):
+            raise ConfigError(f"tracking URI {uri}: the folder {folder.parent} does not exist; create it first (a "
+                              "store is never created in a folder tree you did not make)")
+    elif scheme == "file" or scheme == "":
+        raise ConfigError(f"tracking URI {uri}: MLflow {mlflow_version()}'s file store is in maintenance mode and "
+                          f"ism does not use it; allowed: {allowed}")
+    elif scheme in ("http", "https"):
+        import urllib.request
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S).close()
+        except Exception as e:  # refused, unreachable, timed out, or not an MLflow server
+            raise ConfigError(f"tracking URI {uri}: no MLflow server answered at {uri.rstrip('/')}/health within "
+                              f"{SERVER_TIMEOUT_S:g} s ({type(e).__name__}: {e}); start one (mlflow server --host "
+                              "127.0.0.1 --port N) or fix the URI") from None
+    elif scheme not in DB_SCHEMES:
+        raise ConfigError(f"tracking URI {uri}: scheme '{scheme}' is not allowed; allowed: {allowed}")
+
+
+def mlflow_version() -> str:
+    import mlflow
+    return mlflow.__version__
 
 
 def artifact_root(uri: str) -> str | None:

@@ -12,6 +12,7 @@ import pytest
 from benchmarks.support import free_port
 
 from ism import tracking
+from ism.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,8 @@ def test_default_uri_is_sqlite_under_cwd_with_artifacts_beside_it(tmp_path, monk
     uri = env.tracking_uri(None)
     assert uri == tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
     assert tracking.artifact_root(uri) == (tmp_path / "mlruns" / "artifacts").resolve().as_uri()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    assert env.tracking_uri(None) == "http://127.0.0.1:5999"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/env.db")
+    assert env.tracking_uri(None) == f"sqlite:///{tmp_path}/env.db"  # the environment over the default
     assert env.tracking_uri("sqlite:///x.db") == f"sqlite:///{tmp_path.resolve()}/x.db"  # the flag wins
     assert tracking.artifact_root("http://127.0.0.1:5999") is None  # the server picks its artifact store
     assert tracking.tracking_uri("sqlite:///rel/x.db") == f"sqlite:///{tmp_path.resolve()}/rel/x.db"
@@ -125,7 +126,9 @@ def test_ism_ui_serves_the_store_on_localhost(store, monkeypatch, capsys):
     assert cmd[cmd.index("--port") + 1] == "5123" and cmd[cmd.index("--backend-store-uri") + 1] == store
     assert cmd[cmd.index("--default-artifact-root") + 1] == tracking.artifact_root(store)
     assert "http://127.0.0.1:5123" in capsys.readouterr().out
-    assert ui.main(["--tracking-uri", "http://127.0.0.1:5999"]) == 0 and not launched  # a server already: nothing to start
+    with pytest.raises(ConfigError, match="no MLflow server answered"):  # a server URI must answer; nothing starts
+        ui.main(["--tracking-uri", "http://127.0.0.1:5999"])
+    assert not launched
 
 
 def test_retry_rides_out_transient_store_errors_only(monkeypatch):
@@ -207,3 +210,47 @@ def test_ism_ui_serves_the_store_and_works_as_a_tracking_server(store, tmp_path)
         assert [a.path for a in tracking.client(store).list_artifacts(rid)] == ["stats.jsonl"]
     finally:
         stop_group(proc)
+
+
+@pytest.mark.parametrize("uri, match", [
+    ("foo://bar", "scheme 'foo' is not allowed"),
+    ("file:///tmp/x", "file store"),
+    ("sqlite:////nonexistent-ism-dir/sub/mlflow.db", "folder /nonexistent-ism-dir does not exist"),
+])
+def test_bad_tracking_uris_are_refused_naming_the_uri(uri, match):
+    from ism.errors import ConfigError
+    with pytest.raises(ConfigError, match=match) as e:
+        tracking.check_uri(uri)
+    assert uri in str(e.value)
+    assert not Path("/nonexistent-ism-dir").exists()  # nothing was created
+
+
+def test_a_server_uri_nobody_answers_is_refused_quickly(tmp_path):
+    import socket
+    import time
+    from ism.errors import ConfigError
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match=f"no MLflow server answered at http://127.0.0.1:{port}/health"):
+        tracking.check_uri(f"http://127.0.0.1:{port}")
+    assert time.monotonic() - t0 < tracking.SERVER_TIMEOUT_S + 5
+    tracking.check_uri(f"sqlite:///{tmp_path}/mlflow.db")  # an existing folder is fine
+    tracking.check_uri("postgresql+psycopg://user@127.0.0.1:5432/ism")  # database URLs are MLflow's to open
+
+
+def test_ablate_with_a_bad_tracking_uri_exits_2_before_any_work(tmp_path, capsys):
+    from ism.cli import main
+    store = tmp_path / "store"
+    rc = main(["ablate", "ablations/components.yaml", "--profile", "smoke", "--storage", str(store),
+               "--tracking-uri", "foo://bar"])
+    assert rc == 2 and "foo://bar" in capsys.readouterr().err
+    assert not store.exists() or not any(store.rglob("plan.json"))
+
+
+def test_ism_version(capsys):
+    from importlib.metadata import version
+    from ism.cli import main
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ism {version('ism')}"

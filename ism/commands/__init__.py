@@ -18,9 +18,18 @@ COMMANDS = {
 }
 
 
+def version() -> str:
+    """The installed package's version (pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+    try:
+        return dist_version("ism")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def usage() -> str:
     """The top-level help text."""
-    lines = ["usage: ism COMMAND [ARGS]", "", "commands:"]
+    lines = ["usage: ism COMMAND [ARGS]   (ism --version)", "", "commands:"]
     lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "ism COMMAND --help for the options of one command."]
     return "\n".join(lines)
@@ -31,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"ism {version()}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

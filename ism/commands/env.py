@@ -33,7 +33,11 @@ def storage(flag: str | None, default: str) -> Path:
 def tracking_uri(flag: str | None) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else the sqlite store under ./mlruns."""
     from ism import tracking  # mlflow (a second to import) loads only for the commands that track
-    return tracking.tracking_uri(flag or os.environ.get("MLFLOW_TRACKING_URI"))
+    given = flag or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = tracking.tracking_uri(given)
+    if given:  # the default store under ./mlruns is made on demand; a URI someone typed is checked first
+        tracking.check_uri(uri)
+    return uri
 
 
 def optuna_url(flag: str | None) -> str | None:
