@@ -57,5 +57,6 @@ ui: $(VENV)/.installed ## MLflow UI on 127.0.0.1 over the project's store
 train: $(VENV)/.installed ## one training run: make train ARGS="--preset mnist-cpu guidance.mode=intrinsic"
 	$(BIN)/ism train $(ARGS)
 
-clean: ## remove runs and caches (keeps .venv and reports/)
+clean: ## remove runs and caches (keeps .venv, reports/ and the MLflow store mlruns/)
 	rm -rf runs .ism .pytest_cache
+	@echo "kept .venv, reports/ and mlruns/ (the MLflow store: every sweep's runs); rm -rf mlruns drops it"
