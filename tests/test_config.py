@@ -111,3 +111,16 @@ def test_training_id_ignores_evaluation_settings_only():
     assert run_id(resolve("smoke", overrides={"eval.num_samples": 32})) != run_id(base)
     for key, value in (("optim.lr", 5e-4), ("run.seed", 1), ("eval.every_steps", 4), ("run.steps", 6)):
         assert training_id(resolve("smoke", overrides={key: value})) != training_id(base), key
+
+
+def test_embedded_preset_keeps_the_purpose_of_its_tuned_defaults():
+    """The tuned embedded values must still serve what each component is for: the target EMA is the FAST one (it makes
+    self-consistency targets that follow the network; the slow one samples), inference w lies inside the trained w
+    range, and SM's CFG samples at the same CFG-equivalent strength as intrinsic guidance (1 + w), so neither
+    guidance form is handicapped against the other."""
+    from ism.config import from_dict, preset_delta
+    cfg = from_dict(preset_delta("mnist-cpu"))
+    assert 0 < cfg.ema.target_half_life_steps < cfg.ema.infer_half_life_steps
+    assert 0 < cfg.eval.w <= cfg.guidance.w_max
+    assert cfg.eval.cfg_scale == cfg.guidance.cfg_scale == 1 + cfg.eval.w
+    assert cfg.ot.coupling == "class" and cfg.wavelet.finest_weight >= 1

@@ -8,8 +8,10 @@ with noise drawn toward class c (measured on MNIST: mean projection of the assig
 0.9-1.35 sigma), while the sampler draws noise independently of the label, so training and sampling disagree
 (sm+sot FID@1/4/128 38.1/21.4/10.3 global vs 30.8/11.1/4.0 per class, one seed; no OT 47.0/17.6/6.3). The price:
 a class holds ~K*B/classes pairs (MNIST 1,024/10 ~ 100; ImageNet at 8,192/1,000 ~ 8), so the transport gain per
-class shrinks with many classes, while the noise marginal stays exact at any class count. Everything derives from (seed, step), so a
-resumed run regenerates the pool it was in and serves the same batches as an uninterrupted run.
+class shrinks with many classes, while the noise marginal stays exact at any class count.
+
+Everything derives from (seed, step), so a resumed run regenerates the pool it was in and serves the same batches as
+an uninterrupted run.
 
 Diagnostics on every batch: "ot/batch_cost" (mean ||x0 - x1||^2 of the batch as served, also without OT); with OT
 the pool's "ot/cost_before" / "ot/cost_after", "ot/solve_s" = solver seconds of the pool charged to the batch that
