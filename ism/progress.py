@@ -40,6 +40,7 @@ class Progress:
         # share of a trial's estimated time spent training (evaluation follows; a guidance sweep makes it long)
         self.train_share = {rid: p[0] / max(sum(p), 1e-9) for rid, p in parts.items()}
         self.finished_work = 0.0
+        self.base: dict[str, int] = {}  # run id -> the step a resumed trial picked up at
 
     def _label(self, trial) -> str:
         t = self.by_id.get(trial.config.get("run_id"))
@@ -50,7 +51,24 @@ class Progress:
         self._print(force=True, event=f"start {self._label(trial)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.running[trial.config["run_id"]] = result
+        rid = trial.config["run_id"]
+        if result.get("resumed") and rid not in self.base:
+            self._resumed(rid, result)
+        self.running[rid] = result
+
+    def _resumed(self, rid: str, result: dict) -> None:
+        """A trial picked up at step s0 (or already finished): only the work left counts toward the ETA's rate."""
+        t = self.by_id.get(rid)
+        if t is None or not t.cfg.run.steps:
+            return
+        w, share = self.work[rid], self.train_share[rid]
+        s0 = min(int(result.get("step", 0)), t.cfg.run.steps)
+        train_left = w * share * (1 - s0 / t.cfg.run.steps)
+        self.work[rid] = train_left + w * (1 - share)
+        self.train_share[rid] = train_left / max(self.work[rid], 1e-9)
+        self.base[rid] = s0
+        if result.get("finished_before"):  # trained and evaluated already: it completes at once, at no cost
+            self.work[rid] = 0.0
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         rid = trial.config["run_id"]
@@ -85,7 +103,9 @@ class Progress:
         for rid, res in self.running.items():
             t = self.by_id.get(rid)
             if t and res.get("step") and t.cfg.run.steps:
-                part += self.work[rid] * self.train_share[rid] * min(1.0, res["step"] / t.cfg.run.steps)
+                s0 = self.base.get(rid, 0)
+                frac = (res["step"] - s0) / max(t.cfg.run.steps - s0, 1)
+                part += self.work[rid] * self.train_share[rid] * min(1.0, max(frac, 0.0))
         done_work = self.finished_work + part
         left = sum(self.work.values()) - done_work
         if done_work <= 0:

@@ -68,7 +68,8 @@ class State:
         self.optim.load_state_dict(sd["optim"])
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[Config, dict, Dataset, int]:
+def load_run(path: str | Path, device: str | torch.device = "cpu",
+             data_cache: str | Path | None = None) -> tuple[Config, dict, Dataset, int]:
     """(cfg, nets, data, step) from a run directory (its newest checkpoint) or a checkpoint file."""
     p = Path(path)
     if p.is_dir():
@@ -80,7 +81,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[Conf
         raise ConfigError(f"{p}: no such run directory or checkpoint file")
     sd = ckpt.load(p, map_location=device)
     cfg = from_dict(yaml.safe_load(sd["config"]))
-    data = load_dataset(cfg.data)
+    data = load_dataset(cfg.data, data_cache)
     state = State(cfg, data, torch.device(device))
     state.load_state_dict(sd)
     state.model.eval()

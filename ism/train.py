@@ -87,15 +87,19 @@ def adopt_training(run_dir: Path, donor: Path, steps: int) -> bool:
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | None = None,
-          evaluator: Evaluator | None = None, crash_at_step: int | None = None) -> dict[str, Any]:
+          evaluator: Evaluator | None = None, crash_at_step: int | None = None,
+          data_cache: str | Path | None = None) -> dict[str, Any]:
     """Train (or resume, or return the summary of a finished run) and return the run summary.
 
     crash_at_step: fault injection for resume and retry tests; the run raises once when it reaches that step.
+    data_cache: the preprocessed-dataset cache folder (the commands pass $ISM_CACHE/data); None: the library default.
     """
     run_dir = Path(run_dir) if run_dir else Path(cfg.run.out_dir) / run_id(cfg)
     emit = callback or (lambda kind, payload: None)
-    _prepare_run_dir(cfg, run_dir)
     summary_path = run_dir / store.SUMMARY
+    # The data first: a bad data.path is a ConfigError before anything (config.yaml, the run dir) is written.
+    data = None if summary_path.exists() else load_dataset(cfg.data, data_cache)
+    _prepare_run_dir(cfg, run_dir)
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
         emit("done", {"step": summary["steps"], "summary": summary})
@@ -103,7 +107,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
     device, amp = resolve_device(cfg)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    data = load_dataset(cfg.data)
+    data = data or load_dataset(cfg.data, data_cache)  # none yet when a concurrent twin wrote the summary meanwhile
     state = State(cfg, data, device)
     pairs = PairSource(data, cfg)
     start, elapsed = 0, 0.0
@@ -120,7 +124,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
     counts: dict[str, float] = {}
     last_loss = float("nan")
     t_tick = time.perf_counter()
-    bar = tqdm(total=cfg.run.steps, initial=start, disable=not cfg.run.progress, dynamic_ncols=True,
+    # A bar on a terminal; when stderr is a file (a log), one line per log_every steps instead of every update.
+    lines = cfg.run.progress and not sys.stderr.isatty()
+    bar = tqdm(total=cfg.run.steps, initial=start, disable=not cfg.run.progress or lines, dynamic_ncols=True,
                desc=f"train {run_id(cfg)}", file=sys.stderr)
     for step in range(start, cfg.run.steps):
         if step == crash_at_step and not (run_dir / CRASH_MARK).exists():
@@ -170,6 +176,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
             with open(stats_path, "a") as fh:
                 fh.write(json.dumps({"step": done, "time": time.time(), **metrics}) + "\n")
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            if lines:
+                print(f"train {run_id(cfg)}: step {done}/{cfg.run.steps} loss {metrics['loss']:.4f} "
+                      f"{metrics['sec_per_step']:.3f} s/step", file=sys.stderr, flush=True)
             emit("metrics", {"step": done, "metrics": metrics})
             acc, counts = {}, {}
         if done % cfg.run.checkpoint_every == 0 or done == cfg.run.steps:

@@ -82,8 +82,8 @@ def ablation_trial(payload: dict[str, Any], hooks: Hooks, train_fn: Callable | N
     if donor:
         log.tag("ism.training_from", donor)  # trained once by that trial; this one only evaluates
     latest: dict[str, float] = resumed_at(run_dir / "stats.jsonl")
-    if latest:
-        hooks.report(dict(latest))  # the progress line shows where a resumed trial picks up, not step 0
+    if latest:  # the progress line shows where a resumed trial picks up, and its ETA does not count that as speed
+        hooks.report({**latest, "resumed": 1, "finished_before": int((run_dir / store.SUMMARY).exists())})
     evaluated: set[int] = set()
 
     def callback(kind: str, ev: dict) -> None:
@@ -101,7 +101,8 @@ def ablation_trial(payload: dict[str, Any], hooks: Hooks, train_fn: Callable | N
 
     evaluator = make_evaluator(cfg, payload["cache_root"]) if cfg.eval.at_end or cfg.eval.every_steps else None
     try:
-        summary = train_fn(cfg, run_dir, callback, evaluator, crash_at_step=payload.get("crash_at_step"))
+        summary = train_fn(cfg, run_dir, callback, evaluator, crash_at_step=payload.get("crash_at_step"),
+                           data_cache=Path(payload["cache_root"]) / "data")
     except permanent as e:
         log.tag("ism.permanent", "1")
         log.finish("FAILED", f"{type(e).__name__}: {e}")
@@ -144,7 +145,8 @@ def study_trial(meta: dict[str, Any], hooks: Hooks, tracking_uri: str, objective
 
     run_dir = Path(meta["trial_dir"])
     try:
-        summary = (train_fn or train)(cfg, run_dir, callback, make_evaluator(cfg, cache_root))
+        summary = (train_fn or train)(cfg, run_dir, callback, make_evaluator(cfg, cache_root),
+                                      data_cache=Path(cache_root) / "data" if cache_root else None)
     except Diverged as e:  # a property of the sampled point, not a fault: no retry, the study records a FAIL
         log.tag("ism.error", str(e))
         hooks.report({METRIC: float("nan"), "eval_step": e.step, "final": 1, "diverged": 1})

@@ -71,3 +71,25 @@ def test_trials_finished_by_another_sweep_do_not_speed_up_the_eta():
     p.on_trial_start(0, [], _trial(b.run_id))
     p.on_trial_result(0, [], _trial(b.run_id), {"step": b.cfg.run.steps // 2})
     assert p.eta_s() > 0
+
+
+def test_resumed_trials_do_not_count_as_fast_progress():
+    """A trial resumed at 90 % of its training reports that step at once: the ETA must not read it as speed, and a
+    trial found finished (summary.json present) completes at no cost."""
+    plan = ablate.plan(ablate.load_spec("ablations/guidance.yaml"), "smoke", seeds=[0])
+    a, b = plan.trials[:2]
+    steps = a.cfg.run.steps
+    p = progress.Progress(plan, list(plan.trials), done_before=0, every_s=1e9, out=io.StringIO())
+    total = sum(p.work.values())
+    p.start -= 100.0
+    p.on_trial_start(0, [], _trial(a.run_id))
+    p.on_trial_result(0, [], _trial(a.run_id), {"step": steps * 9 // 10, "resumed": 1, "finished_before": 0})
+    assert p.eta_s() is None, "nothing was trained in this sweep yet"
+    assert sum(p.work.values()) < total, "the resumed trial's remaining work is smaller"
+    p.on_trial_result(0, [], _trial(a.run_id), {"step": steps})
+    assert p.eta_s() > 0
+    p.on_trial_start(0, [], _trial(b.run_id))
+    p.on_trial_result(0, [], _trial(b.run_id), {"step": steps, "resumed": 1, "finished_before": 1})
+    before = p.finished_work
+    p.on_trial_complete(0, [], _trial(b.run_id, {"done": 1}))
+    assert p.finished_work == before and p.done == 1

@@ -17,6 +17,8 @@ COMMANDS = {
     "ui": ("ism.commands.ui", "the MLflow UI on 127.0.0.1 over the project's store"),
 }
 
+RESUMABLE = ("train", "ablate", "study")  # rerunning these continues where an interrupted run stopped
+
 
 def version() -> str:
     """The installed package's version (pyproject.toml)."""
@@ -54,3 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"ism {name}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; 130 = 128 + SIGINT, as shells report it
+        again = "; rerun the same command to resume" if name in RESUMABLE else ""
+        print(f"\nism {name}: interrupted{again}", file=sys.stderr)
+        return 130

@@ -1,6 +1,7 @@
 """The environment, read here and in the Ray adapter only: one function and one default per variable.
 
-ISM_CACHE            evaluation cache (domain classifier, reference statistics): <cwd>/.ism/cache
+ISM_CACHE            caches: evaluation (domain classifier, reference statistics) and data/ (preprocessed
+                     datasets): <cwd>/.ism/cache
 ISM_STORAGE          root of trial dirs and Ray results: the command's --storage default (runs/ablate, runs/study)
 MLFLOW_TRACKING_URI  MLflow store: sqlite under <cwd>/mlruns
 OPTUNA_STORAGE       Optuna RDB: sqlite <storage>/optuna.db
@@ -23,6 +24,11 @@ CRASH_ENV = "ISM_INJECT_CRASH"
 def eval_cache_root() -> Path:
     """$ISM_CACHE, else .ism/cache under the working directory, as an absolute path (trials run elsewhere)."""
     return Path(os.environ.get("ISM_CACHE") or Path.cwd() / ".ism" / "cache").resolve()
+
+
+def data_cache_root() -> Path:
+    """The preprocessed-dataset cache: data/ under the cache root ($ISM_CACHE)."""
+    return eval_cache_root() / "data"
 
 
 def storage(flag: str | None, default: str) -> Path:

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from ism import extractors as E
-from ism.commands.env import eval_cache_root
+from ism.commands.env import data_cache_root, eval_cache_root
 from ism.config import ConfigError, replace, step_level
 from ism.evaluate import check_available, evaluate_run
 from ism.run_state import load_run
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         _int_list(args.steps, "--steps")  # a malformed list fails before the run is loaded
     if args.num_samples is not None and args.num_samples < 2:
         raise ConfigError(f"--num-samples: {args.num_samples} is too small; need >= 2")
-    cfg, nets, data, step = load_run(args.run)
+    cfg, nets, data, step = load_run(args.run, data_cache=data_cache_root())
     over = overrides(args, cfg)
     cfg = replace(cfg, **over) if over else cfg
     check_available(cfg)

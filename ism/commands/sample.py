@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
 import torch
 
 from ism.config import ConfigError, step_level
+from ism.commands.env import data_cache_root
 from ism.run_state import load_run
 from ism.sample import fixed_noise, sample, save_grid
 from ism.store import run_dir_of
@@ -23,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="noise seed")
     ap.add_argument("--out", default=None, help="output dir (default RUN/samples)")
     args = ap.parse_args(argv)
-    cfg, nets, data, step = load_run(args.run)
+    cfg, nets, data, step = load_run(args.run, data_cache=data_cache_root())
     steps = [int(s) for s in args.steps.split(",") if s.strip()]
     for s in steps:
         step_level(s, cfg.shortcut.max_steps_log2, "--steps")
@@ -33,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     y = torch.arange(ncls).repeat_interleave(args.per_class)
     x0 = fixed_noise(ncls * args.per_class, data.shape, args.seed)
     out = Path(args.out) if args.out else run_dir_of(args.run) / "samples"
-    for s in steps:
+    print(f"ism sample: {len(y)} images ({ncls} classes x {args.per_class}) from {args.net} weights at training step "
+          f"{step}, at {', '.join(map(str, steps))} steps", file=sys.stderr, flush=True)
+    for i, s in enumerate(steps, 1):
+        t0 = time.perf_counter()
         x = sample(nets[args.net], x0, y, s, cfg, args.guidance, null=data.num_classes)
-        print(save_grid(x, out / f"grid_steps_{s}_{args.net}_step{step}.png", nrow=args.per_class))
+        path = save_grid(x, out / f"grid_steps_{s}_{args.net}_step{step}.png", nrow=args.per_class)
+        print(f"[{i}/{len(steps)}] {s} steps: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        print(path)
     return 0

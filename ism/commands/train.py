@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
-from ism.commands.env import eval_cache_root
+from ism import metric_keys
+from ism.commands.env import data_cache_root, eval_cache_root
 from ism.config import DEFAULT_PRESET, PRESETS, Config, dump_yaml, resolve, run_id
 from ism.evaluate import make_evaluator
+from ism.store import list_checkpoints
 from ism.train import Diverged, train
 
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the resolved config and run id, then exit")
     ap.add_argument("--run-dir", default=None, help="run directory (default run.out_dir/RUN_ID)")
     ap.add_argument("--no-eval", action="store_true", help="skip the evaluations (at the end and every eval.every_steps)")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # key=value overrides may follow the flags: ... --no-eval a.b=1
     cfg = config_from_args(args)
     run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.run.out_dir) / run_id(cfg)
     if args.dry_run:
@@ -44,9 +45,37 @@ def main(argv: list[str] | None = None) -> int:
     evaluator = make_evaluator(cfg, eval_cache_root()) if wants_eval and not args.no_eval else None
     print(f"run {run_id(cfg)} -> {run_dir}", file=sys.stderr)
     try:
-        summary = train(cfg, run_dir, evaluator=evaluator)
+        summary = train(cfg, run_dir, evaluator=evaluator, data_cache=data_cache_root())
     except Diverged as e:
         print(f"ism train: {e}", file=sys.stderr)
         return 1
-    print(json.dumps({k: v for k, v in summary.items() if k != "metrics"} | {"metrics": summary["metrics"]}, indent=2))
+    except KeyboardInterrupt:
+        done = list_checkpoints(run_dir)
+        at = f"; newest checkpoint at step {done[-1][0]}" if done else ""
+        print(f"\nism train: interrupted{at}; rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(summary_text(summary, run_dir))
     return 0 if math.isfinite(summary["final_loss"]) or cfg.run.steps == 0 else 1
+
+
+HEADLINE = ("fid", "kid", "energy_distance")  # the rest (diagnostics, guidance sweeps) is in RUN/eval/eval.csv
+
+
+def summary_text(summary: dict, run_dir: Path) -> str:
+    """The few lines a finished run deserves: where it is, its loss and time, its FID/KID row if evaluated."""
+    lines = [f"run {summary['run_id']}: {summary['steps']} steps in {summary['wall_time_s']:.0f} s, final loss "
+             f"{summary['final_loss']:.4g}, {summary['params']:,} parameters ({summary['device']})",
+             f"  run dir   {run_dir}  (summary.json, stats.jsonl, checkpoints/, eval/)"]
+    rows: dict[str, dict[int, float]] = {}
+    for k, v in summary.get("metrics", {}).items():
+        mk = metric_keys.parse(k)
+        if mk is not None and mk.w is None and mk.metric in HEADLINE and isinstance(v, (int, float)):
+            rows.setdefault(mk.metric, {})[mk.steps] = float(v)
+    for metric in sorted(rows):
+        cells = "  ".join(f"{n}: {v:.4g}" for n, v in sorted(rows[metric].items()))
+        lines.append(f"  {metric:<6} at steps  {cells}")
+    if rows:
+        lines.append(f"  (all metrics and diagnostics: {run_dir / 'eval' / 'eval.csv'})")
+    else:
+        lines.append("  not evaluated (ism eval RUN_DIR computes FID/KID versus steps)")
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""What a user sees at the terminal: train's closing summary, Ctrl-C, progress lines in logs, sample progress,
+bad data paths that leave nothing behind, the data cache under $ISM_CACHE."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ism.commands.sample import main as sample_main
+from ism.commands.train import main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["run.steps=4", "run.log_every=2", "eval.steps=[1,2]", "eval.sweep_steps=[1]", "eval.num_samples=20",
+        "eval.diagnostics=false"]
+
+
+def test_train_ends_with_a_short_summary_not_a_json_dump(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--preset", "smoke", "--run-dir", str(run), *TINY]) == 0
+    out = capsys.readouterr()
+    lines = out.out.strip().splitlines()
+    assert lines[0].startswith("run ") and "4 steps in" in lines[0] and "final loss" in lines[0]
+    assert str(run) in lines[1]
+    fid = next(ln for ln in lines if ln.strip().startswith("fid"))
+    assert "1:" in fid and "2:" in fid
+    assert "{" not in out.out, "no raw JSON at the end"
+    # stderr is not a terminal here: progress comes as one line per log_every steps, never tqdm's bar
+    progress = [ln for ln in out.err.splitlines() if ln.startswith("train ")]
+    assert [ln.split()[3] for ln in progress] == ["2/4", "4/4"] and "it/s" not in out.err
+
+
+def test_bad_data_path_leaves_nothing_behind(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "ism.cli", "train", "--preset", "smoke", "--run-dir", str(run),
+                           "data.name=idx", f"data.path={tmp_path / 'nowhere'}", "run.steps=2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "data.path" in proc.stderr and "nowhere" in proc.stderr
+    assert not run.exists(), "a rejected config must not leave runs/<id>/config.yaml"
+
+
+def test_ctrl_c_ends_with_one_line_and_exit_130_and_the_rerun_resumes(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ism.cli", "train", "--preset", "smoke", "--run-dir", str(run), "run.steps=100000",
+           "run.checkpoint_every=5", "run.log_every=5", "--no-eval"]
+    # SIGINT's default action restored in the child: a test runner may have started us with it ignored
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while not list((run / "checkpoints").glob("ckpt-*.pt")) and time.time() < deadline:
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ism train: interrupted; newest checkpoint at step ")
+    assert last.endswith("rerun the same command to resume")
+
+
+def test_data_cache_follows_ism_cache(tmp_path, monkeypatch):
+    """The preprocessed MNIST lands under $ISM_CACHE/data, not in the home directory."""
+    monkeypatch.setenv("ISM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert train_main(["--preset", "mnist-cpu", "--run-dir", str(tmp_path / "run"), "run.steps=1", "--no-eval",
+                       "run.progress=false"]) == 0
+    assert list((tmp_path / "cache" / "data").glob("mnist5k-*.npz"))
+    assert not (tmp_path / "home").exists()
+
+
+def test_sample_reports_progress_per_step_count(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--preset", "smoke", "--run-dir", str(run), "run.steps=2", "--no-eval"]) == 0
+    capsys.readouterr()
+    assert sample_main([str(run), "--steps", "1,4", "--per-class", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "[1/2] 1 steps:" in err and "[2/2] 4 steps:" in err
