@@ -8,12 +8,13 @@ starts every unfinished trial again, and train() resumes it from its newest chec
 from __future__ import annotations
 
 import json
+import math
 import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
-from ism import ray_adapter, store, tracking
+from ism import metric_keys, ray_adapter, store, tracking
 from ism.ablate import Plan, Trial, components, finished_trials, reused_training, sweep_dir
 from ism.config import flatten, to_dict
 from ism.profiles import PROFILES
@@ -83,6 +84,7 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str, cache_root: Path, cr
             start_ray()
         c, parent, children, pending = _open_tracking(plan, storage, uri)
         if not pending:
+            tracking.log_sweep_summary(c, parent, summary_rows(plan, c, children))
             tracking.set_status(c, parent, "FINISHED")
             return 0
         # Seed-major order: an interrupted or time-boxed sweep still covers every variant with its first seeds.
@@ -110,6 +112,34 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str, cache_root: Path, cr
         return _finish(plan, c, parent, children, pending, errors, interrupted)
 
 
+HEADLINE = tuple(metric_keys.key(m, n) for m in ("fid", "kid") for n in (1, 4, 128))
+
+
+def summary_rows(plan: Plan, c, children: dict[str, str], keys: tuple[str, ...] = HEADLINE) -> list[dict[str, Any]]:
+    """Per variant, over its finished seeds: FID as a geometric mean (as the reports give it), the rest as means."""
+    values: dict[str, dict[str, list[float]]] = {}
+    seeds: dict[str, int] = {}
+    for t in plan.trials:
+        run = tracking.get_run(c, children[t.run_id])
+        if run is None or run.info.status != "FINISHED":
+            continue
+        for v in t.variants:
+            seeds[v] = seeds.get(v, 0) + 1
+            for k in keys:
+                if k in run.data.metrics:
+                    values.setdefault(v, {}).setdefault(k, []).append(run.data.metrics[k])
+    rows = []
+    for v in plan.variants:
+        if v not in seeds:
+            continue
+        row: dict[str, Any] = {"variant": v, "seeds": seeds[v]}
+        for k, xs in values.get(v, {}).items():
+            geo = k.startswith("fid") and all(x > 0 for x in xs)
+            row[k] = math.exp(sum(map(math.log, xs)) / len(xs)) if geo else sum(xs) / len(xs)
+        rows.append(row)
+    return rows
+
+
 def _finish(plan: Plan, c, parent: str, children: dict, pending: list[Trial], errors: dict[str, str],
             interrupted: bool) -> int:
     """Settle every trial's MLflow status (never left RUNNING) and the parent's; print failures with their reasons."""
@@ -130,6 +160,7 @@ def _finish(plan: Plan, c, parent: str, children: dict, pending: list[Trial], er
             killed.append(t)
     if failed or killed:
         interrupted = interrupted or bool(killed)
+    tracking.log_sweep_summary(c, parent, summary_rows(plan, c, children))
     status = "KILLED" if interrupted else "FAILED" if failed else "FINISHED"
     tracking.set_status(c, parent, status, None)
     name = f"[{plan.spec.name}/{plan.profile}]"

@@ -8,6 +8,7 @@ through an explicit MlflowClient (no global active run), so several trials can l
 from __future__ import annotations
 
 import json
+import re
 import math
 
 import subprocess
@@ -130,19 +131,32 @@ def git_commit() -> str:
         return "unknown"
 
 
+# MLflow 3's UI reads this experiment tag to pick its view; without it, it guesses (and guessed GenAI for ism's
+# experiments: traces, token usage, runs labelled "Evaluations"). "custom_model_development" is the training view.
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def experiment_id(c: MlflowClient, name: str) -> str:
-    """Get or create an experiment; local stores get an explicit artifact location beside the database."""
+    """Get or create an experiment, marked for MLflow's model-training view; local stores get an explicit artifact
+    location beside the database."""
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
+        if exp.tags.get(EXPERIMENT_KIND) != TRAINING_KIND:  # made by an older ism, or by hand
+            _retry(c.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
         return exp.experiment_id
     root = artifact_root(c.tracking_uri)
     loc = f"{root}/{name.replace('/', '_')}" if root else None
     try:
-        return c.create_experiment(name, artifact_location=loc)
+        return c.create_experiment(name, artifact_location=loc, tags={EXPERIMENT_KIND: TRAINING_KIND})
     except MlflowException:  # created concurrently by another process
         return c.get_experiment_by_name(name).experiment_id
+
+
+def ui_link(base_url: str, experiment_id: str) -> str:
+    """The deep link that opens an experiment's runs in the UI's model-training view."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def _param_value(v: Any) -> str:
@@ -309,6 +323,25 @@ class TrialLog:
         set_status(self.c, self.run_id, status_, reason)
 
 
+def metric_name(text: str) -> str:
+    """A string as an MLflow metric-name part: MLflow allows letters, digits, _ - . space : / only ('+' becomes 'plus')."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", text.replace("+", "plus_"))
+
+
+def log_sweep_summary(c: MlflowClient, parent: str, rows: list[dict[str, Any]], step: int = 0) -> None:
+    """The sweep's headline on its parent run: metric `<variant>/<key>` per row value, and the rows as a table
+    (summary.json, shown by the UI's artifact view) and as summary.csv."""
+    metrics = {f"{metric_name(r['variant'])}/{k}": v for r in rows for k, v in r.items()
+               if k not in ("variant", "seeds") and isinstance(v, (int, float))}
+    log_metrics(c, parent, metrics, step)
+    if rows:
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        _retry(c.log_table, parent, {k: [r.get(k) for r in rows] for k in cols}, "summary.json")
+        csv = ",".join(cols) + "\n" + "".join(",".join("" if r.get(k) is None else str(r[k]) for k in cols) + "\n"
+                                                for r in rows)
+        _retry(c.log_text, parent, csv, "summary.csv")
+
+
 # ----------------------------------------------------------------------------------------------- readers
 def find_sweeps(spec: str, profile: str | None = None, uri: str | None = None, kind: str = "sweep") -> list:
     """Parent runs of a spec (newest first), optionally of one profile: what `ism report` starts from."""
@@ -326,6 +359,12 @@ def child_runs(parent_run_id: str, uri: str | None = None) -> list:
     parent = c.get_run(parent_run_id)
     return c.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                          max_results=5000)
+
+
+def ism_experiments(uri: str | None = None) -> list[tuple[str, str]]:
+    """(id, name) of the store's ism experiments (ism/<spec>, ism-study/<spec>), by name."""
+    exps = client(uri).search_experiments(filter_string="name LIKE 'ism%'")
+    return sorted(((e.experiment_id, e.name) for e in exps), key=lambda x: x[1])
 
 
 def experiment_name(experiment_id: str, uri: str | None = None) -> str:

@@ -361,3 +361,53 @@ def test_a_non_embedded_report_never_lands_on_the_committed_embedded_one():
     assert default_out("components", None) == Path("reports/components")  # a plan without a profile: as before
     assert default_out("components", "smoke") == Path("reports/components-smoke")
     assert default_out("ema", "gpu-cifar10") == Path("reports/ema-gpu-cifar10")
+
+
+# ----------------------------------------------------------------------------------------------- how it reads
+def test_pdf_layout_keeps_headings_with_content_and_columns_readable(store):
+    """Every table column is at least as wide as its header's longest word (a 'seeds' header used to wrap letter
+    by letter), no page ends on a heading, and figures share pages (the page count stays small)."""
+    from pypdf import PdfReader
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+    from ism.report.render import PAD_PT, _fonts, col_widths
+    font, bold = _fonts()
+    measure = lambda text, b: stringWidth(text, bold if b else font, 7)  # noqa: E731
+    width = 841.89 - 2 * 34.02  # landscape A4 minus 1.2 cm margins, as render_pdf lays it out
+    for name, t in store["report"].tables.items():
+        widths = col_widths(t, width, measure)
+        assert sum(widths) <= width + 1e-6, name
+        for head, w in zip(t.columns, widths):
+            need = max(measure(word, True) for word in str(head).split()) + PAD_PT
+            assert w >= min(need, width / len(t.columns)) - 1e-6 and w > 20, (name, head, w, need)
+    pdf = PdfReader(store["out"] / "report.pdf")
+    md = (store["out"] / "report.md").read_text().splitlines()
+    captions = {ln.strip("*") for ln in md if ln.startswith("*") and ln.endswith("*")}
+    headings = {ln.lstrip("#").strip() for ln in md if ln.startswith("#")} - captions  # 'Guidance sweep' is both
+    for i, page in enumerate(pdf.pages[:-1]):
+        lines = [ln.strip() for ln in page.extract_text().splitlines() if ln.strip()]
+        assert lines and lines[-1] not in headings, f"page {i + 1} ends on the heading {lines[-1]!r}"
+    n_figs = sum(1 for f in store["report"].figures.values() if not isinstance(f, str))
+    assert len(pdf.pages) <= 6 + n_figs // 2 + 4, f"{len(pdf.pages)} pages for {n_figs} figures"
+
+
+def test_tables_also_come_as_tidy_long_csv_and_booktabs_latex(store):
+    import pandas as pd
+    out = store["out"] / "tables"
+    long = pd.read_csv(out / "scores_long.csv")
+    assert list(long.columns) == ["variant", "seed", "metric", "steps", "guidance", "guidance_sweep", "value",
+                                  "mlflow_run_id"]
+    want = _mlflow_values(store, "fid")
+    got = long[(long["metric"] == "fid") & ~long["guidance_sweep"]]
+    assert len(got) == sum(len(v) for v in want.values())
+    for r in got.itertuples():
+        assert r.value == want[(r.variant, r.steps)][r.seed]
+    for name, t in store["report"].tables.items():
+        tex = (out / f"{name}.tex").read_text()
+        assert "\\toprule" in tex and "\\bottomrule" in tex and tex.count("\\\\\n") == len(t.rows) + 1, name
+        assert "_" not in tex.replace("\\_", "").split("\\begin{tabular}")[1], "LaTeX specials are escaped"
+
+
+def test_metadata_labels_each_parameter_count(store):
+    t = store["report"].tables["metadata"]
+    model = dict((r[0], r[1]) for r in t.rows)["model"]
+    assert "parameters" in model and not any(ch.isdigit() for ch in model.split("parameters")[-1][:1])

@@ -1,32 +1,80 @@
-"""`ism ui`: the MLflow UI on 127.0.0.1 over the project's store."""
+"""`ism ui`: the MLflow UI on 127.0.0.1 over the project's store, with deep links into the model-training view."""
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
+import sys
+import time
+import urllib.request
 
 from ism import tracking
 from ism.commands import env
 
 
+def _answers(url: str, wait_s: float, proc: subprocess.Popen) -> bool:
+    """True once the server's /health answers (within wait_s and while the server lives)."""
+    end = time.time() + wait_s
+    while time.time() < end and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server's whole process group (mlflow, uvicorn and its workers): SIGTERM, then SIGKILL after 10 s."""
+    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        end = time.time() + wait_s
+        try:
+            os.killpg(proc.pid, sig)
+            while time.time() < end:
+                proc.poll()  # reap the leader, or the group never looks empty
+                os.killpg(proc.pid, 0)  # raises once no process of the group is left
+                time.sleep(0.2)
+        except ProcessLookupError:
+            return
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM ends `ism ui` as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def links(uri: str, base_url: str) -> list[str]:
+    """One line per ism experiment in the store: its name and its deep link."""
+    return [f"  {name:<28} {tracking.ui_link(base_url, eid)}" for eid, name in tracking.ism_experiments(uri)]
+
+
 def main(argv: list[str] | None = None) -> int:
     """`ism ui`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
-    ap = argparse.ArgumentParser(prog="ism ui", description="The MLflow UI on 127.0.0.1 over the project's store.")
-    ap.add_argument("--port", type=int, default=env.ui_port())
+    ap = argparse.ArgumentParser(prog="ism ui", description="The MLflow UI on 127.0.0.1 over the project's store; "
+                                 "Ctrl-C or SIGTERM stops the server and all its workers.")
+    ap.add_argument("--port", type=int, default=env.ui_port(),
+                    help="port on 127.0.0.1 (default $ISM_UI_PORT, else 5000)")
     ap.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlruns/mlflow.db")
     args = ap.parse_args(argv)
     uri = env.tracking_uri(args.tracking_uri)
     if not uri.startswith("sqlite:"):
-        print(f"ism ui: the tracking URI {uri} is a server already; open it in a browser.")
+        print(f"ism ui: the tracking URI {uri} is a server already; its experiments:")
+        print("\n".join(links(uri, uri)) or "  (none yet)")
         return 0
-    cmd = tracking.server_command(uri, port=args.port)
-    print(f"ism ui: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C stops it)", flush=True)
-    proc = subprocess.Popen(cmd)
+    url = f"http://127.0.0.1:{args.port}"
+    # Its own process group: mlflow starts uvicorn and huey consumers, which a plain terminate() would orphan.
+    proc = subprocess.Popen(tracking.server_command(uri, port=args.port), start_new_session=True)
+    # SIGTERM (kill, a supervisor) ends us like Ctrl-C does, so the finally below stops the group either way.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if _answers(url, 60, proc):
+            print(f"ism ui: {url}  (store {uri}; Ctrl-C stops it)\n" + ("\n".join(links(uri, url)) or
+                  "  no ism experiments yet: run ism ablate or ism study"), flush=True)
+        elif proc.poll() is None:
+            print(f"ism ui: {url} has not answered in 60 s; still waiting (Ctrl-C stops it)", file=sys.stderr)
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         return 0
+    finally:
+        _stop(proc)

@@ -10,13 +10,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from ism import tracking
 from ism.profiles import DEFAULT_PROFILE
 from ism.report import figures as F
 from ism.report import load as L
 from ism.report.claims import Result, claims_table
 from ism.report.meta import metadata_table
-from ism.report.render import Block, Figure, Heading, Para, render_markdown, render_pdf
+from ism.report.render import Block, Figure, Heading, Para, latex_table, render_markdown, render_pdf
 from ism.report.tables import (Table, center_ci, compare_cell, compare_ci, config_diff_table, cumulative_table,
                                delta_table, diagnostics_table, fmt, group_tables, log_metric, metric_table,
                                missing_table, sweep_table)
@@ -118,6 +120,8 @@ def build_report(target: str, tracking_uri: str | None = None, out: str | Path |
         for name, t in tables.items():
             if t.data is not None:
                 t.data.to_csv(out_dir / "tables" / f"{name}.csv", index=False)
+            (out_dir / "tables" / f"{name}.tex").write_text(latex_table(t))
+        tidy_scores(sw).to_csv(out_dir / "tables" / "scores_long.csv", index=False)
         logged = None
         if log:
             tracking.log_folder(sw.parent["mlflow_id"], out_dir, "report", sw.uri)
@@ -125,9 +129,20 @@ def build_report(target: str, tracking_uri: str | None = None, out: str | Path |
         return Report(out_dir, md, pdf, sw, tables, results, figs, logged)
 
 
+def tidy_scores(sw: L.Sweep) -> pd.DataFrame:
+    """Every measured value, one row per variant x seed x steps x metric (x guidance for sweeps): the long format
+    pandas, R and seaborn read directly."""
+    cols = ["variant", "seed", "metric", "steps", "guidance", "guidance_sweep", "value", "mlflow_run_id"]
+    if not len(sw.scores):
+        return pd.DataFrame(columns=cols)
+    df = sw.scores.rename(columns={"sweep": "guidance_sweep", "mlflow_id": "mlflow_run_id"})
+    return df[cols].sort_values(["metric", "variant", "seed", "guidance_sweep", "steps", "guidance"],
+                                na_position="first").reset_index(drop=True)
+
+
 def _fig(figs: dict, key: str, title: str) -> Figure:
     v = figs[key]
-    return Figure(title, v, "") if isinstance(v, Path) else Figure(title, None, v)
+    return Figure(title, v, "", full_page=key.startswith("samples")) if isinstance(v, Path) else Figure(title, None, v)
 
 
 def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[Block]:

@@ -17,7 +17,6 @@ from ism.report.tables import center_ci, log_metric  # noqa: E402
 
 DPI = 110
 GRID_ROWS = 4          # sample-grid rows shown per variant (one sample per class and row)
-FEW_SEEDS = 3          # below this many finished seeds a variant's individual seeds are drawn as points
 
 
 def _colors(n: int):
@@ -40,10 +39,9 @@ def _curve(sw: Sweep, metric: str, v: str, steps: list[int], log: bool = False):
 
 
 def _seed_points(ax, xs, per_x: list[dict[int, float]], color, horizontal: bool = False) -> None:
-    """Each seed's value as a small marker where fewer than FEW_SEEDS seeds finished (an interval over 2 seeds is
-    wide and over 1 absent: the points show what it rests on)."""
+    """Each seed's value as a small marker beside the mean: what the mean and its interval rest on."""
     for x, vals in zip(xs, per_x):
-        if 0 < len(vals) < FEW_SEEDS:
+        if vals:
             v = np.array(list(vals.values()), float)
             pos = np.full(len(v), x, float)
             ax.plot(*((v, pos) if horizontal else (pos, v)), ls="none", marker="x", ms=4, mew=0.9, color=color,
@@ -70,7 +68,7 @@ def metric_vs_steps(sw: Sweep, metric: str, path: Path) -> Path | str:
     """The metric versus sampling steps (log2 axis), one line per variant with its 95 % CI band, a panel per group.
 
     A strictly positive metric (FID) is drawn on a log y-axis with the geometric mean and the log-scale interval
-    (a band never below 0); where a variant has fewer than FEW_SEEDS finished seeds its seeds are drawn as points.
+    (a band never below 0); each seed's value is drawn as a point beside the mean.
     """
     steps = sw.steps_of(metric)
     if not steps:
@@ -78,7 +76,8 @@ def metric_vs_steps(sw: Sweep, metric: str, path: Path) -> Path | str:
     log = log_metric(sw, metric)
     groups = panels(sw)
     color = dict(zip(sw.variants, _colors(len(sw.variants))))
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2),
+                             squeeze=False, sharey=True, layout="constrained")
     for ax, (name, members) in zip(axes[0], groups):
         for v in members:
             x, y, lo, hi = _curve(sw, metric, v, steps, log)
@@ -99,20 +98,21 @@ def metric_vs_steps(sw: Sweep, metric: str, path: Path) -> Path | str:
     axes[0][0].set_ylabel(f"{metric.upper()} (lower is better{', log scale' if log else ''})")
     fig.suptitle(f"{metric.upper()} versus sampling steps: " + (
         "geometric mean over seeds, 95 % t-interval of log values" if log else "mean over seeds, 95 % t-interval bands")
-        + f"; × = single seeds where fewer than {FEW_SEEDS} finished", fontsize=10)
+        + "; × = single seeds", fontsize=10)
     return _save(fig, path)
 
 
 def ablation_bars(sw: Sweep, metric: str, path: Path, wanted=(1, 4, 128)) -> Path | str:
     """Horizontal bars per variant at 1, 4 and 128 steps (those measured), CI error bars, baseline line; a strictly
-    positive metric (FID) on a log x-axis with the log-scale interval; seeds as points where fewer than FEW_SEEDS."""
+    positive metric (FID) on a log x-axis with the log-scale interval; each seed as a point."""
     have = sw.steps_of(metric)
     steps = [s for s in wanted if s in have]
     if not steps:
         return f"{metric} was not measured at {', '.join(map(str, wanted))} steps"
     n = len(sw.variants)
     log = log_metric(sw, metric)
-    fig, axes = plt.subplots(1, len(steps), figsize=(4.2 * len(steps), 0.35 * n + 1.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(steps), figsize=(4.2 * len(steps), 0.35 * n + 1.6),
+                             squeeze=False, sharey=True, layout="constrained")
     ys = np.arange(n)[::-1]
     colors = _colors(n)
     for ax, s in zip(axes[0], steps):
@@ -142,20 +142,19 @@ def ablation_bars(sw: Sweep, metric: str, path: Path, wanted=(1, 4, 128)) -> Pat
         ax.grid(axis="x", alpha=0.3, which="both" if log else "major")
     axes[0][0].set_yticks(ys, sw.variants, fontsize=8)
     fig.suptitle(f"{metric.upper()} per variant, " + ("geometric mean, 95 % log-scale interval" if log else
-                 "mean, 95 % t-interval") + f" (dashed: baseline '{sw.baseline}'; × = seeds where fewer than "
-                 f"{FEW_SEEDS} finished)", fontsize=10)
+                 "mean, 95 % t-interval") + f" (dashed: baseline '{sw.baseline}'; × = single seeds)", fontsize=10)
     return _save(fig, path)
 
 
 def guidance_sweep(sw: Sweep, metric: str, path: Path) -> Path | str:
     """The metric versus the guidance value w at each sweep step count, per variant, with CI bands (log y-axis and
-    log-scale interval for a strictly positive metric; seeds as points where fewer than FEW_SEEDS)."""
+    log-scale interval for a strictly positive metric; each seed as a point)."""
     df = sw.scores[(sw.scores["metric"] == metric) & sw.scores["sweep"]] if len(sw.scores) else sw.scores
     if not len(df):
         return "no guidance sweep in this spec (eval.guidance_sweep is empty)"
     steps = sorted(int(s) for s in df["steps"].unique())
     log = positive(df["value"])
-    fig, axes = plt.subplots(1, len(steps), figsize=(4.5 * len(steps), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(steps), figsize=(4.5 * len(steps), 3.8), squeeze=False, layout="constrained")
     names = [v for v in sw.variants if v in set(df["variant"])]
     for ax, s in zip(axes[0], steps):
         for v, c in zip(names, _colors(len(names))):
@@ -199,7 +198,8 @@ def spectra(sw: Sweep, grids: dict[str, dict[int, Path]], path: Path) -> Path | 
         return "no sample grids were logged as artifacts, so no spectra"
     res = {v: int(sw.params.get(sw.representative(v) or "", {}).get("data.resolution", 0) or 0) for v in grids}
     steps = sorted({s for g in grids.values() for s in g})
-    fig, axes = plt.subplots(1, len(steps), figsize=(4.5 * len(steps), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(steps), figsize=(4.5 * len(steps), 3.8),
+                             squeeze=False, sharey=True, layout="constrained")
     for ax, s in zip(axes[0], steps):
         for v, c in zip(sw.variants, _colors(len(sw.variants))):
             if s in grids.get(v, {}) and res.get(v):
@@ -219,7 +219,7 @@ def straightness_gap(sw: Sweep, path: Path) -> Path | str:
     st, gap = sw.steps_of("straightness"), sw.steps_of("sc_gap")
     if not st and not gap:
         return "straightness and sc_gap were not measured (eval.diagnostics off)"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * len(sw.variants) + 2.4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * len(sw.variants) + 2.4), layout="constrained")
     n = len(sw.variants)
     if st:
         s = st[-1]
@@ -258,7 +258,7 @@ def losses(sw: Sweep, hist: pd.DataFrame, path: Path) -> Path | str:
     kinds = [k for k in ("loss_fm", "loss_sc", "loss_guid") if len(hist) and (hist["key"] == k).any()]
     if not kinds:
         return "no per-kind training losses (loss_fm / loss_sc / loss_guid) were logged"
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.8), squeeze=False, layout="constrained")
     for ax, k in zip(axes[0], kinds):
         h = hist[hist["key"] == k]
         for v, c in zip(sw.variants, _colors(len(sw.variants))):

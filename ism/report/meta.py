@@ -47,6 +47,23 @@ def trial_seconds(sw: Sweep, hist: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def _param_counts(sw: Sweep) -> str:
+    """'54,377 parameters' or, when variants differ, each count labelled: intrinsic guidance adds the w embedder."""
+    df = sw.scalars[sw.scalars["key"] == "params"].drop_duplicates("mlflow_id") if len(sw.scalars) else []
+    modes: dict[int, set[str]] = {}
+    for _, r in (df.iterrows() if len(df) else []):
+        mode = sw.params.get(r["mlflow_id"], {}).get("guidance.mode", "?")
+        modes.setdefault(int(r["value"]), set()).add(mode)
+    if len(modes) <= 1:
+        return f"{next(iter(modes)):,} parameters" if modes else "parameters not recorded"
+
+    def label(ms: set[str]) -> str:
+        if "intrinsic" not in ms:
+            return "without it (" + ", ".join(sorted(ms)) + ")"
+        return "with the w embedder (intrinsic guidance)" if ms == {"intrinsic"} else "modes " + ", ".join(sorted(ms))
+    return "parameters: " + "; ".join(f"{n:,} {label(ms)}" for n, ms in sorted(modes.items(), reverse=True))
+
+
 def metadata_table(sw: Sweep, files: dict[str, dict[str, Any]], hist: pd.DataFrame) -> Table:
     """Key/value table of everything needed to reproduce and cost the sweep."""
     p = sw.parent
@@ -62,7 +79,6 @@ def metadata_table(sw: Sweep, files: dict[str, dict[str, Any]], hist: pd.DataFra
     sweep_s = (p["end_time"] - p["start_time"]) / 1000 if p.get("end_time") and p.get("start_time") else math.nan
     acc = sw.scalars[sw.scalars["key"] == "extractor_accuracy"]["value"] if len(sw.scalars) else []
     mem = sw.scalars[sw.scalars["key"] == "peak_mem_mb"].drop_duplicates("mlflow_id")["value"] if len(sw.scalars) else []
-    nparams = sw.scalars[sw.scalars["key"] == "params"]["value"] if len(sw.scalars) else []
     n_trials = sw.trials["mlflow_id"].nunique()
     planned = len(sw.plan.get("trials", [])) or n_trials
     hw = _uniq(sw.trials["hardware"]) if "hardware" in sw.trials else "not recorded"
@@ -73,7 +89,7 @@ def metadata_table(sw: Sweep, files: dict[str, dict[str, Any]], hist: pd.DataFra
         ("git commit", _uniq([tags.get("ism.git_commit"), *sw.trials["git_commit"]])),
         ("profile / preset", f"{tags.get('ism.profile', '?')} / {tags.get('ism.preset', params.get('preset', '?'))}"),
         ("dataset", f"{_param(sw, 'data.name')} at {_param(sw, 'data.resolution')} px, max_items {_param(sw, 'data.max_items')}"),
-        ("model", f"{_param(sw, 'model.name')}, {_uniq(int(x) for x in nparams)} parameters"),
+        ("model", f"{_param(sw, 'model.name')}, {_param_counts(sw)}"),
         ("training", f"{_param(sw, 'run.steps')} steps, batch {_param(sw, 'optim.batch_size')}, lr {_param(sw, 'optim.lr')}"),
         ("variants × seeds", f"{len(sw.variants)} variants × seeds {sw.seeds}; {sw.finished()['mlflow_id'].nunique()} of "
                              f"{planned} trials finished"),

@@ -24,6 +24,7 @@ class Figure:
     title: str
     path: Path | None      # None: the figure has no data
     reason: str = ""       # one line saying why, when path is None
+    full_page: bool = False  # may fill a page (sample grids); others take at most half a page
 
 
 Block = Heading | Para | Table | Figure
@@ -67,6 +68,26 @@ def render_markdown(blocks: list[Block], out_dir: Path) -> Path:
     return path
 
 
+# ----------------------------------------------------------------------------------------------- LaTeX
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "×": r"$\times$",
+        "–": "--", "→": r"$\to$", "≈": r"$\approx$", "≤": r"$\le$", "≥": r"$\ge$", "Δ": r"$\Delta$"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def latex_table(t: Table) -> str:
+    """A booktabs tabular of the table as shown (bold cells as \\textbf), its title as a comment, for papers."""
+    head = " & ".join(rf"\textbf{{{_tex(c)}}}" for c in t.columns) + r" \\"
+    body = [" & ".join(rf"\textbf{{{_tex(c)}}}" if (i, j) in t.bold else _tex(c) for j, c in enumerate(row)) + r" \\"
+            for i, row in enumerate(t.rows)]
+    return "\n".join([f"% {t.title}" + (f" -- {t.note}" if t.note else ""), "% needs \\usepackage{booktabs}",
+                      r"\begin{tabular}{" + "l" * len(t.columns) + "}", r"\toprule", head, r"\midrule", *body,
+                      r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
 # ----------------------------------------------------------------------------------------------- PDF
 def _fonts() -> tuple[str, str]:
     """DejaVu Sans from matplotlib's own font folder (covers ±, Δ, →, ⚠), else the built-in Helvetica."""
@@ -83,12 +104,30 @@ def _fonts() -> tuple[str, str]:
         return "Helvetica", "Helvetica-Bold"
 
 
-def _col_widths(t: Table, total: float) -> list[float]:
-    """Column widths proportional to their longest text, bounded so no column starves."""
-    lens = [max([len(str(c))] + [len(str(r[j])) for r in t.rows]) for j, c in enumerate(t.columns)]
-    lens = [min(max(n, 6), 60) for n in lens]
-    s = sum(lens)
-    return [total * n / s for n in lens]
+PAD_PT = 12.0  # reportlab's default cell padding, left + right
+
+
+def col_widths(t: Table, total: float, measure=None) -> list[float]:
+    """Column widths proportional to their longest text, but never narrower than the column's longest word
+    (header included: a 'seeds' header must not wrap letter by letter), measured by measure(text, bold) in points."""
+    measure = measure or (lambda text, bold: 4.3 * len(text))  # ~7 pt DejaVu Sans, when no font is at hand
+    cols = range(len(t.columns))
+    lens = [min(max([len(str(t.columns[j]))] + [len(str(r[j])) for r in t.rows] + [6]), 60) for j in cols]
+    need = [PAD_PT + max([measure(w, True) for w in str(t.columns[j]).split()] +
+                         [measure(w, (i, j) in t.bold) for i, r in enumerate(t.rows) for w in str(r[j]).split()] + [0])
+            for j in cols]
+    fixed: dict[int, float] = {}
+    while True:  # columns whose share is below their need get their need; the rest share what is left
+        free = [j for j in cols if j not in fixed]
+        room = total - sum(fixed.values())
+        share = {j: room * lens[j] / max(sum(lens[k] for k in free), 1) for j in free}
+        starved = [j for j in free if share[j] < need[j]]
+        if not starved or room <= 0:
+            break
+        fixed.update({j: need[j] for j in starved})
+    widths = [fixed.get(j, share.get(j, 0.0)) for j in cols]
+    over = sum(widths) / total
+    return [w / over for w in widths] if over > 1 else widths
 
 
 def render_pdf(blocks: list[Block], path: Path, title: str) -> Path:
@@ -98,19 +137,25 @@ def render_pdf(blocks: list[Block], path: Path, title: str) -> Path:
     from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
     from reportlab.lib.units import cm
     from reportlab.lib.utils import ImageReader
-    from reportlab.platypus import Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer
+    from reportlab.platypus import Image, Paragraph, SimpleDocTemplate, Spacer
     from reportlab.platypus import Table as RLTable
     from reportlab.platypus import TableStyle
 
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
     font, bold = _fonts()
+
+    def measure(text: str, is_bold: bool) -> float:
+        return stringWidth(text, bold if is_bold else font, 7)
     ss = getSampleStyleSheet()
     body = ParagraphStyle("body", parent=ss["BodyText"], fontName=font, fontSize=9, leading=11.5)
     small = ParagraphStyle("small", parent=body, fontSize=7, leading=8.6)
     small_b = ParagraphStyle("small_b", parent=small, fontName=bold)
     note = ParagraphStyle("note", parent=body, fontSize=7.5, leading=9, textColor=colors.HexColor("#444444"))
-    heads = {1: ParagraphStyle("h1", parent=ss["Title"], fontName=bold, fontSize=17),
-             2: ParagraphStyle("h2", parent=ss["Heading2"], fontName=bold, fontSize=13),
-             3: ParagraphStyle("h3", parent=ss["Heading3"], fontName=bold, fontSize=10.5)}
+    # keepWithNext: a heading (or a table's title) never ends a page without what it introduces
+    heads = {1: ParagraphStyle("h1", parent=ss["Title"], fontName=bold, fontSize=17, keepWithNext=1),
+             2: ParagraphStyle("h2", parent=ss["Heading2"], fontName=bold, fontSize=13, keepWithNext=1),
+             3: ParagraphStyle("h3", parent=ss["Heading3"], fontName=bold, fontSize=10.5, keepWithNext=1)}
     doc = SimpleDocTemplate(str(path), pagesize=landscape(A4), leftMargin=1.2 * cm, rightMargin=1.2 * cm,
                             topMargin=1.2 * cm, bottomMargin=1.2 * cm, title=title, author="ism report")
     fw, fh = doc.width, doc.height
@@ -124,7 +169,7 @@ def render_pdf(blocks: list[Block], path: Path, title: str) -> Path:
             data = [[Paragraph(escape(str(c)), small_b) for c in b.columns]]
             data += [[Paragraph(escape(str(c)), small_b if (i, j) in b.bold else small) for j, c in enumerate(row)]
                      for i, row in enumerate(b.rows)]
-            tbl = RLTable(data, colWidths=_col_widths(b, fw), repeatRows=1, hAlign="LEFT")
+            tbl = RLTable(data, colWidths=col_widths(b, fw, measure), repeatRows=1, hAlign="LEFT")
             tbl.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.3, colors.grey),
                                      ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e8e8f0")),
                                      ("VALIGN", (0, 0), (-1, -1), "TOP"),
@@ -138,9 +183,13 @@ def render_pdf(blocks: list[Block], path: Path, title: str) -> Path:
                 story.append(Paragraph(f"<i>{escape(b.title)}: {escape(b.reason)}.</i>", body))
                 continue
             iw, ih = ImageReader(str(b.path)).getSize()
-            scale = min(fw / iw, (fh - 2.2 * cm) / ih, 1.6)
-            story.append(KeepTogether([Image(str(b.path), iw * scale, ih * scale),
-                                       Paragraph(escape(b.title), note), Spacer(1, 6)]))
+            # at most half a page high, so two figures share a page (a full page when the figure asks for it)
+            scale = min(fw / iw, ((fh - 2.2 * cm) if b.full_page else 0.42 * fh) / ih, 1.6)
+            img = Image(str(b.path), iw * scale, ih * scale)
+            # keepWithNext chains heading -> image -> caption into one KeepTogether (reportlab cannot chain a
+            # heading to a KeepTogether: that is why headings were left at page bottoms)
+            img.keepWithNext = 1
+            story += [img, Paragraph(escape(b.title), note), Spacer(1, 6)]
     doc.build(story)
     return path
 
