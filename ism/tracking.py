@@ -298,12 +298,15 @@ class TrialLog:
         log_metrics(self.c, self.run_id, metrics, step, skip)
 
     def steps_curves(self, metrics: Mapping[str, float], names: Iterable[str] = ("fid", "kid")) -> None:
-        """FID/KID against the sampling step count as MLflow series (`fid_vs_steps` at step N), for the UI's charts."""
+        """FID/KID against the sampling step count as MLflow series (`fid/vs_steps` at step N), for the UI's charts.
+
+        The UI shows one chart section per name prefix, sorted by name, with unprefixed metrics last: the prefixes
+        `fid/`, `kid/` put these curves first on a run's metrics tab, above the `ot/` and `wavelet/` internals."""
         curves: dict[str, dict[int, float]] = {}
         for key, value in metrics.items():
             k = metric_keys.parse(key)
             if k is not None and k.w is None and k.metric in names:
-                curves.setdefault(f"{k.metric}_vs_steps", {})[k.steps] = value
+                curves.setdefault(f"{k.metric}/vs_steps", {})[k.steps] = value
         skip = logged_steps(self.c, self.run_id, curves)
         for name, points in curves.items():
             for n, value in sorted(points.items()):

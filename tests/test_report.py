@@ -411,3 +411,26 @@ def test_metadata_labels_each_parameter_count(store):
     t = store["report"].tables["metadata"]
     model = dict((r[0], r[1]) for r in t.rows)["model"]
     assert "parameters" in model and not any(ch.isdigit() for ch in model.split("parameters")[-1][:1])
+
+
+def test_reports_index_lists_every_committed_report_with_its_headline():
+    """reports/README.md is rebuilt by ism report; the committed one matches the committed reports."""
+    from ism.report.index import index_markdown
+    root = Path(__file__).resolve().parents[1] / "reports"
+    text = (root / "README.md").read_text()
+    assert text == index_markdown(root), "rebuild: python -c 'from ism.report.index import write_index; " \
+                                         "write_index(__import__(\"pathlib\").Path(\"reports\"))'"
+    for md in [*root.glob("*/report.md"), *root.glob("studies/*/report.md")]:
+        rel = md.parent.relative_to(root).as_posix()
+        assert f"]({rel}/report.md)" in text, rel
+    assert "Best FID at 1 step" in text and "Best trial #" in text
+
+
+def test_index_headline_comes_from_the_report(tmp_path):
+    from ism.report.index import index_markdown
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "report.md").write_text("# ism report: x\n\n## Summary\n\n**2 of 2 trials finished**\n\n"
+                                              "Best FID at 1 step: `b` 3.0 (baseline 6.0)\n\nnoise\n\n## Next\n\nBest no\n")
+    text = index_markdown(tmp_path)
+    assert "- **2 of 2 trials finished**" in text and "- Best FID at 1 step: `b` 3.0" in text
+    assert "noise" not in text and "Best no" not in text and "[PDF]" not in text

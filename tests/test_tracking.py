@@ -87,8 +87,8 @@ def test_trial_log_skips_replayed_steps_and_logs_eval_once(store, tmp_path):
     log.eval_metrics(10, {"fid_steps_1": 50.0, "fid_steps_128": 20.0})
     log.steps_curves({"fid_steps_1": 50.0, "fid_steps_128": 20.0, "fid_steps_1_w_0.5": 9.0, "sc_gap_steps_1": 1.0})
     log.steps_curves({"fid_steps_1": 50.0, "fid_steps_128": 20.0})
-    assert [(m.step, m.value) for m in c.get_metric_history(rid, "fid_vs_steps")] == [(1, 50.0), (128, 20.0)]
-    assert "sc_gap_vs_steps" not in c.get_run(rid).data.metrics
+    assert [(m.step, m.value) for m in c.get_metric_history(rid, "fid/vs_steps")] == [(1, 50.0), (128, 20.0)]
+    assert "sc_gap/vs_steps" not in c.get_run(rid).data.metrics
     hist = c.get_metric_history(rid, "loss")
     assert sorted(m.step for m in hist) == [2, 4, 6, 8, 10]
     assert [m.step for m in c.get_metric_history(rid, "fid_steps_1")] == [10]

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
 from typing import Mapping
 
 from ism.ablate import Plan, finished_trials, load_spec, plan, reused_training
 from ism.commands import env
-from ism.commands.listing import fmt_resources, fmt_s, fmt_v
+from ism.commands.listing import fmt_resources, fmt_s, fmt_v, ui_hint
 from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, estimate_parts
 
 
@@ -75,4 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         print(describe_plan(p, finished_trials(p, storage), reused_training(p, storage)))
         return 0
     from ism.sweep import run_sweep  # Ray, MLflow and the trial code load only when a sweep runs
-    return run_sweep(p, storage, env.tracking_uri(args.tracking_uri), env.eval_cache_root(), crash=env.crash_target())
+    uri = env.tracking_uri(args.tracking_uri)
+    rc = run_sweep(p, storage, uri, env.eval_cache_root(), crash=env.crash_target())
+    if rc != 130:  # interrupted: run_sweep said to rerun
+        from ism.report import default_out
+        print(f"next:\n  report:  ism report {args.spec} --profile {p.profile}   "
+              f"(-> {default_out(p.spec.name, p.profile)}/report.md and .pdf)\n"
+              + ui_hint(uri, f"ism/{p.spec.name}", env.ui_port()), file=sys.stderr)
+    return rc

@@ -19,3 +19,15 @@ def fmt_s(s: float) -> str:
 def fmt_v(v: Any) -> str:
     """A config value as typed (lists as JSON)."""
     return json.dumps(list(v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def ui_hint(uri: str, experiment: str, port: int) -> str:
+    """How to look at an experiment: the deep link into MLflow's training view (after `ism ui` for a local store)."""
+    from ism import tracking  # mlflow loads only when a command has tracked something
+    ids = {name: eid for eid, name in tracking.ism_experiments(uri)}
+    if experiment not in ids:
+        return ""
+    if uri.startswith(("http://", "https://")):
+        return f"  browse:  {tracking.ui_link(uri, ids[experiment])}"
+    port_arg = "" if port == 5000 else f" --port {port}"
+    return (f"  browse:  ism ui{port_arg}, then {tracking.ui_link(f'http://127.0.0.1:{port}', ids[experiment])}")

@@ -12,6 +12,14 @@ import yaml
 from ism.commands import env
 from ism.profiles import DEFAULT_PROFILE
 from ism.report import build_report
+from ism.report.index import write_index
+
+
+def update_index(report_md: Path) -> None:
+    """Rebuild reports/README.md when the report was written under ./reports (not for --out elsewhere)."""
+    root = (Path.cwd() / "reports").resolve()
+    if root in Path(report_md).resolve().parents:
+        print(f"index: {write_index(root)}")
 
 
 def is_study_spec(target: str) -> bool:
@@ -40,6 +48,7 @@ def study_report(target: str, profile: str | None, out: str | None, storage: str
     r = write_study_report(p, url, out, root, env.tracking_uri(tracking_uri) if log else None,
                            default_root=env.storage(None, DEFAULT_STORAGE), default_url=env.optuna_url(None))
     print(f"wrote {r.markdown} and {r.pdf}" + (f"; logged to MLflow run {r.logged_to}" if r.logged_to else ""))
+    update_index(r.markdown)
     return 0
 
 
@@ -74,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = ", ".join(f"{c.claim.problem}: {c.verdict}" for c in r.claims)
     print(f"wrote {r.markdown} and {r.pdf}" + (f"; logged to MLflow run {r.logged_to}" if r.logged_to else ""))
     print(f"claims: {verdicts}")
+    update_index(r.markdown)
     if not r.sweep.missing.empty:
         print(f"{len(r.sweep.missing)} trial(s) missing or failed; listed in the report", file=sys.stderr)
     return 0

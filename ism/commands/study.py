@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 from ism.commands import env
-from ism.commands.listing import fmt_s, fmt_v
+from ism.commands.listing import fmt_s, fmt_v, ui_hint
 from ism.config import IDENTITY_KEYS, ConfigError, diff, from_dict, preset_delta, run_id
 from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, estimate_s
 from ism.report.study_section import write_study_report
 from ism.study.driver import run_study
-from ism.study.export import export_best
+from ism.study.export import best_line, export_best
 from ism.study.plan import StudyPlan, plan
 from ism.study.spec import load_spec
 from ism.study.storage import FINISHED, counts, open_study, storage_url
@@ -81,13 +81,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.export_best:
         path = export_best(p, url, Path(args.out) if args.out else None, root)
-        print(f"ism study: best config of {p.study_name} -> {path}")
+        print(f"ism study: {best_line(p, url)}\n  config -> {path}\n  train it:  ism train -c {path}\n"
+              f"  or use it as an ablation base:  base: {{preset: {p.preset}, overrides: <its sections>}}")
         return 0
     uri = env.tracking_uri(args.tracking_uri)
     rc = run_study(p, url, root, uri, env.eval_cache_root())
-    if rc == 130 or args.no_report:  # interrupted: the report comes with the run that finishes the study
+    if rc == 130:  # interrupted: the report comes with the run that finishes the study
         return rc
-    return write_report(p, url, root, args.report_out, uri) or rc
+    rc = (0 if args.no_report else write_report(p, url, root, args.report_out, uri)) or rc
+    best = best_line(p, url)
+    print("next:\n" + (f"  {best}\n" if best else "") +
+          f"  export it:  ism study {args.spec} --profile {p.profile} --export-best\n"
+          + ui_hint(uri, f"ism-study/{p.spec.name}", env.ui_port()), file=sys.stderr)
+    return rc
 
 
 def write_report(p: StudyPlan, url: str, root: Path, out: str | None, tracking_uri: str) -> int:
@@ -100,4 +106,6 @@ def write_report(p: StudyPlan, url: str, root: Path, out: str | None, tracking_u
               f"`ism report {p.spec.path} --profile {p.profile}`", file=sys.stderr)
         return 1
     print(f"ism study: report -> {r.markdown} and {r.pdf}")
+    from ism.commands.report import update_index
+    update_index(r.markdown)
     return 0

@@ -68,11 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (kill, a supervisor) ends us like Ctrl-C does, so the finally below stops the group either way.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        if _answers(url, 60, proc):
-            print(f"ism ui: {url}  (store {uri}; Ctrl-C stops it)\n" + ("\n".join(links(uri, url)) or
-                  "  no ism experiments yet: run ism ablate or ism study"), flush=True)
-        elif proc.poll() is None:
-            print(f"ism ui: {url} has not answered in 60 s; still waiting (Ctrl-C stops it)", file=sys.stderr)
+        print(f"ism ui: starting the MLflow server on {url} (store {uri})", file=sys.stderr, flush=True)
+        waited_s = 0
+        while not _answers(url, 30, proc):
+            if proc.poll() is not None:
+                print(f"ism ui: the MLflow server exited with status {proc.returncode}", file=sys.stderr)
+                return proc.returncode or 1
+            waited_s += 30
+            print(f"ism ui: no answer from {url} after {waited_s} s; still waiting (Ctrl-C stops it)", file=sys.stderr,
+                  flush=True)
+        print(f"ism ui: {url}  (Ctrl-C stops it); the experiments in MLflow's training view:\n" +
+              ("\n".join(links(uri, url)) or "  none yet: run ism ablate or ism study"), flush=True)
         return proc.wait()
     except KeyboardInterrupt:
         return 0

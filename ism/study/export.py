@@ -13,6 +13,16 @@ from ism.store import atomic_write
 from ism.study.storage import open_study
 
 
+def best_line(p: StudyPlan, url: str) -> str | None:
+    """'best trial #7: fid@1x0.5+... = 12.3 with {"wavelet.finest_weight": 4.0}', or None before any completed trial."""
+    study = open_study(p, url, create=False, strict=False)
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    return f"best trial #{best.number}: {p.objective.describe()} = {best.value:.6g} with {json.dumps(p.decode(best.params))}"
+
+
 def export_best(p: StudyPlan, url: str, out: Path | None = None, root: Path | None = None) -> Path:
     """Write the best trial as a delta config (preset + changed keys) that config.resolve and ablation bases load."""
     study = open_study(p, url, create=False)
