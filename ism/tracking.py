@@ -364,6 +364,27 @@ def child_runs(parent_run_id: str, uri: str | None = None) -> list:
                          max_results=5000)
 
 
+def sweeps_overview(uri: str | None = None, kind: str = "sweep") -> list[dict[str, Any]]:
+    """Every ism sweep (or study) parent run in the store: spec, profile, status, start, and child runs by status."""
+    c = client(uri)
+    ids = [eid for eid, _ in ism_experiments(uri)]
+    if not ids:
+        return []
+    parents = c.search_runs(ids, filter_string=f"tags.`ism.kind` = '{kind}'", max_results=1000)
+    out = []
+    for p in parents:
+        kids = c.search_runs([p.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{p.info.run_id}'",
+                             max_results=10000)
+        by: dict[str, int] = {}
+        for k in kids:
+            by[k.info.status] = by.get(k.info.status, 0) + 1
+        t = p.data.tags
+        out.append({"spec": t.get("ism.spec", "?"), "profile": t.get("ism.profile", "?"), "status": p.info.status,
+                    "sweep_id": t.get("ism.sweep_id", ""), "run_id": p.info.run_id, "start_ms": p.info.start_time,
+                    "children": by, "experiment": p.info.experiment_id})
+    return sorted(out, key=lambda r: (r["spec"], r["profile"], r["start_ms"] or 0))
+
+
 def ism_experiments(uri: str | None = None) -> list[tuple[str, str]]:
     """(id, name) of the store's ism experiments (ism/<spec>, ism-study/<spec>), by name."""
     exps = client(uri).search_experiments(filter_string="name LIKE 'ism%'")

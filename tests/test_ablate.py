@@ -291,6 +291,9 @@ def test_parent_run_carries_the_sweep_summary_and_the_experiment_the_training_vi
     arts = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"summary.json", "summary.csv"} <= arts
     assert "next:" in smoke_sweep["out"] and "ism report" in smoke_sweep["out"] and "workflowType" in smoke_sweep["out"]
+    from ism.commands.ls import sweep_lines
+    line = next(ln for ln in sweep_lines(uri) if ln.split()[:2] == ["mini", "smoke"])
+    assert "FAILED" in line and "6 trials: 4 finished, 2 failed" in line, line
 
 
 def _descendants(pid: int) -> set[int]:

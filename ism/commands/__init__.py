@@ -15,6 +15,7 @@ COMMANDS = {
     "study": ("ism.commands.study", "run an Optuna study through Ray Tune, tracked in MLflow"),
     "report": ("ism.commands.report", "Markdown/PDF report of a spec or experiment from MLflow"),
     "ui": ("ism.commands.ui", "the MLflow UI on 127.0.0.1 over the project's store"),
+    "ls": ("ism.commands.ls", "the sweeps and studies in the store, their state and trial counts"),
 }
 
 RESUMABLE = ("train", "ablate", "study")  # rerunning these continues where an interrupted run stopped

@@ -1,7 +1,8 @@
-"""Formatting shared by the --dry-run listings of `ism ablate` and `ism study`."""
+"""Formatting and hints shared by the commands: --dry-run listings, next-step hints, the reports index."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Mapping
 
 
@@ -31,3 +32,11 @@ def ui_hint(uri: str, experiment: str, port: int) -> str:
         return f"  browse:  {tracking.ui_link(uri, ids[experiment])}"
     port_arg = "" if port == 5000 else f" --port {port}"
     return (f"  browse:  ism ui{port_arg}, then {tracking.ui_link(f'http://127.0.0.1:{port}', ids[experiment])}")
+
+
+def update_index(report_md: Path) -> None:
+    """Rebuild reports/README.md when the report was written under ./reports (not for --out elsewhere)."""
+    from ism.report.index import write_index
+    root = (Path.cwd() / "reports").resolve()
+    if root in Path(report_md).resolve().parents:
+        print(f"index: {write_index(root)}")

@@ -12,14 +12,7 @@ import yaml
 from ism.commands import env
 from ism.profiles import DEFAULT_PROFILE
 from ism.report import build_report
-from ism.report.index import write_index
-
-
-def update_index(report_md: Path) -> None:
-    """Rebuild reports/README.md when the report was written under ./reports (not for --out elsewhere)."""
-    root = (Path.cwd() / "reports").resolve()
-    if root in Path(report_md).resolve().parents:
-        print(f"index: {write_index(root)}")
+from ism.commands.listing import update_index
 
 
 def is_study_spec(target: str) -> bool:

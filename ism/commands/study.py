@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ism.commands import env
-from ism.commands.listing import fmt_s, fmt_v, ui_hint
+from ism.commands.listing import fmt_s, fmt_v, ui_hint, update_index
 from ism.config import IDENTITY_KEYS, ConfigError, diff, from_dict, preset_delta, run_id
 from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, estimate_s
 from ism.report.study_section import write_study_report
@@ -106,6 +106,5 @@ def write_report(p: StudyPlan, url: str, root: Path, out: str | None, tracking_u
               f"`ism report {p.spec.path} --profile {p.profile}`", file=sys.stderr)
         return 1
     print(f"ism study: report -> {r.markdown} and {r.pdf}")
-    from ism.commands.report import update_index
     update_index(r.markdown)
     return 0

@@ -183,8 +183,10 @@ def render_pdf(blocks: list[Block], path: Path, title: str) -> Path:
                 story.append(Paragraph(f"<i>{escape(b.title)}: {escape(b.reason)}.</i>", body))
                 continue
             iw, ih = ImageReader(str(b.path)).getSize()
-            # at most half a page high, so two figures share a page (a full page when the figure asks for it)
-            scale = min(fw / iw, ((fh - 2.2 * cm) if b.full_page else 0.42 * fh) / ih, 1.6)
+            # wide figures at most ~half a page high, so two share a page; sample grids and tall figures (bars of
+            # many variants) may fill a page, or they would shrink to unreadable
+            full = b.full_page or ih > 0.5 * iw
+            scale = min(fw / iw, ((fh - 2.2 * cm) if full else 0.42 * fh) / ih, 1.6)
             img = Image(str(b.path), iw * scale, ih * scale)
             # keepWithNext chains heading -> image -> caption into one KeepTogether (reportlab cannot chain a
             # heading to a KeepTogether: that is why headings were left at page bottoms)

@@ -95,6 +95,24 @@ def requeue_stale(study: optuna.Study) -> list[int]:
     return back
 
 
+def overview(url: str) -> list[dict]:
+    """Every study in an Optuna storage: name, trials by state, best value and its trial (nothing is created)."""
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        return []
+    storage = rdb(url)
+    out = []
+    for summ in optuna.get_all_study_summaries(storage, include_best_trial=True):
+        trials = storage.get_all_trials(storage.get_study_id_from_name(summ.study_name), deepcopy=False)
+        by: dict[str, int] = {}
+        for t in trials:
+            by[t.state.name] = by.get(t.state.name, 0) + 1
+        best = summ.best_trial
+        out.append({"name": summ.study_name, "trials": by, "direction": summ.direction.name.lower(),
+                    "best": (best.value, best.number) if best is not None else None,
+                    "objective": (summ.user_attrs or {}).get("ism.objective", "")})
+    return sorted(out, key=lambda r: r["name"])
+
+
 def counts(study: optuna.Study) -> dict[str, int]:
     out = {s.name: 0 for s in TrialState}
     for t in study.get_trials(deepcopy=False):
