@@ -351,7 +351,7 @@ def _mlflow_children(uri: str, name: str):
 
 
 @pytest.mark.slow
-def test_study_completes_prunes_persists_and_exports(tmp_path, ray_local):
+def test_study_completes_prunes_persists_and_exports(tmp_path, ray_local, capsys):
     # Trial 0 (near-initial net) scores well at step 10; trial 1 (lr 3e-3) is far worse there and must be pruned.
     spec = with_(TOY, enqueue=[{"optim.lr": 1e-6, "guidance.label_dropout": 0.1},
                                {"optim.lr": 3e-3, "guidance.label_dropout": 0.1}])
@@ -388,12 +388,17 @@ def test_study_completes_prunes_persists_and_exports(tmp_path, ray_local):
         assert r.info.status == "FINISHED" and float(r.data.params["optim.lr"]) == pytest.approx(t.params["optim.lr"])
     hist = [(m.step, m.value) for m in c.get_metric_history(by_number[0].info.run_id, "objective")]
     assert [s for s, _ in hist] == [10, 20] and hist[-1][1] == pytest.approx(study.trials[0].value)
-    # Rerunning a finished study runs nothing and adds no trial.
+    # Rerunning a finished study runs nothing and adds no trial; it ends with what to do next.
+    capsys.readouterr()
     assert study_cmd.main(args) == 0
+    err = capsys.readouterr().err
+    assert f"best trial #{study.best_trial.number}:" in err and "--export-best" in err and "workflowType" in err
     assert len(optuna.load_study(study_name="toy/smoke", storage=url).trials) == 3
     assert len(_mlflow_children(uri, "toy")[2]) == 3
     out = tmp_path / "best.yaml"
     assert study_cmd.main(args + ["--export-best", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"best trial #{study.best_trial.number}:" in said and f"ism train -c {out}" in said
     cfg = resolve(files=[out])
     assert cfg.optim.lr == pytest.approx(study.best_params["optim.lr"]) and cfg.data.name == "toy2d"
     _check_dashboard_reads(url, "toy/smoke", ["Complete", "Pruned"])
