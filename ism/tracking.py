@@ -343,6 +343,13 @@ def log_sweep_summary(c: MlflowClient, parent: str, rows: list[dict[str, Any]], 
         csv = ",".join(cols) + "\n" + "".join(",".join("" if r.get(k) is None else str(r[k]) for k in cols) + "\n"
                                                 for r in rows)
         _retry(c.log_text, parent, csv, "summary.csv")
+        # the Description on the run's Overview page: the first thing the UI shows of a sweep
+        heads = [k for k in cols if k != "variant"]
+        md = ["| variant | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+        md += ["| " + " | ".join([str(r["variant"])] + [f"{r[k]:.4g}" if isinstance(r.get(k), float) else
+                                                        str(r.get(k, "")) for k in heads]) + " |" for r in rows]
+        set_tag(c, parent, "mlflow.note.content", "Per-variant summary (FID: geometric mean over seeds):\n\n"
+                + "\n".join(md))
 
 
 # ----------------------------------------------------------------------------------------------- readers

@@ -290,6 +290,7 @@ def test_parent_run_carries_the_sweep_summary_and_the_experiment_the_training_vi
     assert not any(k.startswith("broken/") for k in m), "a variant with no finished seed has no summary"
     arts = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"summary.json", "summary.csv"} <= arts
+    assert "| a | 2 |" in parent.data.tags["mlflow.note.content"], "the Overview's description holds the summary"
     assert "next:" in smoke_sweep["out"] and "ism report" in smoke_sweep["out"] and "workflowType" in smoke_sweep["out"]
     from ism.commands.ls import sweep_lines
     line = next(ln for ln in sweep_lines(uri) if ln.split()[:2] == ["mini", "smoke"])
