@@ -92,14 +92,20 @@ def sparse_assign(a: Tensor, b: Tensor, candidates: int = 32, block_bytes: int =
         col_val, col_idx = _row_topk([(0, full.T.contiguous())], n, k, dev)  # topk along dim 0 is ~4x slower
         diag = full.diagonal().clone()
         del full
-    else:
-        row_val, row_idx = _row_topk(_cost_blocks(a, b, rows, u, v), n, k, dev)
-        col_val, col_idx = _row_topk(_cost_blocks(b, a, rows, v, u), n, k, dev)  # the transposed problem
+    else:  # one more pass over row blocks: rows' top-k, and columns' top-k merged block by block
+        row_val, row_idx = torch.empty(n, k, device=dev), torch.empty(n, k, dtype=torch.long, device=dev)
+        col_val, col_idx = torch.empty(n, 0, device=dev), torch.empty(n, 0, dtype=torch.long, device=dev)
+        for s, c in _cost_blocks(a, b, rows, u, v):
+            row_val[s:s + len(c)], row_idx[s:s + len(c)] = c.topk(k, dim=1, largest=False, sorted=False)
+            bv, bi = c.T.contiguous().topk(min(k, len(c)), dim=1, largest=False, sorted=False)
+            col_val, pos = torch.cat([col_val, bv], 1).topk(min(k, col_val.shape[1] + bv.shape[1]), dim=1,
+                                                             largest=False, sorted=False)
+            col_idx = torch.cat([col_idx, bi + s], 1).gather(1, pos)
         diag = (a - b).square().sum(1) - u - v
     ar = torch.arange(n, device=dev)
-    rk = ar.repeat_interleave(k)
-    r = torch.cat([rk, col_idx.reshape(-1), ar])  # each row's candidates, each column's, and the identity pairs
-    cl = torch.cat([row_idx.reshape(-1), rk, ar])
+    kc = col_idx.shape[1]
+    r = torch.cat([ar.repeat_interleave(k), col_idx.reshape(-1), ar])  # rows' candidates, columns', identity pairs
+    cl = torch.cat([row_idx.reshape(-1), ar.repeat_interleave(kc), ar])
     val = torch.cat([row_val.reshape(-1), col_val.reshape(-1), diag]).double()
     key, inv = torch.unique(r * n + cl, return_inverse=True)  # an edge found twice carries ~the same value
     w = torch.zeros(len(key), dtype=torch.float64, device=dev).scatter_(0, inv, val)
