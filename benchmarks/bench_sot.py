@@ -230,7 +230,7 @@ def pool_scope_rows(pool: int = 8192, devices=(1, 2, 4, 8, 32)) -> list[dict]:
     return rows
 
 
-def straightness_rows(preset: str = "mnist-cpu") -> list[dict]:
+def straightness_rows(preset: str = "mnist-cpu", overrides: dict | None = None) -> list[dict]:
     """Straightness (path length / chord at 128 steps) and FID of a model trained with the exact vs the sparse solver,
     one seed each: the embedded preset, sOT on, one global 1,024-pair pool per 32 steps (global: where the solvers'
     pairings differ most; per-class pools of ~100 pairs are within the sparse solver's exact range)."""
@@ -242,16 +242,19 @@ def straightness_rows(preset: str = "mnist-cpu") -> list[dict]:
     for solver in ("exact", "sparse"):
         with tempfile.TemporaryDirectory() as tmp:
             cfg = resolve(preset, overrides={"run.out_dir": tmp, "run.progress": False, "ot.enabled": True,
-                                             "ot.coupling": "global", "ot.solver": solver, "eval.steps": (1, 4, 128)})
+                                             "ot.coupling": "global", "ot.solver": solver, "eval.steps": (1, 4, 128),
+                                             **(overrides or {})})
             t0 = time.perf_counter()
             m = train(cfg, run_dir=Path(tmp) / "run", evaluator=make_evaluator(cfg, eval_cache_root()))["metrics"]
             lines = [json.loads(ln) for ln in (Path(tmp) / "run" / "stats.jsonl").read_text().splitlines() if ln]
         cost = statistics.mean(float(ln["ot/cost_after"]) for ln in lines if "ot/cost_after" in ln)
-        rows.append({"case": f"{preset} sOT (global pool), solver={solver}: straightness@128", "unit": "path/chord",
+        what = f"{preset}{' ' + str(overrides) if overrides else ''}"
+        rows.append({"case": f"{what} sOT (global pool), solver={solver}: straightness@128", "unit": "path/chord",
                      "value": m["straightness_steps_128"],
                      "note": f"one seed; FID@1/4/128 {m['fid_steps_1']:.1f}/{m['fid_steps_4']:.1f}/"
                              f"{m['fid_steps_128']:.1f}; mean pool cost/pair after OT {cost:.2f}; "
-                             f"{cfg.run.steps} steps + eval in {time.perf_counter() - t0:.0f} s"})
+                             f"{cfg.run.steps} steps of batch {cfg.optim.batch_size}, pool {cfg.optim.batch_size * cfg.ot.pool_batches} "
+                             f"pairs, + eval ({cfg.eval.num_samples} samples) in {time.perf_counter() - t0:.0f} s"})
         print(rows[-1], flush=True)
     return rows
 

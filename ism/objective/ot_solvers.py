@@ -59,11 +59,11 @@ def _cost_blocks(a: Tensor, b: Tensor, rows: int, u: Tensor | None = None, v: Te
         yield s, torch.addmm(bn[None], a[s:s + rows], b.T, alpha=-2.0).add_(an[s:s + rows, None])
 
 
-def _row_topk(blocks, n: int, k: int, dev) -> tuple[Tensor, Tensor]:
+def _row_topk(blocks, n: int, k: int, dev, ordered: bool = False) -> tuple[Tensor, Tensor]:
     """Values and column indices of each row's k smallest entries over (start, block) row blocks."""
     val, idx = torch.empty(n, k, device=dev), torch.empty(n, k, dtype=torch.long, device=dev)
     for s, c in blocks:
-        val[s:s + len(c)], idx[s:s + len(c)] = c.topk(k, dim=1, largest=False, sorted=False)
+        val[s:s + len(c)], idx[s:s + len(c)] = c.topk(k, dim=1, largest=False, sorted=ordered)
     return val, idx
 
 
@@ -77,6 +77,12 @@ def sparse_assign(a: Tensor, b: Tensor, candidates: int = 32, block_bytes: int =
         return torch.zeros(1, dtype=torch.long)
     a, b = a.float(), b.float()
     k = min(candidates, n)
+    # Rows repeated m times (a pool larger than the data set, e.g. 8,192 MNIST digits of 4,500) share one candidate
+    # list, which then has to serve m pairs: each copy gets the k*m cheapest (m capped at 8). Measured on the 8,192
+    # MNIST pool (each digit ~twice): cost gap to the optimum 0.45 % -> 0.17 %, CPU 5.7 s -> 7.2 s (2 threads).
+    mult = torch.unique(a, dim=0, return_inverse=True, return_counts=True)
+    mult = mult[2][mult[1]].clamp(max=8)
+    kr = min(n, k * int(mult.max()))
     rows = max(1, block_bytes // (4 * n))
     # u = row minima, v = column minima of c - u: the Hungarian reduction, so every reduced cost c - u - v is >= 0
     u, v = torch.empty(n, device=dev), torch.full((n,), float("inf"), device=dev)
@@ -88,15 +94,15 @@ def sparse_assign(a: Tensor, b: Tensor, candidates: int = 32, block_bytes: int =
             full = c
     if full is not None:
         full.sub_(v[None])
-        row_val, row_idx = _row_topk([(0, full)], n, k, dev)
+        row_val, row_idx = _row_topk([(0, full)], n, kr, dev, ordered=kr > k)
         col_val, col_idx = _row_topk([(0, full.T.contiguous())], n, k, dev)  # topk along dim 0 is ~4x slower
         diag = full.diagonal().clone()
         del full
     else:  # one more pass over row blocks: rows' top-k, and columns' top-k merged block by block
-        row_val, row_idx = torch.empty(n, k, device=dev), torch.empty(n, k, dtype=torch.long, device=dev)
+        row_val, row_idx = torch.empty(n, kr, device=dev), torch.empty(n, kr, dtype=torch.long, device=dev)
         col_val, col_idx = torch.empty(n, 0, device=dev), torch.empty(n, 0, dtype=torch.long, device=dev)
         for s, c in _cost_blocks(a, b, rows, u, v):
-            row_val[s:s + len(c)], row_idx[s:s + len(c)] = c.topk(k, dim=1, largest=False, sorted=False)
+            row_val[s:s + len(c)], row_idx[s:s + len(c)] = c.topk(kr, dim=1, largest=False, sorted=kr > k)
             bv, bi = c.T.contiguous().topk(min(k, len(c)), dim=1, largest=False, sorted=False)
             col_val, pos = torch.cat([col_val, bv], 1).topk(min(k, col_val.shape[1] + bv.shape[1]), dim=1,
                                                              largest=False, sorted=False)
@@ -104,9 +110,10 @@ def sparse_assign(a: Tensor, b: Tensor, candidates: int = 32, block_bytes: int =
         diag = (a - b).square().sum(1) - u - v
     ar = torch.arange(n, device=dev)
     kc = col_idx.shape[1]
-    r = torch.cat([ar.repeat_interleave(k), col_idx.reshape(-1), ar])  # rows' candidates, columns', identity pairs
-    cl = torch.cat([row_idx.reshape(-1), ar.repeat_interleave(kc), ar])
-    val = torch.cat([row_val.reshape(-1), col_val.reshape(-1), diag]).double()
+    keep = (torch.arange(kr, device=dev)[None] < (k * mult.to(dev))[:, None]).reshape(-1)  # k*m per row copy
+    r = torch.cat([ar.repeat_interleave(kr)[keep], col_idx.reshape(-1), ar])  # rows', columns', identity pairs
+    cl = torch.cat([row_idx.reshape(-1)[keep], ar.repeat_interleave(kc), ar])
+    val = torch.cat([row_val.reshape(-1)[keep], col_val.reshape(-1), diag]).double()
     key, inv = torch.unique(r * n + cl, return_inverse=True)  # an edge found twice carries ~the same value
     w = torch.zeros(len(key), dtype=torch.float64, device=dev).scatter_(0, inv, val)
     w = (w - w.min()).cpu().numpy()
