@@ -138,8 +138,10 @@ def measure(tiny: bool = False, model: str | None = None) -> dict:
 def markdown(res: dict) -> str:
     s, k, b = res["size"], res["size"]["k"], res["size"]["batch"]
     rows = [
-        ("SM train step", f"{res['sm']['sec_per_step']:.4f} s", f"{s['model']}, batch {b}, peak {res['sm']['peak_mem_mb']:.0f} MB"),
-        ("full iSM train step", f"{res['ism']['sec_per_step']:.4f} s", f"peak {res['ism']['peak_mem_mb']:.0f} MB; sOT K={k} prefetched"),
+        ("SM train step", f"{res['sm']['sec_per_step']:.4f} s",
+         f"{s['model']}, batch {b}, peak {res['sm']['peak_mem_mb']:.0f} MB"),
+        ("full iSM train step", f"{res['ism']['sec_per_step']:.4f} s",
+         f"peak {res['ism']['peak_mem_mb']:.0f} MB; sOT K={k} prefetched"),
         ("full iSM / SM", f"{res['ism_over_sm']:.3f} x", "paper: ~1.04 for sOT alone"),
         ("sOT wait share (trainer, prefetched)", f"{res['ism_ot_wait_share']:.4f}", "ot/wait_s / sec_per_step"),
     ]

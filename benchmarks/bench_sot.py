@@ -175,7 +175,8 @@ def solver_table(kinds=("mnist", "latents"), pools=SOLVER_POOLS) -> list[dict]:
         for n in pools:
             if kind == "latents" and n > LATENTS_CPU_MAX:
                 rows.append({"case": f"{kind} N={n}: sparse (ours)", "value": "not run", "unit": "",
-                             "note": f"not run: the dense {n}^2 x 4,096 cost is minutes of CPU (bench_gpu.py times 8,192 on a GPU)"})
+                             "note": f"not run: the dense {n}^2 x 4,096 cost is minutes of CPU "
+                                     "(bench_gpu.py times 8,192 on a GPU)"})
                 continue
             a, b = _pool(kind, n)
             cost = lambda p: (a.double() - b[p].double()).square().sum(1).mean().item()  # noqa: E731
@@ -258,8 +259,8 @@ def straightness_rows(preset: str = "mnist-cpu", overrides: dict | None = None) 
                      "value": m["straightness_steps_128"],
                      "note": f"one seed; FID@1/4/128 {m['fid_steps_1']:.1f}/{m['fid_steps_4']:.1f}/"
                              f"{m['fid_steps_128']:.1f}; mean pool cost/pair after OT {cost:.2f}; "
-                             f"{cfg.run.steps} steps of batch {cfg.optim.batch_size}, pool {cfg.optim.batch_size * cfg.ot.pool_batches} "
-                             f"pairs, + eval ({cfg.eval.num_samples} samples) in {time.perf_counter() - t0:.0f} s"})
+                             f"{cfg.run.steps} steps of batch {cfg.optim.batch_size}, pool "
+                             f"{cfg.optim.batch_size * cfg.ot.pool_batches} pairs, + eval ({cfg.eval.num_samples} samples) in {time.perf_counter() - t0:.0f} s"})
         print(rows[-1], flush=True)
     return rows
 
