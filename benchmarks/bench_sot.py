@@ -260,7 +260,8 @@ def straightness_rows(preset: str = "mnist-cpu", overrides: dict | None = None) 
                      "note": f"one seed; FID@1/4/128 {m['fid_steps_1']:.1f}/{m['fid_steps_4']:.1f}/"
                              f"{m['fid_steps_128']:.1f}; mean pool cost/pair after OT {cost:.2f}; "
                              f"{cfg.run.steps} steps of batch {cfg.optim.batch_size}, pool "
-                             f"{cfg.optim.batch_size * cfg.ot.pool_batches} pairs, + eval ({cfg.eval.num_samples} samples) in {time.perf_counter() - t0:.0f} s"})
+                             f"{cfg.optim.batch_size * cfg.ot.pool_batches} pairs, + eval ({cfg.eval.num_samples} "
+                             f"samples) in {time.perf_counter() - t0:.0f} s"})
         print(rows[-1], flush=True)
     return rows
 
