@@ -109,7 +109,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
         torch.set_num_threads(cfg.run.threads)
     data = data or load_dataset(cfg.data, data_cache)  # none yet when a concurrent twin wrote the summary meanwhile
     state = State(cfg, data, device)
-    pairs = PairSource(data, cfg)
+    pairs = PairSource(data, cfg, device)
     start, elapsed = 0, 0.0
     last = store.latest_checkpoint(run_dir)
     if last is not None:

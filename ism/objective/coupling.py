@@ -1,8 +1,11 @@
 """Noise-data pairing: deterministic batches per step and scaling optimal transport (sOT, method notes sec. 3c).
 
-sOT pools K consecutive batches with their noise, solves an exact assignment (scipy's linear_sum_assignment on the
-squared Euclidean cost) between the K*B noises and images, permutes the noise only (labels stay with their images),
-and splits the pool back into the K batches in their original data order. With ot.coupling=class (the default for
+sOT pools K consecutive batches with their noise, solves an assignment on the squared Euclidean cost between the K*B
+noises and images (ot.solver: scipy's exact linear_sum_assignment, or the sparse solver that stays within ~0.1 % of
+the optimum at a fraction of the time, see ism/objective/ot_solvers.py; auto picks exact up to 2,048 pairs),
+permutes the noise only (labels stay with their images), and splits the pool back into the K batches in their
+original data order. With ot.pool_scope=device the pool is split into ot.devices shards (rank r's rows of every
+step) and each shard is solved alone, as each data-parallel rank would. With ot.coupling=class (the default for
 conditional data) the assignment is solved within each label of the pool: one global assignment pairs class-c images
 with noise drawn toward class c (measured on MNIST: mean projection of the assigned noise on its class direction
 0.9-1.35 sigma), while the sampler draws noise independently of the label, so training and sampling disagree
@@ -19,8 +22,9 @@ first uses it (0 on the others; "ot/solved" marks that batch), so the trainer's 
 per-step solver cost, and "ot/wait_s" = seconds that step actually waited for its pool (the wall-time overhead).
 
 With ot.prefetch the next pool is solved in a background thread while the current one trains (scipy's solver
-releases the GIL): the pairs are the same, only the wait shrinks. On a GPU the solve then runs on an otherwise idle
-CPU core, which is how the paper's ~4 % overhead is reachable at K*B = 8192.
+releases the GIL): the pairs are the same, only the wait shrinks. On a GPU the sparse solver's dense part (cost
+blocks, top-k) runs on the GPU and its sparse LAP on an otherwise idle CPU core, which is how the paper's ~4 %
+overhead is reachable at K*B = 8192 (exact: 53 s per pool there).
 """
 from __future__ import annotations
 
@@ -28,14 +32,13 @@ import threading
 import time
 from concurrent.futures import Future
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ism.config import Config, ConfigError
 from ism.diagnostics import pairing_cost
+from ism.objective.ot_solvers import assign
 from ism.rng import generator
 
 
@@ -50,39 +53,36 @@ def _cost_view(x: Tensor, cost_resolution: int) -> Tensor:
     return x.reshape(len(x), -1).double()
 
 
-def _assign(x0: Tensor, x1: Tensor, cost_resolution: int) -> Tensor:
-    """perm minimising sum_i ||x0[perm[i]] - x1[i]||^2 (exact, scipy's linear_sum_assignment)."""
-    a, b = _cost_view(x1, cost_resolution), _cost_view(x0, cost_resolution)
-    cost = torch.cdist(a, b).square_()  # rows: data x1[i], columns: noise x0[j]
-    # Subtracting row then column minima changes every assignment's total by the same constant, so the optimum is
-    # unchanged, but scipy's solver starts from zero duals and runs ~4x faster on data-vs-noise costs (measured on
-    # MNIST 16x16, N=2048: 4.7 s -> 1.1 s); it is the classic Hungarian reduction step.
-    cost -= cost.amin(dim=1, keepdim=True)
-    cost -= cost.amin(dim=0, keepdim=True)
-    rows, cols = linear_sum_assignment(cost.numpy())
-    return torch.as_tensor(np.asarray(cols)[np.argsort(rows)], dtype=torch.long)
-
-
-def ot_assign(x0: Tensor, x1: Tensor, cost_resolution: int = 0,
-              labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-    """Exact OT pairing: perm with x0[perm][i] paired to x1[i] minimising sum_i ||x0[perm[i]] - x1[i]||^2.
+def ot_assign(x0: Tensor, x1: Tensor, cost_resolution: int = 0, labels: Tensor | None = None,
+              solver: str = "exact", candidates: int = 32, groups: Tensor | None = None,
+              device: torch.device | str | None = None) -> tuple[Tensor, dict[str, float]]:
+    """OT pairing: perm with x0[perm][i] paired to x1[i] minimising sum_i ||x0[perm[i]] - x1[i]||^2.
 
     With labels, one assignment per label over that label's rows only (perm maps each row to a noise row of the same
     label group): the noise a class receives is a permutation of i.i.d. draws, so it stays exactly N(0, I) per class,
-    as the sampler draws it. Without labels, one assignment over all rows (global). The cost may be computed on
-    images average-pooled to cost_resolution; the reported costs are always at full resolution.
+    as the sampler draws it. Without labels, one assignment over all rows (global). groups (e.g. the data-parallel
+    shard of each row, ot.pool_scope=device) splits the rows further: one assignment per (group, label).
+    solver: "exact" (the optimum), "sparse" or "auto" (ism.objective.ot_solvers); the sparse solver's dense part runs
+    on `device` (default: where x0 is). The cost may be computed on images average-pooled to cost_resolution; the
+    reported costs are always at full resolution.
     diag: ot/cost_before (identity pairing), ot/cost_after, ot/solve_s (cost matrices + solver).
     """
     if x0.shape != x1.shape:
         raise ValueError(f"ot_assign: x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
     t0 = time.perf_counter()
-    if labels is None:
-        perm = _assign(x0, x1, cost_resolution)
-    else:
-        perm = torch.arange(len(x0))
-        for c in labels.unique():
-            rows = (labels == c).nonzero().squeeze(1)
-            perm[rows] = rows[_assign(x0[rows], x1[rows], cost_resolution)]
+    key = torch.zeros(len(x0), dtype=torch.long)
+    if groups is not None:
+        key = groups.long().cpu() * (int(labels.max()) + 1 if labels is not None and len(labels) else 1)
+    if labels is not None:
+        key = key + labels.long().cpu()
+    a, b = _cost_view(x1, cost_resolution), _cost_view(x0, cost_resolution)
+    if device is not None and solver != "exact":
+        a, b = a.to(device), b.to(device)
+    perm = torch.arange(len(x0))
+    for c in key.unique():
+        rows = (key == c).nonzero().squeeze(1)
+        sub = rows if len(rows) < len(x0) else slice(None)  # one group: no copy
+        perm[rows] = rows[assign(a[sub], b[sub], solver, candidates)]
     solve_s = time.perf_counter() - t0
     diag = {"ot/cost_before": pairing_cost(x0, x1), "ot/cost_after": pairing_cost(x0[perm], x1), "ot/solve_s": solve_s}
     return perm, diag
@@ -91,7 +91,7 @@ def ot_assign(x0: Tensor, x1: Tensor, cost_resolution: int = 0,
 class PairSource:
     """Deterministic (x1, y, x0) batches per training step, OT-paired over pools of K batches when cfg.ot.enabled."""
 
-    def __init__(self, data, cfg: Config):
+    def __init__(self, data, cfg: Config, device: torch.device | str | None = None):
         self.x, self.y = data.train_x, data.train_y
         self.n = len(self.x)
         if self.n == 0:
@@ -105,6 +105,12 @@ class PairSource:
         # Class coupling needs labels the model is conditioned on; an unconditional run samples one N(0, I) for all.
         self.by_class = cfg.ot.coupling == "class" and cfg.data.conditional
         self.prefetch = self.ot and cfg.ot.prefetch
+        self.solver, self.candidates, self.device = cfg.ot.solver, cfg.ot.candidates, device
+        # ot.pool_scope=device: rank r of N holds rows r*B/N .. (r+1)*B/N - 1 of every step's batch (a contiguous
+        # split of the global batch, as a distributed sampler hands it out) and solves only its own shard's pool.
+        shards = cfg.ot.devices if cfg.ot.pool_scope == "device" else 1
+        self.shard = (torch.arange(self.batch_size) // (self.batch_size // shards)).repeat(self.pool_batches) \
+            if shards > 1 else None
         self.total_steps = cfg.run.steps
         self._ahead: tuple[int, Tensor, Future] | None = None  # (pool index, data idx, future of (noise, diag))
         self._perms: dict[int, Tensor] = {}
@@ -141,7 +147,8 @@ class PairSource:
         return torch.cat([self.data_indices(s) for s in steps]), torch.cat([self.noise(s) for s in steps])
 
     def _solve(self, x0: Tensor, idx: Tensor) -> tuple[Tensor, dict[str, float]]:
-        perm, diag = ot_assign(x0, self.x[idx], self.cost_resolution, self.y[idx] if self.by_class else None)
+        perm, diag = ot_assign(x0, self.x[idx], self.cost_resolution, self.y[idx] if self.by_class else None,
+                               self.solver, self.candidates, self.shard, self.device)
         return x0[perm], diag
 
     def _start_ahead(self, pool: int) -> None:
