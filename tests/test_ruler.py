@@ -17,7 +17,7 @@ from ism import toys
 from ism.config import resolve
 from ism.data import load_dataset
 
-TOLERANCE = 0.10          # relative error allowed on a recovered scale (measured worst case: ~3 %)
+TOLERANCE = 0.10          # relative error allowed on a recovered scale (measured: 0.966, 1.929, 3.882, 7.818)
 KNOWN = (1.0, 2.0, 4.0, 8.0)
 GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0)
 
@@ -118,3 +118,61 @@ def test_exact_velocity_matches_a_monte_carlo_regression():
     cls = torch.tensor([0, 2])
     mc_c = torch.stack([v[(y == c) & (torch.cdist(probe[i:i + 1], xt)[0] < 0.1)].mean(0) for i, c in enumerate(cls)])
     assert torch.allclose(mix.velocity(probe, t, cls), mc_c, atol=0.08)
+
+
+def _separation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """(mean b - mean a) in units of its standard error (Welch)."""
+    return float((b.mean() - a.mean()) / (a.var() / len(a) + b.var() / len(b)).sqrt())
+
+
+@pytest.mark.slow
+def test_the_domain_classifier_separates_4x_from_1x_guided_mnist(shared_cache):
+    """Guided sets from a known density, no network trained: a Gaussian kernel density of 500 real digits (std 0.3
+    around each), sampled by its exact CFG ODE (64 Euler steps) at scales 1 and 4 from the same noise. Measured:
+    logit margin -1.0 +- 0.6 at 1x and 3.3 +- 0.5 at 4x (about 6 standard errors apart); read against the wrong
+    class (a ruler blind to the intended class) -12.7 and -13.2, no rise."""
+    from ism import extractors as E
+    data = load_dataset(resolve("mnist-cpu").data)
+    clf = E.domain_classifier(E.setup("mnist-cnn", data, root=shared_cache))
+    idx = torch.cat([torch.nonzero(data.train_y == c).flatten()[:50] for c in range(10)])
+    mix = toys.isotropic(data.train_x[idx].flatten(1), 0.3, data.train_y[idx], 10)
+    n = 200
+    x0 = torch.randn(n, mix.means.shape[1], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.arange(n) % 10
+    logits = {w: R.classifier_logits(clf, mix.cfg_ode(x0, y, w, 64).float().view(n, *data.shape)) for w in (1.0, 4.0)}
+    right = {w: R.logit_margin(lg, y) for w, lg in logits.items()}
+    wrong = {w: R.logit_margin(lg, (y + 1) % 10) for w, lg in logits.items()}
+    assert _separation(right[1.0], right[4.0]) > 3.0
+    assert _separation(wrong[1.0], wrong[4.0]) < 3.0
+
+
+class ExactNet(torch.nn.Module):
+    """A 'network' whose velocity is a mixture's exact one: conditional, unconditional for the null class."""
+
+    def __init__(self, mix):
+        super().__init__()
+        self.mix = mix
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # generate() reads the device off the parameters
+
+    def forward(self, x, t, k, y, w):
+        null = y == self.mix.num_classes
+        vc = self.mix.velocity(x, float(t[0]), torch.where(null, torch.zeros_like(y), y))
+        return torch.where(null[:, None], self.mix.velocity(x, float(t[0])), vc).float()
+
+
+@pytest.mark.parametrize("mode, guidance, expected", [("cfg_finest", 2.0, 2.0), ("intrinsic", 1.0, 1.0)])
+def test_the_evaluator_reads_an_exact_models_scale_in_cfg_units(mode, guidance, expected):
+    """End to end through the evaluator's sampling, noise, labels and units: the exact model sampled with 128-step
+    CFG 2 reads 2; an intrinsic 'model' that ignores its w input is unguided at any w and reads 1 (not 1 + w)."""
+    from ism import evaluate as EV
+    key = "eval.cfg_scale" if mode != "intrinsic" else "eval.w"
+    cfg = resolve("toy2d", overrides={"data.toy": "overlap3", "guidance.mode": mode, key: guidance,
+                                      "guidance.t_interval": 0.0, "eval.num_samples": 256})
+    data = load_dataset(cfg.data)
+    net = ExactNet(toys.overlap3())
+    samples = {s: EV.generate(net, cfg, data, 256, s, None)[1] for s in (1, 128)}
+    rows = EV.effective_guidance_rows(net, cfg, data, samples, {}, None)
+    read = {r["steps"]: r["value"] for r in rows if r["metric"] == "effective_guidance"}
+    assert read[128] == pytest.approx(expected, rel=0.02)
+    calib = [r["guidance"] for r in rows if r["metric"] == "guidance_ruler"]
+    assert calib == list(R.calibration_grid(2.0, 7))  # the grid follows the nominal CFG-equivalent scale 2

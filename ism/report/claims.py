@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ism.report import compounding as C
+from ism.report.compounding import verdict as compounding_verdict
 from ism.report.ci import Interval, delta_ci, log_mean_ci, mean_ci, positive, ratio_ci
 from ism.report.load import Sweep
 from ism.report.tables import Table, delta_cell, fmt, ratio_cell
@@ -145,7 +145,7 @@ def check(sw: Sweep, claim: Claim) -> Result:
 
 def _compounding(sw: Sweep, claim: Claim) -> Result:
     """Every guided variant's effective scale at the fewest steps against its mode's prediction (report/compounding)."""
-    got = C.verdict(sw)
+    got = compounding_verdict(sw)
     diag = f"{claim.metric} ({UNITS[claim.metric]})"
     if got is None:
         return Result(claim, diag, None, verdict="inconclusive (not measured: no cfg_every_level variant with "
