@@ -100,9 +100,11 @@ def compounding_table(sw: Sweep) -> Table | None:
             raw.append({"variant": v, "mode": m.mode, "steps": s, "effective": iv.mean, "ci_low": iv.lo,
                         "ci_high": iv.hi, "n": iv.n, "predicted": m.predicted(s), "exponent": ex.mean,
                         "exponent_low": ex.lo, "exponent_high": ex.hi, "beyond_ruler": nb, **seed_columns(vals)})
-    note = ("Effective guidance: the CFG scale whose 128-step CFG samples of the same model give the same guidance "
-            "statistic (ruler: class log-likelihood ratio under the known mixture for 2-D toys, the domain "
-            "classifier's logit margin for images), in CFG-equivalent units (1 + w for intrinsic). Geometric mean over "
+    note = ("Effective guidance: the CFG scale whose 128-step CFG samples give the same guidance statistic from the "
+            "same noise and labels (2-D toys with a known mixture: the mean class log-likelihood ratio log p(x|c) − "
+            "log p(x|not c), calibrated on the exact CFG ODE of the generating densities; images: the domain "
+            "classifier's logit margin, calibrated on the model's own CFG samples at the guidance sweep's scales), "
+            "in CFG-equivalent units (1 + w for intrinsic). Geometric mean over "
             "seeds with the 95 % t-interval of log values. Predicted: w^(K − log2 n) for cfg_every_level below 2^K "
             "steps, w for cfg_finest, 1 + w for intrinsic, the sampler's CFG scale at 2^K steps. Exponent: "
             "log(effective) / log(w) per seed (mean ± 95 % half-width), w the training CFG scale (1 + w for "
@@ -220,5 +222,14 @@ def summary(sw: Sweep) -> list[str]:
             iv = log_mean_ci(list(sw.values(METRIC, s).get(v, {}).values()))
             cells.append(f"{fmt(iv.mean, 3)}" + (f" [{fmt(iv.lo, 3)}, {fmt(iv.hi, 3)}]" if iv.has_ci else "")
                          + f" at {s} step{'s' * (s > 1)} (predicted {fmt(m.predicted(s), 3)})")
-        out.append(f"`{v}` ({m.mode}, nominal {m.nominal:g}): " + "; ".join(cells) + ".")
+        line = f"`{v}` ({m.mode}, nominal {m.nominal:g}): " + "; ".join(cells) + "."
+        if m.mode == "cfg_every_level" and m.train_scale > 1:
+            s = steps[0]
+            ex = _exponent(sw.values(METRIC, s).get(v, {}), m.train_scale)
+            want = m.K - math.log2(s)
+            line += (f" Compounding exponent at {s} step{'s' * (s > 1)}: {fmt(ex.mean, 3)}"
+                     + (f" [{fmt(ex.lo, 3)}, {fmt(ex.hi, 3)}]" if ex.has_ci else "")
+                     + f" of Prop. 1's {want:g}, i.e. {fmt(100 * ex.mean / want, 3)} % of the predicted doublings"
+                     " applied.")
+        out.append(line)
     return out
