@@ -176,3 +176,46 @@ def test_the_evaluator_reads_an_exact_models_scale_in_cfg_units(mode, guidance, 
     assert read[128] == pytest.approx(expected, rel=0.02)
     calib = [r["guidance"] for r in rows if r["metric"] == "guidance_ruler"]
     assert calib == list(R.calibration_grid(2.0, 7))  # the grid follows the nominal CFG-equivalent scale 2
+
+
+def test_overlap3_points_follow_their_exact_mixture():
+    cfg = resolve("toy2d", overrides={"data.toy": "overlap3"})
+    data = load_dataset(cfg.data)
+    mix = toys.overlap3()
+    assert data.num_classes == 3 and data.shape == (2,)
+    x = torch.cat([data.train_x, data.test_x]).double()
+    y = torch.cat([data.train_y, data.test_y])
+    for c in range(3):
+        assert torch.allclose(x[y == c].mean(0), mix.means[c], atol=0.03)
+        assert x[y == c].std(0).sub(toys.OVERLAP3_STD).abs().max() < 0.02
+    # the classes overlap: the exact posterior's accuracy is well below 1 (0.875)
+    acc = float((mix.class_logp(x).argmax(1) == y).double().mean())
+    assert 0.84 < acc < 0.91
+
+
+class _Recorder(torch.nn.Module):
+    """v = 1 for the null class, 3 for a class, plus 100 w: records the w inputs it is given."""
+
+    def __init__(self, null):
+        super().__init__()
+        self.null, self.ws = null, []
+
+    def forward(self, x, t, k, y, w):
+        self.ws.append(w.clone())
+        v = torch.where(y == self.null, 1.0, 3.0) + 100 * w
+        return v[:, None].expand_as(x)
+
+
+def test_cfg_calibration_samples_plain_cfg_with_w_zero_and_the_interval():
+    """sample(cfg_calibration=True) on an intrinsic run: two passes with w = 0 inputs, scale s above t_interval and 1
+    below it (the run's own interval guidance), so its samples are true CFG in the CFG-equivalent unit."""
+    from ism.sample import sample
+    cfg = resolve("toy2d", overrides={"guidance.mode": "intrinsic", "guidance.t_interval": 0.5,
+                                      "shortcut.max_steps_log2": 2, "eval.steps": [1, 4], "eval.sweep_steps": [4]})
+    net = _Recorder(8)
+    x = sample(net, torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), 4, cfg, 2.0, null=8, cfg_calibration=True)
+    # steps at t = 0 and 0.25 lie wholly below 0.5: v = 1 + 1 (3 - 1) = 3; at 0.5 and 0.75: v = 1 + 2 (3 - 1) = 5
+    assert torch.allclose(x, torch.full((4, 2), (3 + 3 + 5 + 5) / 4))
+    assert all(float(w.abs().max()) == 0 for w in net.ws) and all(len(w) == 8 for w in net.ws)
+    with pytest.raises(ValueError, match="cfg_calibration"):
+        sample(net, torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), 2, cfg, 2.0, null=8, cfg_calibration=True)
