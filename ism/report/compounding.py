@@ -178,16 +178,16 @@ def figure(sw: Sweep, path) -> object:
     steps = sw.steps_of(METRIC)
     scales = sorted({round(mode_of(sw, v).nominal, 6) for v in vs})
     fig, axes = plt.subplots(1, len(scales), figsize=(5.0 * len(scales), 4.2), squeeze=False)
-    modes = ("cfg_finest", "cfg_every_level", "intrinsic")
-    color = dict(zip(modes, _colors(3)))
     for ax, scale in zip(axes[0], scales):
-        for v in [v for v in vs if round(mode_of(sw, v).nominal, 6) == scale]:
+        members = [v for v in vs if round(mode_of(sw, v).nominal, 6) == scale]
+        color = dict(zip(members, _colors(len(members))))
+        for v in members:
             m = mode_of(sw, v)
             ivs = [log_mean_ci(list(sw.values(METRIC, s).get(v, {}).values())) for s in steps]
             x = np.array(steps, float)
             y = np.array([i.mean for i in ivs])
             lo, hi = np.array([i.lo for i in ivs]), np.array([i.hi for i in ivs])
-            c = color.get(m.mode, "k")
+            c = color[v]
             ax.plot(x, y, "o-", color=c, label=f"{v} (measured)", ms=3, lw=1.4)
             ok = np.isfinite(lo)
             if ok.any():
@@ -224,12 +224,12 @@ def summary(sw: Sweep) -> list[str]:
                          + f" at {s} step{'s' * (s > 1)} (predicted {fmt(m.predicted(s), 3)})")
         line = f"`{v}` ({m.mode}, nominal {m.nominal:g}): " + "; ".join(cells) + "."
         if m.mode == "cfg_every_level" and m.train_scale > 1:
-            s = steps[0]
-            ex = _exponent(sw.values(METRIC, s).get(v, {}), m.train_scale)
-            want = m.K - math.log2(s)
-            line += (f" Compounding exponent at {s} step{'s' * (s > 1)}: {fmt(ex.mean, 3)}"
+            first = steps[0]
+            ex = _exponent(sw.values(METRIC, first).get(v, {}), m.train_scale)
+            full = m.K - math.log2(first)
+            line += (f" Compounding exponent at {first} step{'s' * (first > 1)}: {fmt(ex.mean, 3)}"
                      + (f" [{fmt(ex.lo, 3)}, {fmt(ex.hi, 3)}]" if ex.has_ci else "")
-                     + f" of Prop. 1's {want:g}, i.e. {fmt(100 * ex.mean / want, 3)} % of the predicted doublings"
+                     + f" of Prop. 1's {full:g}, i.e. {fmt(100 * ex.mean / full, 3)} % of the predicted levels"
                      " applied.")
         out.append(line)
     return out
