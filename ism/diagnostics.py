@@ -1,7 +1,6 @@
 """Diagnostics for the five problems iSM names, as functions on plain tensors (evaluate.py wires them to runs).
 
-- compounding guidance: `effective_guidance` (the guidance scale w' whose many-step sample best matches the
-  one-step sample) and `guidance_sweep` (a metric across w);
+- compounding guidance: `guidance_sweep` (a metric across w); the effective guidance scale is ism.ruler's;
 - frequency bias: `radial_power_spectrum`, `spectrum_top_error` (log-spectral error in the top frequency bands);
 - straightness: `straightness` (path length / chord; 1 for an exactly straight flow), `pairing_cost`;
 - self-consistency: `sc_gap` (distance between few-step and many-step samples from the same noise);
@@ -9,7 +8,7 @@
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,25 +44,6 @@ def sliced_wasserstein(x: Tensor, y: Tensor, num_projections: int = 128, seed: i
 
 
 # ----------------------------------------------------------------------------------------------- guidance
-def effective_guidance(reference: Tensor, candidates: Mapping[float, Tensor] | Callable[[float], Tensor],
-                       grid: Iterable[float] | None = None,
-                       distance: Callable[[Tensor, Tensor], float] = energy_distance) -> tuple[float, dict[float, float]]:
-    """The guidance scale w' whose candidate sample is closest to `reference` (e.g. the 1-step sample).
-
-    candidates: {w': samples} (e.g. 128-step samples at each w'), or a function w' -> samples with `grid`.
-    Returns (best w', {w': distance}). Compounding guidance shows up as a best w' far above the nominal scale.
-    """
-    if callable(candidates):
-        if grid is None:
-            raise ValueError("effective_guidance: pass grid= when candidates is a function")
-        candidates = {float(w): candidates(float(w)) for w in grid}
-    if not candidates:
-        raise ValueError("effective_guidance: no candidate guidance scales")
-    curve = {float(w): float(distance(reference, s)) for w, s in candidates.items()}
-    best = min(curve, key=curve.get)
-    return best, curve
-
-
 def guidance_sweep(sample_fn: Callable[[float, int], Tensor], score_fn: Callable[[Tensor], float],
                    ws: Sequence[float], steps: Sequence[int], metric: str) -> list[dict]:
     """score_fn(sample_fn(w, steps)) for every (w, steps): tidy rows with the guidance column set."""

@@ -20,6 +20,8 @@ import torch_fidelity
 from ism import diagnostics as D
 from ism import extractors as E
 from ism import metric_keys
+from ism import ruler as R
+from ism import toys
 from ism.config import Config, step_level
 from ism.sample import default_guidance, fixed_labels, fixed_noise, sample, save_grid
 from ism.store import atomic_write
@@ -29,8 +31,10 @@ EVAL_SEED = 0             # one noise draw for every run, so variants compare on
 GRID_STEPS = (1, 4, 128)
 KID_SUBSETS = 50
 TRAJ_BATCH = 64           # trajectories keep every state: smaller batches bound memory
-EG_SAMPLES = 256          # samples per guidance value in the 2-D effective-guidance search (128 steps each)
-CFG_GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 17.0)  # reaches w^7 = 17 for SM's w = 1.5
+RULER_POINTS = 512        # 2-D samples per calibration scale (and per reading); readings share the calibration's
+                          # noise and labels, so much of the sampling noise cancels
+RULER_IMAGES = 128        # image samples per calibration scale when they must be drawn (intrinsic runs): 5 scales
+                          # x 256 passes x 128 images ~ 2 min on one embedded core
 
 
 # ----------------------------------------------------------------------------------------------- reference stats
@@ -109,8 +113,10 @@ def _eval_mode(net: torch.nn.Module):
         net.train(was)
 
 
-def generate(net, cfg: Config, data, n: int, steps: int, guidance: float | None, paths: bool = False):
-    """(x0, samples, (path lengths, chords) or None) from fixed noise and balanced (or null) labels, on CPU."""
+def generate(net, cfg: Config, data, n: int, steps: int, guidance: float | None, paths: bool = False,
+             calibration: bool = False):
+    """(x0, samples, (path lengths, chords) or None) from fixed noise and balanced (or null) labels, on CPU;
+    calibration: plain CFG at scale `guidance` (sample(cfg_calibration=True))."""
     x0 = fixed_noise(n, data.shape, EVAL_SEED)
     y = fixed_labels(n, data.num_classes) if cfg.data.conditional else torch.full((n,), data.num_classes)
     dev = next(net.parameters()).device
@@ -119,7 +125,7 @@ def generate(net, cfg: Config, data, n: int, steps: int, guidance: float | None,
     with _eval_mode(net), torch.no_grad():
         for i in range(0, n, bs):
             out = sample(net, x0[i:i + bs].to(dev), y[i:i + bs].to(dev), steps, cfg, guidance, trajectory=paths,
-                         null=data.num_classes)
+                         null=data.num_classes, cfg_calibration=calibration)
             if paths:
                 out, path = out
                 ln, ch = D.path_lengths([p.cpu() for p in path])
@@ -142,6 +148,68 @@ def _save_points(x: torch.Tensor, ref: torch.Tensor, path: Path) -> None:
     ax.legend(loc="upper right", fontsize=7)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------- guidance ruler
+def ruler_statistic(cfg: Config, data, ext: E.ExtractorSetup | None):
+    """stat(x, y) -> per-sample guidance statistic (ism.ruler), or None where this data has no ruler: the class
+    log-likelihood ratio under a 2-D toy's exact mixture, the domain classifier's logit margin on images."""
+    if data.kind == "points":
+        mix = toys.mixture(cfg.data.toy) if cfg.data.name == "toy2d" else None
+        return None if mix is None else (lambda x, y: R.class_llr(mix, x, y))
+    if ext is None or ext.name != "mnist-cnn":
+        return None
+    clf = E.domain_classifier(ext)
+    return lambda x, y: R.logit_margin(R.classifier_logits(clf, x), y)
+
+
+def effective_guidance_rows(net, cfg: Config, data, samples: dict[int, torch.Tensor],
+                            sweep_top: dict[float, torch.Tensor], ext: E.ExtractorSetup | None) -> list[dict]:
+    """The effective CFG-equivalent scale of the run's samples at every evaluated step count (ism.ruler).
+
+    Calibration: 2^K-step CFG samples over a grid of scales, from the same noise and labels as the readings.
+    2-D toys with a known mixture: the exact CFG ODE of the generating densities (Euler, 2^K steps), over a grid
+    reaching 2 x nominal^K; model-free, and monotone to scale 4,096 on overlap3, where a small network's own CFG
+    peaked near scale 8 (it extrapolates badly far outside its training range). Images: the model's own CFG
+    samples at the guidance sweep's scales (its 2^K-step samples reused for the cfg modes, drawn with
+    sample(cfg_calibration=True) for intrinsic runs); none without a sweep reaching 2^K steps.
+    Rows: effective_guidance, effective_guidance_bound (+1: at least the value, the statistic lies above the
+    calibrated range; -1: at most), guidance_stat per step count; the calibration curve as guidance_ruler rows at
+    2^K steps with the CFG scale in the guidance column.
+    """
+    stat = ruler_statistic(cfg, data, ext)
+    K, g0 = cfg.shortcut.max_steps_log2, default_guidance(cfg)
+    top = 2 ** K
+    if stat is None:
+        return []
+    intrinsic = cfg.guidance.mode == "intrinsic"
+    if data.kind == "points":
+        m = min(len(samples[min(samples)]), RULER_POINTS)
+        mix = toys.mixture(cfg.data.toy)
+        x0, y0 = fixed_noise(m, data.shape, EVAL_SEED), fixed_labels(m, data.num_classes)
+        calib = {w: mix.cfg_ode(x0, y0, w, top).float() for w in R.calibration_grid(cfg_equivalent(cfg, g0), K)}
+    elif sweep_top and top in cfg.eval.sweep_steps:
+        if intrinsic:
+            m = min(len(samples[min(samples)]), RULER_IMAGES)
+            calib = {cfg_equivalent(cfg, w): generate(net, cfg, data, m, top, cfg_equivalent(cfg, w),
+                                                      calibration=True)[1] for w in sweep_top}
+        else:
+            calib = dict(sweep_top)
+            m = len(next(iter(calib.values())))
+    else:
+        return []
+    if len(calib) < 2:
+        return []
+    y = (fixed_labels(m, data.num_classes) if cfg.data.conditional else torch.full((m,), data.num_classes))
+    curve = {w: float(stat(x[:m], y).mean()) for w, x in sorted(calib.items())}
+    ruler = R.calibrate(list(curve), list(curve.values()))
+    rows = [D.row("guidance_ruler", v, top, w, sweep=True) for w, v in curve.items()]
+    for s, x in sorted(samples.items()):
+        value = float(stat(x[:m], y).mean())
+        reading = ruler.read(value)
+        rows += [D.row("guidance_stat", value, s, g0), D.row("effective_guidance", reading.scale, s, g0),
+                 D.row("effective_guidance_bound", reading.bound, s, g0)]
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------- the evaluation
@@ -203,22 +271,8 @@ def evaluate_run(nets: dict, cfg: Config, data, step: int, run_dir: str | Path,
     rows += [dict(r, sweep=True) for r in D.guidance_sweep(sweep_sample, sweep_score, ev.guidance_sweep,
                                                            ev.sweep_steps, "energy_distance" if points else "fid")]
 
-    # Effective guidance: the w' whose 2^K-step sample best matches the 1-step sample at the run's guidance,
-    # recorded in CFG-equivalent units for every mode (cfg_equivalent: 1 + w for intrinsic) so modes compare.
-    # 2-D: energy distance over a grid; images: FID over the sweep's 2^K-step samples (needs a sweep with 2^K).
-    if ev.diagnostics and cfg.guidance.mode != "none" and 1 in samples:
-        if points:
-            grid = ev.guidance_sweep or (CFG_GRID if cfg.guidance.mode != "intrinsic" else
-                                         tuple(i * cfg.guidance.w_step for i in
-                                               range(int(cfg.guidance.w_max / cfg.guidance.w_step) + 1)))
-            m = min(n, EG_SAMPLES)
-            best, _ = D.effective_guidance(samples[1][:m], lambda w: generate(net, cfg, data, m, top, w)[1], grid)
-            rows.append(D.row("effective_guidance", cfg_equivalent(cfg, best), top, None))
-        elif sweep_top:
-            one = ImageSet(samples[1], ext.rgb, is_image)
-            best, _ = D.effective_guidance(one, sweep_top,
-                                           distance=lambda a, b: fid_kid(b, a, ext, kid=False, image=is_image)["fid"])
-            rows.append(D.row("effective_guidance", cfg_equivalent(cfg, best), top, None))
+    if ev.diagnostics and cfg.guidance.mode != "none":
+        rows += effective_guidance_rows(net, cfg, data, samples, sweep_top, ext)
 
     # Sample grids at 1/4/128 steps (those the step budget allows): the first 100 images, one column per class;
     # for 2-D points a scatter of all samples over the held-out points.
@@ -246,10 +300,7 @@ def flat_metrics(rows: list[dict], accuracy: float | None) -> dict[str, float]:
     """{metric}_steps_{N} at the run's guidance, {metric}_steps_{N}_w_{W} for sweep rows, plus extras."""
     out: dict[str, float] = {}
     for r in rows:
-        if r["metric"] == "effective_guidance":
-            out["effective_guidance"] = r["value"]
-        else:
-            out[metric_keys.key(r["metric"], r["steps"], r["guidance"] if r.get("sweep") else None)] = r["value"]
+        out[metric_keys.key(r["metric"], r["steps"], r["guidance"] if r.get("sweep") else None)] = r["value"]
     if accuracy is not None:
         out["extractor_accuracy"] = accuracy
     return out

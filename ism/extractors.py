@@ -173,6 +173,15 @@ def _load_cnn(path: str, mtime: float) -> DomainCNN:
     return net.eval().requires_grad_(False)
 
 
+def domain_classifier(setup: "ExtractorSetup") -> DomainCNN:
+    """The trained domain classifier behind an `mnist-cnn` setup (eval mode, no gradients): the guidance ruler
+    reads its logits (ism.ruler.logit_margin)."""
+    path = setup.kwargs.get("feature_extractor_weights_path", "")
+    if setup.name != "mnist-cnn" or not path:
+        raise ValueError(f"domain_classifier: {setup.name} is not a domain classifier (only mnist-cnn is)")
+    return _load_cnn(path, os.path.getmtime(path))
+
+
 class _FidelityExtractor(FeatureExtractorBase):
     """torch-fidelity's class protocol for an extractor that provides FEATURES (the first is the default layer)."""
     FEATURES: tuple[str, ...] = ()

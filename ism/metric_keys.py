@@ -21,7 +21,7 @@ def key(metric: str, steps: int, w: float | None = None) -> str:
 
 
 def parse(name: str) -> MetricKey | None:
-    """The parts of a metric key, or None for any other name (loss, wall_time_s, effective_guidance, ...)."""
+    """The parts of a metric key, or None for any other name (loss, wall_time_s, extractor_accuracy, ...)."""
     m = _KEY.match(name)
     if m is None:
         return None

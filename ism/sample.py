@@ -23,7 +23,7 @@ def default_guidance(cfg: Config) -> float | None:
 
 @torch.no_grad()
 def sample(model, x0: torch.Tensor, y: torch.Tensor, num_steps: int, cfg: Config, guidance: float | None = None,
-           trajectory: bool = False, null: int | None = None):
+           trajectory: bool = False, null: int | None = None, cfg_calibration: bool = False):
     """Integrate from noise x0 (t=0) to data (t=1) in num_steps shortcut steps; optionally return the path.
 
     guidance: w for intrinsic guidance, the CFG scale for the cfg_* modes (guidance_key), ignored for mode none;
@@ -31,6 +31,9 @@ def sample(model, x0: torch.Tensor, y: torch.Tensor, num_steps: int, cfg: Config
     Intrinsic guidance: w is a network input, one forward pass per step (w=0 for steps wholly below t_interval
     when guidance.interval_at_inference). CFG modes: SM trains the null class only at the finest level, so the
     inference CFG (two passes) applies only when num_steps = 2^K; coarser step counts carry the baked-in guidance.
+    cfg_calibration: plain two-pass CFG at scale `guidance` for any mode, at 2^K steps only (the flow-matching level
+    where every mode trains the null class; intrinsic runs get w = 0 inputs and keep their interval guidance: scale
+    1 for steps wholly below t_interval), the guidance ruler's reference samples (ism.ruler).
     """
     level = step_level(num_steps, cfg.shortcut.max_steps_log2)
     g = cfg.guidance
@@ -44,17 +47,22 @@ def sample(model, x0: torch.Tensor, y: torch.Tensor, num_steps: int, cfg: Config
     null_y = torch.full_like(y, null if null is not None else 0)
     x = x0.clone()
     path = [x.clone()] if trajectory else None
-    use_cfg = g.mode in ("cfg_finest", "cfg_every_level") and level == cfg.shortcut.max_steps_log2 and scale != 1.0
+    if cfg_calibration and (level != cfg.shortcut.max_steps_log2 or g.mode == "none" or null is None):
+        raise ValueError("sample(): cfg_calibration needs 2^K steps, a guided mode and null=")
+    use_cfg = (g.mode in ("cfg_finest", "cfg_every_level") and level == cfg.shortcut.max_steps_log2 and scale != 1.0
+               or cfg_calibration)
+    interval = g.mode == "intrinsic" and g.interval_at_inference
     for i in range(num_steps):
         t_val = i * d
         t = torch.full((n,), t_val, device=dev)
-        if g.mode == "intrinsic":
+        if g.mode == "intrinsic" and not use_cfg:
             w_i = 0.0 if (g.interval_at_inference and t_val + d <= g.t_interval) else w
             v = model(x, t, k, y, torch.full((n,), w_i, device=dev))
         elif use_cfg:
             zeros = torch.zeros(2 * n, device=dev)
             out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([k, k]), torch.cat([y, null_y]), zeros)
-            v = out[n:] + scale * (out[:n] - out[n:])
+            s_i = 1.0 if (interval and t_val + d <= g.t_interval) else scale
+            v = out[n:] + s_i * (out[:n] - out[n:])
         else:
             v = model(x, t, k, y, torch.zeros(n, device=dev))
         x = x + d * v.float()

@@ -29,7 +29,7 @@ def _f(default, help: str, *, choices=None, lo=None, hi=None, lo_open=False, hi_
 
 
 DATASETS = ("mnist5k", "digits8", "idx", "cifar10", "image_folder", "latents", "toy2d")
-TOYS = ("gaussians8", "checkerboard", "two_moons")
+TOYS = ("gaussians8", "overlap3", "checkerboard", "two_moons")
 GUIDANCE_MODES = ("none", "cfg_finest", "cfg_every_level", "intrinsic")
 
 
@@ -42,7 +42,7 @@ class DataConfig:
     holdout_fraction: float = _f(0.1, "share of items kept out of training (reference statistics)", lo=0.0, hi=0.5)
     split_seed: int = _f(0, "seed of the train / held-out split (fixed across runs on purpose)", lo=0)
     max_items: int = _f(0, "cap on training items, 0 = all (smoke runs)", lo=0)
-    toy: str = _f("gaussians8", "2-D toy distribution for data.name=toy2d", choices=TOYS)
+    toy: str = _f("gaussians8", "2-D toy distribution for data.name=toy2d (overlap3: three overlapping Gaussian classes, where guidance matters; gaussians8 and overlap3 have exact densities for the guidance ruler)", choices=TOYS)
     toy_samples: int = _f(20000, "number of 2-D toy points", lo=16)
 
 

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ism import toys
 from ism.config import ConfigError, DataConfig
+from ism.schema import TOYS
 from ism.rng import derive_seed, generator
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -284,11 +286,9 @@ def _load_toy2d(cfg: DataConfig) -> Raw:
     """Labelled 2-D toys at roughly unit scale, balanced classes, deterministic in data.split_seed."""
     n, g = cfg.toy_samples, generator(cfg.split_seed, 1, "split")  # step 1: the split itself draws from step 0
     idx = torch.arange(n)
-    if cfg.toy == "gaussians8":
-        y = idx % 8
-        angle = y.double() * (2 * torch.pi / 8)
-        centres = torch.stack([angle.cos(), angle.sin()], 1) * 2**0.5
-        x = centres + 0.1 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    mix = toys.mixture(cfg.toy)
+    if mix is not None:  # gaussians8, overlap3: Gaussian mixtures with exact densities (ism.toys)
+        x, y = mix.sample(n, g)
     elif cfg.toy == "checkerboard":
         # 4x4 board on [-2, 2]^2, points only on the 8 dark cells; label = board quadrant (4 classes, 2 cells each).
         dark = torch.tensor([(i, j) for i in range(4) for j in range(4) if (i + j) % 2 == 0])
@@ -301,7 +301,7 @@ def _load_toy2d(cfg: DataConfig) -> Raw:
         pts, lab = make_moons(n, noise=0.05, random_state=derive_seed(cfg.split_seed, 1, "split") % 2**32)
         x, y = torch.from_numpy(pts - np.array([0.5, 0.25])), torch.from_numpy(lab)
     else:
-        raise ConfigError(f"data.toy: {cfg.toy!r} is not allowed; choose gaussians8, checkerboard or two_moons")
+        raise ConfigError(f"data.toy: {cfg.toy!r} is not allowed; choose one of {', '.join(TOYS)}")
     return Raw("points", x.float().contiguous(), y.long())
 
 

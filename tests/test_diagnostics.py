@@ -35,20 +35,6 @@ def test_sliced_wasserstein_matches_shift_size():
     assert D.sliced_wasserstein(x, _gauss(2000, seed=3)) < 0.1
 
 
-def test_effective_guidance_finds_the_scale_of_the_reference():
-    v = torch.tensor([1.0, -0.5])
-    base = _gauss(400, seed=2)
-    reference = _gauss(400, seed=5) + 3.0 * v      # "1-step sample" guided with an effective scale 3
-    best, curve = D.effective_guidance(reference, lambda w: base + w * v, grid=[0, 1, 2, 3, 4, 6])
-    assert best == 3.0
-    assert curve[3.0] < curve[2.0] < curve[1.0] < curve[0.0] and curve[3.0] < curve[4.0] < curve[6.0]
-    best2, _ = D.effective_guidance(reference, {1.5: base + 1.5 * v, 3.0: base + 3.0 * v},
-                                    distance=D.sliced_wasserstein)
-    assert best2 == 3.0
-    with pytest.raises(ValueError):
-        D.effective_guidance(reference, lambda w: base)
-
-
 def test_guidance_sweep_rows():
     rows = D.guidance_sweep(lambda w, s: torch.full((4, 2), w * s), lambda x: float(x.mean()), [0.0, 1.5], [1, 4],
                             "fid")

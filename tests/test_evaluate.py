@@ -92,8 +92,10 @@ def test_evaluator_on_an_image_model_writes_the_table(shared_cache, tmp_path):
     assert df.ref_hash.nunique() == 1 and df.extractor_accuracy.iloc[0] == pytest.approx(metrics["extractor_accuracy"])
     for s in (1, 2, 8):
         assert metrics[f"fid_steps_{s}"] > 0 and f"kid_steps_{s}" in metrics
-    assert {"fid_steps_1_w_1", "fid_steps_8_w_3", "sc_gap_steps_1", "effective_guidance"} <= set(metrics)
-    assert metrics["effective_guidance"] in (1.0, 3.0)
+    assert {"fid_steps_1_w_1", "fid_steps_8_w_3", "sc_gap_steps_1", "effective_guidance_steps_1",
+            "guidance_ruler_steps_8_w_1", "guidance_ruler_steps_8_w_3", "effective_guidance_bound_steps_8"} <= set(metrics)
+    # the ruler is calibrated on the sweep's 8-step CFG samples (scales 1 and 3): readings lie inside or at its ends
+    assert all(1.0 <= metrics[f"effective_guidance_steps_{s}"] <= 3.0 for s in (1, 2, 8))
     sweep = df[(df.metric == "fid") & (df.guidance == 3.0)]
     assert sorted(sweep.steps) == [1, 8]
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["grid_steps_1_train_00000007.png",
@@ -111,7 +113,8 @@ def test_evaluator_on_points_uses_energy_distance(tmp_path):
     net = build_model(cfg, data)
     rows, metrics = EV.evaluate_run({"infer": net}, cfg, data, 0, tmp_path, tmp_path / "cache")
     kinds = {r["metric"] for r in rows}
-    assert {"energy_distance", "sliced_wasserstein", "straightness", "sc_gap", "effective_guidance"} <= kinds
+    assert {"energy_distance", "sliced_wasserstein", "straightness", "sc_gap", "effective_guidance",
+            "guidance_stat", "guidance_ruler"} <= kinds
     assert "fid" not in kinds and all(r["extractor"] == "points" for r in rows)
     # An untrained net (zero output layer) returns its noise, N(0, I): 10x farther from the 8 Gaussians (unit
     # variance overall) than 200 real training points are.

@@ -137,9 +137,9 @@ def test_one_ray_adapter_and_no_command_code_in_the_library():
 LAYERS = [
     ["ism.errors"],
     ["ism.model_registry", "ism.schema", "ism.presets", "ism.config", "ism.metric_keys", "ism.store"],
-    ["ism.rng", "ism.sources", "ism.data", "ism.models", "ism.diagnostics", "ism.objective"],
+    ["ism.rng", "ism.toys", "ism.sources", "ism.data", "ism.models", "ism.diagnostics", "ism.objective"],
     ["ism.checkpoint", "ism.run_state", "ism.train"],
-    ["ism.sample", "ism.extractors", "ism.evaluate"],
+    ["ism.sample", "ism.extractors", "ism.ruler", "ism.evaluate"],
     ["ism.tracking"],
     ["ism.profiles", "ism.specs", "ism.ablate", "ism.trial_objective", "ism.progress", "ism.trials", "ism.ray_adapter",
      "ism.sweep", "ism.study"],

@@ -11,7 +11,7 @@ from ism.models import MODELS, build_model, count_params
 
 torch.set_num_threads(1)
 
-SMALL = ("unet-smoke", "unet-tiny", "unet-small", "dit-tiny/4", "mlp2d")
+SMALL = ("unet-smoke", "unet-tiny", "unet-small", "dit-tiny/4", "mlp2d", "mlp2d-small")
 BIG_DIT = {"dit-s/2": (384, 12), "dit-b/2": (768, 12), "dit-xl/2": (1152, 28)}
 
 
@@ -33,7 +33,7 @@ def cfg_for(name: str, mode: str = "cfg_finest", dropout: float = 0.0):
 
 
 def data_for(name: str) -> Data:
-    return POINTS if name == "mlp2d" else MNIST
+    return POINTS if name.startswith("mlp2d") else MNIST
 
 
 def inputs(data: Data, b: int = 6, seed: int = 0):

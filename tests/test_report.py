@@ -40,11 +40,12 @@ STEPS = (1, 2, 4, 128)
 FID = {"sm": (50, 40, 30, 10), "cfg_every": (60, 45, 33, 11), "ig": (40, 33, 25, 9), "ig_int": (38, 31, 24, 9),
        "wavelet": (47, 38, 29, 10), "sot": (49, 39, 28, 10), "twin_ema": (45, 36, 27, 10)}
 NOISE = {0: 0.0, 1: 0.7, 2: -0.4}
-DIAG = {  # per variant: (spectrum_top_err @1, sc_gap @1 by seed, straightness @128 by seed, effective_guidance)
+DIAG = {  # per variant: (spectrum_top_err @1, sc_gap @1 by seed, straightness @128 by seed, effective guidance:
+    # the compounding exponent at one step (every level) or the reading's ratio to 1 + w (intrinsic))
     "sm": (0.9, (0.10, 0.20, 0.15), (1.10, 1.11, 1.12), None),
-    "cfg_every": (0.9, (0.12, 0.2, 0.1), (1.1, 1.1, 1.1), 15.0),
-    "ig": (0.9, (0.1, 0.1, 0.1), (1.1, 1.1, 1.1), 0.6),
-    "ig_int": (0.9, (0.1, 0.1, 0.1), (1.1, 1.1, 1.1), 0.5),
+    "cfg_every": (0.9, (0.12, 0.2, 0.1), (1.1, 1.1, 1.1), 7.0),
+    "ig": (0.9, (0.1, 0.1, 0.1), (1.1, 1.1, 1.1), 1.0),
+    "ig_int": (0.9, (0.1, 0.1, 0.1), (1.1, 1.1, 1.1), 0.9),
     "wavelet": (0.3, (0.1, 0.2, 0.15), (1.1, 1.1, 1.1), None),
     "sot": (0.9, (0.1, 0.2, 0.15), (1.50, 1.51, 1.52), None),
     "twin_ema": (0.9, (0.14, 0.12, 0.13), (1.1, 1.1, 1.1), None),
@@ -57,7 +58,16 @@ def fid(v, s, seed):
     return FID[v][STEPS.index(s)] + NOISE[seed] * (1 + 0.1 * STEPS.index(s))
 
 
-def eval_metrics(v, seed):
+def effective(v, seed, cfg, s):
+    """A synthetic effective-guidance reading: every level compounds (exponent x (K - log2 s)/K), intrinsic ~ 1 + w."""
+    K = cfg.shortcut.max_steps_log2
+    if cfg.guidance.mode == "cfg_every_level":
+        e = DIAG[v][3] * (K - math.log2(s)) / K * (1 + 0.02 * (seed - 1)) if s < 2 ** K else 1.0
+        return cfg.guidance.cfg_scale ** e
+    return (1 + cfg.eval.w) * DIAG[v][3] * (1 + 0.01 * seed)
+
+
+def eval_metrics(v, seed, cfg=None):
     m = {}
     for s in STEPS:
         m[f"fid_steps_{s}"] = fid(v, s, seed)
@@ -67,8 +77,10 @@ def eval_metrics(v, seed):
         m[f"sc_gap_steps_{s}"] = DIAG[v][1][seed] * (1 + STEPS.index(s))
     m["straightness_steps_128"] = DIAG[v][2][seed]
     m["pairing_cost_steps_128"] = 250.0 + seed
-    if DIAG[v][3] is not None:
-        m["effective_guidance"] = DIAG[v][3] + 0.1 * seed
+    if DIAG[v][3] is not None and cfg is not None:
+        for s in STEPS:
+            m[f"effective_guidance_steps_{s}"] = effective(v, seed, cfg, s)
+            m[f"effective_guidance_bound_steps_{s}"] = 0.0
     if v == "ig":  # a guidance sweep for the intrinsic model only
         for w in (0.0, 0.5, 1.5):
             for s in (1, 128):
@@ -96,7 +108,7 @@ def write_trial(c, exp, parent, t, p, root, fail=None):
         if fail and step == 4:
             log.finish("FAILED", fail)
             return rid
-    metrics = eval_metrics(v, seed)
+    metrics = eval_metrics(v, seed, t.cfg)
     log.eval_metrics(8, metrics)
     log.eval_metrics(8, {"wall_time_s": 4.0, "peak_mem_mb": 310.0 + seed, "params": 12345})
     (run_dir / "eval").mkdir(parents=True, exist_ok=True)
@@ -244,8 +256,17 @@ def test_fid_ratios_to_the_baseline_say_paired_or_welch(store):
 
 def test_claims_verdicts_follow_the_numbers(store):
     res = {r.claim.problem: r for r in store["report"].claims}
-    assert res["compounding guidance"].pair == ("cfg_every", "ig")  # the every-level form is preferred
-    assert res["compounding guidance"].verdict == "reproduced"
+    comp = res["compounding guidance"]
+    assert comp.verdict == "reproduced" and comp.pair is None  # each variant against its mode's prediction
+    assert "cfg_every: " in comp.detail and "predicted 7.0)" in comp.detail and "ig: " in comp.detail
+    table = store["report"].tables["compounding"]
+    assert set(table.data["variant"]) == {"cfg_every", "ig", "ig_int"}
+    row = table.data[(table.data["variant"] == "cfg_every") & (table.data["steps"] == 1)].iloc[0]
+    assert row.exponent == pytest.approx(7.0, rel=1e-9) and row.n == 3
+    sw = store["report"].sweep
+    w = float(sw.params[sw.representative("cfg_every")]["guidance.cfg_scale"])
+    assert row.predicted == pytest.approx(w ** 7) and row.effective == pytest.approx(w ** 7, rel=0.05)
+    assert (store["out"] / "figures" / "effective_guidance_vs_steps.png").stat().st_size > 0
     assert res["fixed guidance"].verdict == "reproduced" and res["fixed guidance"].pair == ("sm", "ig")
     assert res["frequency bias"].pair == ("sm", "wavelet") and res["frequency bias"].verdict == "reproduced"
     assert res["curvy trajectories"].verdict == "not reproduced" and res["curvy trajectories"].delta.method == "Welch"
@@ -331,28 +352,39 @@ def test_unknown_spec_is_a_clear_error(store):
     assert not (store["root"] / "absent.db").exists()
 
 
-def test_guidance_claims_pair_modes_even_with_interval_guidance(store, tmp_path):
-    """guidance.yaml-like: cfg_finest, cfg_every_level, intrinsic (with interval guidance) and a guidance sweep."""
+@pytest.mark.parametrize("every_exponent, verdict", [(3.0, "partly (compounding weaker than Prop. 1)"),
+                                                      (1.0, "not reproduced (no compounding)")])
+def test_guidance_claims_pair_modes_even_with_interval_guidance(store, tmp_path, every_exponent, verdict):
+    """guidance.yaml-like: cfg_finest, cfg_every_level, intrinsic (with interval guidance) and a guidance sweep; the
+    compounding verdict follows cfg_every_level's exponent at one step (predicted 7)."""
     c, uri = store["client"], store["uri"]
-    exp, parent = tracking.start_parent(c, "ism/modes", "modes", {"ism.kind": "sweep", "ism.profile": "smoke"}, {}, {})
-    modes = {"cfg_finest": (set(), 1.6, 30.0), "cfg_every_level": (set(), 9.0, 35.0),
-             "intrinsic": ({"intrinsic", "interval"}, 1.4, 25.0)}
-    for v, (comps, eff, fid1) in modes.items():
+    name = f"modes{int(every_exponent)}"
+    exp, parent = tracking.start_parent(c, f"ism/{name}", name, {"ism.kind": "sweep", "ism.profile": "smoke"}, {}, {})
+    modes = {"cfg_finest": (set(), 1.0, 30.0), "cfg_every_level": (set(), every_exponent, 35.0),
+             "intrinsic": ({"intrinsic", "interval"}, 1.0, 25.0)}
+    for v, (comps, ex, fid1) in modes.items():
         for seed in (0, 1, 2):
             tags = {"ism.kind": "trial", "ism.variant": v, "ism.seed": str(seed),
                     **{f"ism.component.{k}": "on" if k in comps else "off" for k in ("intrinsic", "interval")}}
-            rid = tracking.child_run(c, exp, parent, tmp_path / f"{v}{seed}", v, tags, {"guidance.mode": v})
-            m = {"effective_guidance": eff + 0.05 * seed, "fid_steps_1": fid1 + seed,
-                 **{f"fid_steps_1_w_{w:g}": fid1 + seed + abs(w - 1) * 3 - 2 for w in (0.0, 1.0, 2.0)}}
+            params = {"guidance.mode": v, "guidance.cfg_scale": 2.0, "eval.cfg_scale": 2.0, "eval.w": 1.0,
+                      "shortcut.max_steps_log2": 7}
+            rid = tracking.child_run(c, exp, parent, tmp_path / f"{v}{seed}", v, tags, params)
+            m = {"fid_steps_1": fid1 + seed, **{f"fid_steps_1_w_{w:g}": fid1 + seed + abs(w - 1) * 3 - 2
+                                                for w in (0.0, 1.0, 2.0)}}
+            for s in (1, 4, 128):
+                e = ex * (7 - math.log2(s)) / 7 if v == "cfg_every_level" and s < 128 else 1.0
+                m[f"effective_guidance_steps_{s}"] = 2.0 ** (e * (1 + 0.02 * (seed - 1)))
             tracking.TrialLog(uri, rid).eval_metrics(8, m)
             tracking.set_status(c, rid, "FINISHED")
-    rep = build_report("modes", uri, tmp_path / "out", log=False)
+    rep = build_report(name, uri, tmp_path / "out", log=False)
     res = {r.claim.problem: r for r in rep.claims}
     assert rep.sweep.baseline == "cfg_finest"
-    assert res["compounding guidance"].pair == ("cfg_every_level", "intrinsic")
-    assert res["compounding guidance"].verdict == "reproduced"
+    assert res["compounding guidance"].verdict == verdict
+    assert "cfg_every_level: " in res["compounding guidance"].detail
     assert res["fixed guidance"].pair == ("cfg_finest", "intrinsic") and res["fixed guidance"].verdict == "reproduced"
     assert res["frequency bias"].verdict.startswith("inconclusive (not measured")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Compounding guidance (Prop. 1)" in md and "effective_guidance_vs_steps.png" in md
 
 
 def test_a_non_embedded_report_never_lands_on_the_committed_embedded_one():

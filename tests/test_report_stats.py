@@ -197,24 +197,3 @@ def test_other_diagnostics_keep_the_paired_delta():
     assert r.delta.mean == pytest.approx(delta_ci({0: 0.9, 1: 0.91, 2: 0.92}, {0: 0.3, 1: 0.312, 2: 0.324}).mean)
 
 
-# ----------------------------------------------------------------------------------------------- effective guidance
-def test_effective_guidance_is_recorded_in_cfg_equivalent_units(monkeypatch, tmp_path):
-    from ism import evaluate as EV
-    from ism.config import resolve
-    intrinsic = resolve("toy2d", overrides={"guidance.mode": "intrinsic"})
-    assert EV.cfg_equivalent(intrinsic, 0.5) == 1.5 and EV.cfg_equivalent(intrinsic, 0.0) == 1.0
-    for mode in ("cfg_finest", "cfg_every_level"):
-        assert EV.cfg_equivalent(resolve("toy2d", overrides={"guidance.mode": mode}), 1.5) == 1.5
-    # evaluate_run records the searched w' through it: intrinsic w' = 0.75 is stored as 1.75
-    import torch
-    from ism.data import load_dataset
-    from ism.models import build_model
-    cfg = resolve("toy2d", overrides={"guidance.mode": "intrinsic", "eval.num_samples": 64, "eval.steps": [1, 2],
-                                      "eval.sweep_steps": [], "shortcut.max_steps_log2": 1, "eval.batch_size": 64})
-    data = load_dataset(cfg.data)
-    torch.manual_seed(0)
-    net = build_model(cfg, data)
-    monkeypatch.setattr(EV.D, "effective_guidance", lambda ref, cands, grid=None, distance=None: (0.75, {}))
-    rows, metrics = EV.evaluate_run({"infer": net}, cfg, data, 0, tmp_path, tmp_path / "cache")
-    assert metrics["effective_guidance"] == 1.75
-    assert [r["value"] for r in rows if r["metric"] == "effective_guidance"] == [1.75]

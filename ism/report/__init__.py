@@ -14,6 +14,7 @@ import pandas as pd
 
 from ism import tracking
 from ism.profiles import DEFAULT_PROFILE
+from ism.report import compounding as C
 from ism.report import figures as F
 from ism.report import load as L
 from ism.report.claims import Result, claims_table
@@ -99,7 +100,7 @@ def build_report(target: str, tracking_uri: str | None = None, out: str | Path |
         for t in (metadata_table(sw, files, hist), claims, metric_table(sw, m1, f"{m1.upper()} per variant and step count"),
                   metric_table(sw, m2, f"{m2.upper()} per variant and step count"), delta_table(sw, m1),
                   delta_table(sw, m2), cumulative_table(sw, m1), diagnostics_table(sw), sweep_table(sw, m1),
-                  config_diff_table(sw), missing_table(sw), *group_tables(sw, m1)):
+                  config_diff_table(sw), missing_table(sw), C.compounding_table(sw), *group_tables(sw, m1)):
             if t is not None:
                 tables[t.name] = t
         figs: dict[str, Path | str] = {
@@ -110,6 +111,7 @@ def build_report(target: str, tracking_uri: str | None = None, out: str | Path |
             "spectra": F.spectra(sw, grids, figdir / "spectra.png"),
             "straightness_gap": F.straightness_gap(sw, figdir / "straightness_sc_gap.png"),
             "losses": F.losses(sw, hist, figdir / "losses.png"),
+            "compounding": C.figure(sw, figdir / "effective_guidance_vs_steps.png"),
         }
         for s in (1, 4, 128):
             figs[f"samples_{s}"] = F.sample_grid(sw, grids, s, figdir / f"samples_steps_{s}.png")
@@ -160,6 +162,10 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
     b.append(Heading("Missing and failed trials"))
     b.append(t("missing") or Para("None: every planned trial finished with its metrics."))
     b += [Heading("Claims check"), tables["claims"]]
+    if t("compounding"):
+        b += [Heading("Compounding guidance (Prop. 1)")] + [Para(x) for x in C.summary(sw)]
+        b += [tables["compounding"], _fig(figs, "compounding", "Effective CFG-equivalent scale versus sampling steps "
+                                          "(log2 axes; dashed: each mode's prediction)")]
     b.append(Heading(f"{m1.upper()} and {sw.primary[1].upper()} versus sampling steps"))
     b += [x for x in (t(f"{m1}_by_steps"), t(f"{sw.primary[1]}_by_steps")) if x] or [Para("No FID/KID was logged.")]
     scale = lambda m: "log y axis, " if log_metric(sw, m) else ""  # noqa: E731

@@ -196,6 +196,8 @@ def spectra(sw: Sweep, grids: dict[str, dict[int, Path]], path: Path) -> Path | 
     from ism.diagnostics import radial_power_spectrum
     if not grids:
         return "no sample grids were logged as artifacts, so no spectra"
+    if all(_is_points(sw, v) for v in grids):
+        return "no spectra: the samples are 2-D points, not images"
     res = {v: int(sw.params.get(sw.representative(v) or "", {}).get("data.resolution", 0) or 0) for v in grids}
     steps = sorted({s for g in grids.values() for s in g})
     fig, axes = plt.subplots(1, len(steps), figsize=(4.5 * len(steps), 3.8),
@@ -281,6 +283,10 @@ def losses(sw: Sweep, hist: pd.DataFrame, path: Path) -> Path | str:
     return _save(fig, path)
 
 
+def _is_points(sw: Sweep, v: str) -> bool:
+    return sw.params.get(sw.representative(v) or "", {}).get("data.name") == "toy2d"
+
+
 def sample_grid(sw: Sweep, grids: dict[str, dict[int, Path]], steps: int, path: Path) -> Path | str:
     """The first rows of every variant's sample grid at one step count, side by side (same eval noise)."""
     from PIL import Image
@@ -289,14 +295,16 @@ def sample_grid(sw: Sweep, grids: dict[str, dict[int, Path]], steps: int, path: 
         return f"no sample grid at {steps} step{'s' * (steps > 1)} was logged"
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 1.45 * rows + 0.5), squeeze=False)
+    # 2-D points are logged as whole scatter plots (evaluate._save_points), not grids of image tiles to crop
+    points = all(_is_points(sw, v) for v in names)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, (3.3 if points else 1.45) * rows + 0.5), squeeze=False)
     fig.subplots_adjust(hspace=0.3, wspace=0.08)
     for ax in axes.flat:
         ax.axis("off")
     for ax, v in zip(axes.flat, names):
         im = np.asarray(Image.open(grids[v][steps]).convert("RGB"))
         res = int(sw.params.get(sw.representative(v) or "", {}).get("data.resolution", 0) or 0)
-        if res:
+        if res and not points:
             im = im[: 1 + GRID_ROWS * (res + 1)]
         ax.imshow(im, interpolation="nearest")
         ax.set_title(v, fontsize=8)

@@ -64,7 +64,7 @@ class Sweep:
                     self._index.setdefault(key, {}).setdefault(r.variant, {})[int(r.seed)] = float(r.value)
         key = (metric, None if steps is None else int(steps), None if guidance is None else round(float(guidance), 9), sweep)
         out = self._index.get(key, {})
-        if not out and steps is None and len(self.scalars):  # metrics logged without a step count (effective_guidance)
+        if not out and steps is None and len(self.scalars):  # metrics logged without a step count
             s = self.scalars[self.scalars["key"] == metric]
             for r in s.itertuples():
                 out.setdefault(r.variant, {})[int(r.seed)] = float(r.value)

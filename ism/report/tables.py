@@ -348,8 +348,8 @@ def diagnostics_table(sw: Sweep) -> Table | None:
                         "n": iv.n, **seed_columns(vals)})
         rows.append(row)
     note = ("Mean ± half-width of the 95 % t-interval over seeds (a bare value: a single seed; (n=k/N): seeds missing). "
-            "effective_guidance: the guidance scale whose many-step sample best matches the 1-step one, in "
-            "CFG-equivalent units for every mode (1 + w for intrinsic guidance, whose target is (1+w) v_c − w v_u; the "
+            "effective_guidance: the CFG scale whose 128-step CFG samples give the same guidance statistic as the "
+            "samples at that step count (the guidance ruler; see the compounding table), in CFG-equivalent units for every mode (1 + w for intrinsic guidance, whose target is (1+w) v_c − w v_u; the "
             "CFG scale itself for cfg_finest / cfg_every_level); spectrum_top_err: "
             "log-spectral error in the top frequency bands vs held-out data; sc_gap: few-step vs many-step sample "
             "distance (same noise); straightness: path length / chord of the many-step trajectory (1 = straight); "
