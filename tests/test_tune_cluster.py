@@ -3,56 +3,17 @@
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from benchmarks.support import free_port
+from cluster import http_ok, start, started, stop, wait_until
 
 BIN = Path(sys.executable).parent
-
-
-
-
-def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
-    """A long-running process in its own session, so that it and all it spawns stop together by its pid."""
-    fh = open(log, "w")
-    return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def wait_until(cond, procs, timeout: float, what: str) -> None:
-    t0 = time.time()
-    while not cond():
-        for p in procs:
-            assert p.poll() is None, f"{p.args[:3]} exited while waiting for {what}"
-        assert time.time() - t0 < timeout, f"timed out waiting for {what}"
-        time.sleep(1)
-
-
-def started(log: Path) -> bool:
-    """`ray start` prints this once its node has registered with the head."""
-    return log.exists() and "Ray runtime started" in log.read_text()
-
-
-def http_ok(url: str) -> bool:
-    import urllib.request
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 @pytest.mark.slow
