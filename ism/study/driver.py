@@ -19,11 +19,14 @@ from ism.ablate import components
 from ism.config import dump_yaml, flatten, run_id, to_dict
 from ism.profiles import PROFILES
 from ism.study.plan import StudyPlan, make_sampler
-from ism.study.storage import (FINISHED, HEARTBEAT_S, counts, open_study, owner, requeue_stale, study_dir,
+from ism.study.storage import (FINISHED, HEARTBEAT_S, counts, is_stale, open_study, owner, requeue_stale, study_dir,
                                study_lock)
 
 
 # ----------------------------------------------------------------------------------------------- driver
+MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # a told trial's MLflow run status
+
+
 class Bookkeeper:
     """Driver-side records of trials: claims (owner, heartbeat), run dirs, MLflow child runs, Optuna user attrs,
     terminal progress lines."""
@@ -114,7 +117,7 @@ class Bookkeeper:
                 log.replay_stats(tdir / "stats.jsonl")
                 log.artifacts(tdir)
             tracking.set_tag(c, child, "ism.trial_state", state)
-            status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}.get(state, "KILLED")
+            status = MLFLOW_STATUS.get(state, "KILLED")
             tracking.set_status(c, child, status, reason)
         if quiet:
             return
@@ -124,14 +127,16 @@ class Bookkeeper:
         self.say(f"{state.lower()} #{ot.number}{val}" + (f": {reason}" if reason else ""), now)
 
     def reconcile(self) -> int:
-        """Settle MLflow runs of trials the study finished while the driver died before logging it; returns how many."""
+        """Settle MLflow runs of trials the study finished while their driver died before (or while) logging it;
+        returns how many. A live driver's trials are its own to settle."""
         n = 0
         for t in self.study.get_trials(deepcopy=False, states=FINISHED):
             child = t.user_attrs.get("ism.mlflow_run_id")
             run = tracking.get_run(self.client(), child) if child else None
-            if run is None:
+            if run is None or not is_stale(t):
                 continue
-            if run.data.tags.get("ism.trial_state") != t.state.name:
+            # tag and status both: a driver killed between the two leaves the tag right and the run RUNNING
+            if run.data.tags.get("ism.trial_state") != t.state.name or run.info.status != MLFLOW_STATUS[t.state.name]:
                 self.finish(t, t.state.name, t.value, None, quiet=True)
                 n += 1
         return n

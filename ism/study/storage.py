@@ -65,6 +65,14 @@ def open_study(p: StudyPlan, url: str, create: bool = True, strict: bool = True)
             raise ConfigError(f"no study '{p.study_name}' in {url} (no such file); run `ism study {p.spec.path} "
                               f"--profile {p.profile}` first")
         db.parent.mkdir(parents=True, exist_ok=True)
+    # Drivers started together on a fresh database would race creating Optuna's tables (PostgreSQL: "duplicate key
+    # value violates unique constraint pg_type_typname_nsp_index", seen with three drivers) and enqueueing the
+    # spec's points twice: one opens at a time.
+    with study_lock(url, "ism.open"):
+        return _open(p, url, create, strict)
+
+
+def _open(p: StudyPlan, url: str, create: bool, strict: bool) -> optuna.Study:
     storage = rdb(url)
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if p.study_name not in names and not create:
