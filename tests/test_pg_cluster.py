@@ -1,6 +1,7 @@
 """Cluster storage for real: Optuna and MLflow on a real PostgreSQL (tests/pgserver.py) and a Ray cluster of two nodes
-on this machine. A study survives a kill -9 of its driver; several drivers run one study at once; a smoke ablation is
-tracked by an MLflow server whose store is the same PostgreSQL, and `ism report` builds from that server."""
+started with `ray start` on this machine, joined through RAY_ADDRESS with token auth. A study survives a kill -9 of its
+driver; several drivers run one study at once; a smoke ablation runs its trials on both nodes, tracked by a real
+`mlflow server --workers 1` whose store is the same PostgreSQL, and `ism report` builds from that server."""
 from __future__ import annotations
 
 import os
@@ -90,6 +91,42 @@ def children(uri: str, study: str):
             [r for r in runs if r.data.tags.get("ism.kind") == "trial"])
 
 
+def _ask_until_full(spec: str, url: str) -> list[int]:
+    """A driver's asking loop without Ray: ask and claim under the study lock until the study is full, tell at once."""
+    from ism import study as S
+    p = S.plan(S.load_spec(spec), "smoke")
+    study = S.open_study(p, url)  # all at once on a fresh database: the first creates the tables
+    books = S.Bookkeeper(p, study, Path(spec).parent, "", "", "", "", url)
+    mine = []
+    while True:
+        with books.slot() as free:
+            if not free:
+                return mine
+            ot = study.ask(p.distributions())
+            books.claim(ot)
+        study.tell(ot, float(ot.number))
+        mine.append(ot.number)
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+def test_drivers_asking_at_once_stop_at_exactly_n_trials(kind, pg, tmp_path):
+    """Four processes open one fresh study at once and ask trials until it is full: exactly n trials, unique numbers
+    (without the study lock each count-then-ask races and the total overshoots)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from ism import study as S  # imported before the fork: the children start in milliseconds
+    n, drivers = 24, 4
+    spec = write_spec(tmp_path, with_(TOY, name="race", n_trials=n))
+    url = pg.url("race") if kind == "postgresql" else f"sqlite:///{tmp_path / 'optuna.db'}"
+    with ProcessPoolExecutor(drivers, mp_context=multiprocessing.get_context("fork")) as pool:
+        got = list(pool.map(_ask_until_full, [str(spec)] * drivers, [url] * drivers))
+    numbers = sorted(x for g in got for x in g)
+    assert numbers == list(range(n))                       # none twice, none beyond n_trials
+    assert sum(1 for g in got if g) >= 2                    # they really shared the study
+    study = optuna.load_study(study_name="race/smoke", storage=url)
+    assert len(study.trials) == n and {t.state.name for t in study.trials} == {"COMPLETE"}
+
+
 @pytest.mark.slow
 def test_study_on_postgres_survives_a_killed_driver(stack, tmp_path):
     # Two good points, then two bad ones the median pruner stops at step 10 (a good one has completed by then: at
@@ -172,6 +209,7 @@ def test_smoke_ablation_tracked_by_an_mlflow_server_on_postgres(stack, tmp_path)
     assert sorted(k.data.tags["ism.variant"] for k in kids) == ["sm", "sm+intrinsic"]
     assert {k.info.status for k in kids} == {"FINISHED"}
     assert len({k.data.tags["ism.node_id"] for k in kids}) == 2, "both trials ran on one node"
+    assert all(k.data.tags["ism.node_ip"] not in ("", "unknown") for k in kids)
     for k in kids:
         assert k.data.params["run.steps"] == "24" and {"loss", "fid_steps_1", "fid_steps_4"} <= set(k.data.metrics)
         assert {"config.yaml", "stats.jsonl", "summary.json"} <= set(tracking.list_artifacts(k.info.run_id, "", uri))
