@@ -224,6 +224,7 @@ def test_the_heartbeat_keeps_held_trials_alive(tmp_path):
         time.sleep(0.5)
     beat = study.trials[t.number].user_attrs["ism.beat"]
     assert time.time() - beat < 1 and not st.is_stale(study.trials[t.number])
+    assert 3 * st.HEARTBEAT_S <= st.GRACE_S  # a busy driver may miss two beats before its trials look abandoned
 
 
 def test_changed_space_refuses_the_existing_study(tmp_path):

@@ -246,6 +246,23 @@ def test_a_server_uri_nobody_answers_is_refused_quickly(tmp_path):
     assert "s3cret" not in str(e.value) and time.monotonic() - t0 < 5
 
 
+def test_a_database_that_never_answers_is_refused_after_the_connect_timeout():
+    """A port that accepts the TCP connection but never speaks PostgreSQL (a hung server, a wrong service): without
+    the connect timeout libpq would wait forever; with it, a ConfigError naming the URI."""
+    import socket
+    import time
+    from ism import dburl
+    from ism.errors import ConfigError
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)  # the kernel completes the handshake; nobody ever reads or answers
+        url = f"postgresql+psycopg://ism@127.0.0.1:{s.getsockname()[1]}/ism"
+        t0 = time.monotonic()
+        with pytest.raises(ConfigError, match="Optuna storage .* could not connect within"):
+            dburl.check(url, "Optuna storage")
+        assert time.monotonic() - t0 < dburl.CONNECT_TIMEOUT_S + 5
+
+
 def test_ablate_with_a_bad_tracking_uri_exits_2_before_any_work(tmp_path, capsys):
     from ism.cli import main
     store = tmp_path / "store"
