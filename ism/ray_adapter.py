@@ -23,6 +23,7 @@ import ray
 from ray import tune as rt
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ism import store
@@ -198,7 +199,9 @@ class StudySearch(OptunaSearch):
     """OptunaSearch on a study we opened: our pruner (OptunaSearch would make one with NopPruner), and trial endings
     told by what happened (OptunaSearch tells COMPLETE with the last intermediate value when Tune stops a trial on
     interrupt, and COMPLETE for an errored trial that had reported). `books` (ism.study.driver.Bookkeeper) tells the
-    study and settles MLflow: start(ot) -> trial meta, reject / prune / fail / complete(ot, ...)."""
+    study and settles MLflow: slot() -> may a trial be asked (under the study's lock), claim(ot), start(ot) -> trial
+    meta, reject / prune / fail / complete(ot, ...). The search ends when the study holds all its trials, so several
+    drivers of one study stop at exactly n_trials."""
 
     def __init__(self, study, space: dict, mode: str, books):
         self._given, self._books, self._pruned, self._requeue, self._step = study, books, set(), [], {}
@@ -209,8 +212,12 @@ class StudySearch(OptunaSearch):
 
     def suggest(self, trial_id: str):
         for _ in range(20):  # a sampled point whose config is invalid (a cross-key rule) fails and is redrawn
-            params = super().suggest(trial_id)
-            ot = self._ot_trials[trial_id]
+            with self._books.slot() as free:  # other drivers of the study may be asking too
+                if not free:
+                    return Searcher.FINISHED
+                params = super().suggest(trial_id)
+                ot = self._ot_trials[trial_id]
+                self._books.claim(ot)
             try:
                 return {**params, "_ism": self._books.start(ot)}
             except ConfigError as e:

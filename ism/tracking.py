@@ -22,7 +22,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ism import metric_keys
+from ism import dburl, metric_keys
 from ism.errors import ConfigError
 from ism.store import write_json
 
@@ -36,23 +36,25 @@ TERMINAL = ("FINISHED", "FAILED", "KILLED")
 # ----------------------------------------------------------------------------------------------- store
 def tracking_uri(uri: str | None = None) -> str:
     """The tracking URI made absolute: the given one, else the sqlite store under ./mlruns (the commands read
-    $MLFLOW_TRACKING_URI)."""
+    $MLFLOW_TRACKING_URI); postgresql:// gets the pinned driver (postgresql+psycopg://)."""
     if uri:
+        uri = dburl.normalize(uri)
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             uri = "sqlite:///" + str(Path(unquote(uri[len("sqlite:///"):])).resolve())
         return uri
     return "sqlite:///" + str((Path.cwd() / STORE_DIR / DB_NAME).resolve())
 
 
-DB_SCHEMES = ("postgresql", "mysql", "mssql")  # SQLAlchemy stores, with or without "+driver"
 SERVER_TIMEOUT_S = 5.0
 
 
 def check_uri(uri: str) -> None:
     """A user-given tracking URI that MLflow can use, checked before any work starts (a ConfigError naming it):
-    sqlite in an existing folder (never created silently), a database URL, or an http(s) server that answers."""
+    sqlite in an existing folder (never created silently), a database that accepts a connection, or an http(s)
+    server that answers."""
     scheme = urlparse(uri).scheme.split("+")[0]
-    allowed = "sqlite:////abs/path/mlflow.db, http(s)://host:port (an MLflow server), postgresql://, mysql://, mssql://"
+    allowed = ("sqlite:////abs/path/mlflow.db, http(s)://host:port (an MLflow server), "
+               "postgresql+psycopg://user:password@host:5432/db, mysql://, mssql://")
     if scheme == "sqlite":
         # The store's own folder (e.g. mlruns/) is made on demand, but only inside a folder that exists: a mistyped
         # path fails here instead of growing a directory tree somewhere.
@@ -71,7 +73,9 @@ def check_uri(uri: str) -> None:
             raise ConfigError(f"tracking URI {uri}: no MLflow server answered at {uri.rstrip('/')}/health within "
                               f"{SERVER_TIMEOUT_S:g} s ({type(e).__name__}: {e}); start one (mlflow server --host "
                               "127.0.0.1 --port N) or fix the URI") from None
-    elif scheme not in DB_SCHEMES:
+    elif scheme in dburl.DB_SCHEMES:
+        dburl.check(uri, "tracking URI")
+    else:
         raise ConfigError(f"tracking URI {uri}: scheme '{scheme}' is not allowed; allowed: {allowed}")
 
 

@@ -133,6 +133,9 @@ def study_trial(meta: dict[str, Any], hooks: Hooks, tracking_uri: str, objective
     obj = Objective(objective["terms"], objective["metric"], tuple(objective["steps"]), objective["direction"])
     log = tracking.TrialLog(tracking_uri, meta["mlflow_run_id"])
     log.running()
+    node_id, node_ip = hooks.node()  # where each trial (and each resumed attempt) ran, as for ablation trials
+    log.tag("ism.node_id", node_id)
+    log.tag("ism.node_ip", node_ip)
 
     def callback(kind: str, ev: dict) -> None:
         if kind == "metrics":

@@ -19,3 +19,12 @@ def shared_cache(tmp_path_factory):
         os.environ.pop("ISM_CACHE", None)
     else:
         os.environ["ISM_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """A real PostgreSQL for the session (tests/pgserver.py), started by the first test that asks; missing binaries
+    fail that test (never a skip: CI installs them)."""
+    from pgserver import postgres_server
+    with postgres_server() as server:
+        yield server

@@ -136,7 +136,8 @@ def test_one_ray_adapter_and_no_command_code_in_the_library():
 # The layers of docs/architecture.md, top (0) to bottom: a module may import its own layer or the ones above it.
 LAYERS = [
     ["ism.errors"],
-    ["ism.model_registry", "ism.schema", "ism.presets", "ism.config", "ism.metric_keys", "ism.store"],
+    ["ism.model_registry", "ism.schema", "ism.presets", "ism.config", "ism.metric_keys", "ism.store",
+     "ism.dburl"],
     ["ism.rng", "ism.toys", "ism.sources", "ism.data", "ism.models", "ism.diagnostics", "ism.objective"],
     ["ism.checkpoint", "ism.run_state", "ism.train"],
     ["ism.sample", "ism.extractors", "ism.ruler", "ism.evaluate"],

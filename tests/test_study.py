@@ -187,6 +187,46 @@ def test_requeue_gives_the_same_trial_back(tmp_path):
     assert len(study.trials) == 1
 
 
+def test_only_a_gone_drivers_trials_are_requeued(tmp_path):
+    """Several drivers share a study: a RUNNING trial is put back only when its owner is gone (pid dead on this host,
+    or no heartbeat for GRACE_S from another host); a live driver's trials stay its own."""
+    import socket
+    from ism.study import storage as st
+    p = toy_plan(tmp_path)
+    study = S.open_study(p, f"sqlite:///{tmp_path / 'optuna.db'}")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now = time.time()
+    owners = {"mine": (st.owner(), now), "other host, beating": ({"host": "node-7", "pid": 1}, now - st.GRACE_S / 2),
+              "other host, silent": ({"host": "node-7", "pid": 1}, now - st.GRACE_S - 1),
+              "dead pid here": ({"host": socket.gethostname(), "pid": dead.pid}, now), "no owner": (None, None)}
+    number = {}
+    for name, (who, beat) in owners.items():
+        t = study.ask(p.distributions())
+        if who:
+            t.set_user_attr("ism.owner", who)
+            t.set_user_attr("ism.beat", beat)
+        number[name] = t.number
+    assert sorted(S.requeue_stale(study)) == sorted(number[k] for k in ("other host, silent", "dead pid here", "no owner"))
+    assert S.requeue_stale(study, mine=True) == [number["mine"]]     # a driver ending puts back only its own
+    assert [t.number for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))] == [number["other host, beating"]]
+
+
+def test_the_heartbeat_keeps_held_trials_alive(tmp_path):
+    from ism.study import storage as st
+    p = toy_plan(tmp_path)
+    study = S.open_study(p, f"sqlite:///{tmp_path / 'optuna.db'}")
+    books = S.Bookkeeper(p, study, tmp_path, "", "", "", "", f"sqlite:///{tmp_path / 'optuna.db'}")
+    t = study.ask(p.distributions())
+    books.claim(t)
+    study._storage.set_trial_user_attr(t._trial_id, "ism.beat", time.time() - st.GRACE_S - 1)  # as if long silent
+    with books.heartbeat(every_s=0.05):
+        time.sleep(0.5)
+    beat = study.trials[t.number].user_attrs["ism.beat"]
+    assert time.time() - beat < 1 and not st.is_stale(study.trials[t.number])
+    assert 3 * st.HEARTBEAT_S <= st.GRACE_S  # a busy driver may miss two beats before its trials look abandoned
+
+
 def test_changed_space_refuses_the_existing_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     S.open_study(toy_plan(tmp_path), url)

@@ -224,7 +224,30 @@ def test_a_server_uri_nobody_answers_is_refused_quickly(tmp_path):
         tracking.check_uri(f"http://127.0.0.1:{port}")
     assert time.monotonic() - t0 < tracking.SERVER_TIMEOUT_S + 5
     tracking.check_uri(f"sqlite:///{tmp_path}/mlflow.db")  # an existing folder is fine
-    tracking.check_uri("postgresql+psycopg://user@127.0.0.1:5432/ism")  # database URLs are MLflow's to open
+    # A database nobody serves: refused before any work, the password kept out of the message, postgresql:// given
+    # the pinned driver (SQLAlchemy's default, psycopg2, is not installed).
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match=rf"tracking URI postgresql\+psycopg://user:\*\*\*@127.0.0.1:{port}/ism: could "
+                                          "not connect") as e:
+        tracking.check_uri(tracking.tracking_uri(f"postgresql://user:s3cret@127.0.0.1:{port}/ism"))
+    assert "s3cret" not in str(e.value) and time.monotonic() - t0 < 5
+
+
+def test_a_database_that_never_answers_is_refused_after_the_connect_timeout():
+    """A port that accepts the TCP connection but never speaks PostgreSQL (a hung server, a wrong service): without
+    the connect timeout libpq would wait forever; with it, a ConfigError naming the URI."""
+    import socket
+    import time
+    from ism import dburl
+    from ism.errors import ConfigError
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)  # the kernel completes the handshake; nobody ever reads or answers
+        url = f"postgresql+psycopg://ism@127.0.0.1:{s.getsockname()[1]}/ism"
+        t0 = time.monotonic()
+        with pytest.raises(ConfigError, match="Optuna storage .* could not connect within"):
+            dburl.check(url, "Optuna storage")
+        assert time.monotonic() - t0 < dburl.CONNECT_TIMEOUT_S + 5
 
 
 def test_ablate_with_a_bad_tracking_uri_exits_2_before_any_work(tmp_path, capsys):

@@ -4,7 +4,7 @@ ISM_CACHE            caches: evaluation (domain classifier, reference statistics
                      datasets): <cwd>/.ism/cache
 ISM_STORAGE          root of trial dirs and Ray results: the command's --storage default (runs/ablate, runs/study)
 MLFLOW_TRACKING_URI  MLflow store: sqlite under <cwd>/mlruns
-OPTUNA_STORAGE       Optuna RDB: sqlite <storage>/optuna.db
+OPTUNA_STORAGE       Optuna RDB (postgresql+psycopg://... for many drivers): sqlite <storage>/optuna.db
 PROFILE              the profile of ablate / study / report: embedded
 ISM_UI_PORT          port of `ism ui`: 5000
 ISM_INJECT_CRASH     fault injection for tests, "<variant or run id>@<step>": unset
@@ -47,8 +47,13 @@ def tracking_uri(flag: str | None) -> str:
 
 
 def optuna_url(flag: str | None) -> str | None:
-    """--optuna-storage, else $OPTUNA_STORAGE, else None (the sqlite file under the study storage)."""
-    return flag or os.environ.get("OPTUNA_STORAGE") or None
+    """--optuna-storage, else $OPTUNA_STORAGE (a server database is checked to answer), else None (the sqlite file
+    under the study storage)."""
+    given = flag or os.environ.get("OPTUNA_STORAGE") or None
+    if given:
+        from ism.study.storage import check_url  # optuna loads only for the commands of studies
+        return check_url(given)
+    return None
 
 
 def profile() -> str:

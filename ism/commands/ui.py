@@ -58,9 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlruns/mlflow.db")
     args = ap.parse_args(argv)
     uri = env.tracking_uri(args.tracking_uri)
-    if not uri.startswith("sqlite:"):
+    if uri.startswith(("http://", "https://")):
         print(f"ism ui: the tracking URI {uri} is a server already; its experiments:")
         print("\n".join(links(uri, uri)) or "  (none yet)")
+        return 0
+    if not uri.startswith("sqlite:"):  # a database shared by a team: its server is the team's (README: Cluster storage)
+        print(f"ism ui: {uri} is a database; serve it once for everyone with\n  mlflow server --backend-store-uri "
+              f"'{uri}' --artifacts-destination DIR --host 127.0.0.1 --port {args.port}\nand point "
+              "MLFLOW_TRACKING_URI at that server (README: Cluster storage).")
         return 0
     url = f"http://127.0.0.1:{args.port}"
     # Its own process group: mlflow starts uvicorn and huey consumers, which a plain terminate() would orphan.

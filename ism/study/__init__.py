@@ -24,12 +24,12 @@ from ism.study.plan import (CORNER_LIMIT, StudyPlan, check_point, check_space, f
                             make_sampler, plan)
 from ism.study.spec import (BASE_KEYS, METRICS, PARAM_KEYS, PARAM_TYPES, PROFILE_KEYS, SPEC_KEYS, Param, StudySpec,
                             flatten_space, load_spec, parse_objective, parse_param)
-from ism.study.storage import (FINISHED, check_driver, counts, load_study, open_study, rdb, requeue_stale, storage_url,
-                               study_dir)
+from ism.study.storage import (FINISHED, check_url, counts, is_stale, load_study, open_study, rdb, requeue_stale,
+                               storage_url, study_dir, study_lock)
 from ism.trial_objective import METRIC, Objective
 
 __all__ = ["BASE_KEYS", "CORNER_LIMIT", "FINISHED", "METRIC", "METRICS", "PARAM_KEYS", "PARAM_TYPES", "PROFILE_KEYS",
-           "SPEC_KEYS", "Bookkeeper", "Objective", "Param", "StudyPlan", "StudySpec", "check_driver", "check_point",
-           "check_space", "counts", "export_best", "flatten_space", "from_dict_where", "load_spec", "load_study",
+           "SPEC_KEYS", "Bookkeeper", "Objective", "Param", "StudyPlan", "StudySpec", "check_point", "check_url",
+           "check_space", "counts", "export_best", "flatten_space", "from_dict_where", "is_stale", "load_spec", "load_study",
            "make_pruner", "make_sampler", "open_study", "parse_objective", "parse_param", "plan", "rdb",
-           "requeue_stale", "run_study", "storage_url", "study_dir"]
+           "requeue_stale", "run_study", "storage_url", "study_dir", "study_lock"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,68 @@ from ism import tracking
 from ism.ablate import components
 from ism.config import dump_yaml, flatten, run_id, to_dict
 from ism.profiles import PROFILES
-from ism.study.plan import StudyPlan
-from ism.study.storage import FINISHED, check_driver, counts, open_study, requeue_stale, study_dir
+from ism.study.plan import StudyPlan, make_sampler
+from ism.study.storage import (FINISHED, HEARTBEAT_S, counts, is_stale, open_study, owner, requeue_stale, study_dir,
+                               study_lock)
 
 
 # ----------------------------------------------------------------------------------------------- driver
-class Bookkeeper:
-    """Driver-side records of trials: run dirs, MLflow child runs, Optuna user attrs, terminal progress lines."""
+MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # a told trial's MLflow run status
 
-    def __init__(self, p: StudyPlan, study: optuna.Study, root: Path, uri: str, parent: str, exp: str, git: str):
+
+class Bookkeeper:
+    """Driver-side records of trials: claims (owner, heartbeat), run dirs, MLflow child runs, Optuna user attrs,
+    terminal progress lines."""
+
+    def __init__(self, p: StudyPlan, study: optuna.Study, root: Path, uri: str, parent: str, exp: str, git: str,
+                 url: str):
         self.p, self.study, self.root, self.uri, self.parent, self.exp, self.git = p, study, root, uri, parent, exp, git
+        self.url = url
         self.start_time = time.time()
+        self.held: dict[int, optuna.Trial] = {}  # trials this driver asked and has not told yet: it beats for them
+        self._beat_stop = threading.Event()
+
+    @contextmanager
+    def slot(self):
+        """Hold the study's lock while a trial is asked and claimed; yields False when the study has all its trials
+        (this or other drivers asked them): the search then ends. Another trial may be asked while a waiting one is
+        there (requeued or enqueued: ask() takes it first) or the study has fewer than n_trials (every trial asked
+        ends finished, so this caps the finished total)."""
+        with study_lock(self.url, self.p.study_name):
+            c = counts(self.study)
+            n = sum(c.values())
+            free = c["WAITING"] > 0 or n < self.p.n_trials
+            if free:  # seeded by the number of the trial asked, not per driver: drivers started together draw apart
+                self.study.sampler = make_sampler(self.p, n)
+            yield free
+
+    def claim(self, ot: optuna.Trial) -> None:
+        """Mark a just-asked trial as this driver's (inside slot(): no other driver may requeue it meanwhile)."""
+        ot.set_user_attr("ism.owner", owner())
+        ot.set_user_attr("ism.beat", time.time())
+        self.held[ot.number] = ot
+
+    def beat(self) -> None:
+        """Rewrite the heartbeat of every trial this driver holds (a told trial may refuse the write: ignored)."""
+        for ot in list(self.held.values()):
+            try:
+                ot.set_user_attr("ism.beat", time.time())
+            except Exception:  # UpdateFinishedTrialError when the trial was told meanwhile; a storage blip waits a beat
+                pass
+
+    @contextmanager
+    def heartbeat(self, every_s: float = HEARTBEAT_S):
+        """A thread beating for the held trials while the search runs."""
+        def loop():
+            while not self._beat_stop.wait(every_s):
+                self.beat()
+        t = threading.Thread(target=loop, name="ism-heartbeat", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            self._beat_stop.set()
+            t.join()
 
     def client(self):
         return tracking.client(self.uri)
@@ -56,6 +107,7 @@ class Bookkeeper:
 
     def finish(self, ot, state: str, value: float | None, reason: str | None = None, quiet: bool = False) -> None:
         """Settle a trial's MLflow run: COMPLETE/PRUNED finish, FAIL fails, INTERRUPTED is killed (it will resume)."""
+        self.held.pop(ot.number, None)
         child = ot.user_attrs.get("ism.mlflow_run_id")
         if child:
             c = self.client()
@@ -65,7 +117,7 @@ class Bookkeeper:
                 log.replay_stats(tdir / "stats.jsonl")
                 log.artifacts(tdir)
             tracking.set_tag(c, child, "ism.trial_state", state)
-            status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}.get(state, "KILLED")
+            status = MLFLOW_STATUS.get(state, "KILLED")
             tracking.set_status(c, child, status, reason)
         if quiet:
             return
@@ -75,14 +127,16 @@ class Bookkeeper:
         self.say(f"{state.lower()} #{ot.number}{val}" + (f": {reason}" if reason else ""), now)
 
     def reconcile(self) -> int:
-        """Settle MLflow runs of trials the study finished while the driver died before logging it; returns how many."""
+        """Settle MLflow runs of trials the study finished while their driver died before (or while) logging it;
+        returns how many. A live driver's trials are its own to settle."""
         n = 0
         for t in self.study.get_trials(deepcopy=False, states=FINISHED):
             child = t.user_attrs.get("ism.mlflow_run_id")
             run = tracking.get_run(self.client(), child) if child else None
-            if run is None:
+            if run is None or not is_stale(t):
                 continue
-            if run.data.tags.get("ism.trial_state") != t.state.name:
+            # tag and status both: a driver killed between the two leaves the tag right and the run RUNNING
+            if run.data.tags.get("ism.trial_state") != t.state.name or run.info.status != MLFLOW_STATUS[t.state.name]:
                 self.finish(t, t.state.name, t.value, None, quiet=True)
                 n += 1
         return n
@@ -140,9 +194,8 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root:
     tracking_uri: the MLflow store; cache_root: the evaluation cache, absolute (trials run in Ray's directories)."""
     from ism import ray_adapter  # Ray (seconds to import) loads only when a study runs, not for --dry-run or reports
     study = open_study(p, url)
-    check_driver(study)
-    study.set_user_attr("ism.driver", {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()})
-    back = requeue_stale(study)
+    with study_lock(url, p.study_name):  # other drivers may be asking or claiming trials right now
+        back = requeue_stale(study)
     uri = tracking.tracking_uri(tracking_uri)
     c = tracking.client(uri)
     git = tracking.git_commit()
@@ -153,12 +206,13 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root:
               "objective": json.dumps(dict(p.objective.terms)), "space": json.dumps({x.key: x.describe() for x in p.space}),
               "sampler": json.dumps(dict(p.sampler)), "pruner": json.dumps(dict(p.pruner)),
               "resources": json.dumps(dict(p.resources)), "profile": p.profile, "preset": p.preset}
-    prior = study.user_attrs.get("ism.mlflow_parent") or {}
-    exp, parent = tracking.start_parent(c, f"ism-study/{p.spec.name}", p.study_name.replace("/", "-"), tags, params,
-                                        {"spec.yaml": p.spec.text, "base_config.yaml": dump_yaml(p.base)},
-                                        resume_run_id=prior.get(uri))
-    study.set_user_attr("ism.mlflow_parent", {**prior, uri: parent})
-    books = Bookkeeper(p, study, root, uri, parent, exp, git)
+    with study_lock(url, p.study_name):  # drivers started together share one parent run
+        prior = study.user_attrs.get("ism.mlflow_parent") or {}
+        exp, parent = tracking.start_parent(c, f"ism-study/{p.spec.name}", p.study_name.replace("/", "-"), tags, params,
+                                            {"spec.yaml": p.spec.text, "base_config.yaml": dump_yaml(p.base)},
+                                            resume_run_id=prior.get(uri))
+        study.set_user_attr("ism.mlflow_parent", {**prior, uri: parent})
+    books = Bookkeeper(p, study, root, uri, parent, exp, git, url)
     for n in back:
         books.say(f"#{n} was interrupted: re-queued, it resumes from its last checkpoint")
     if books.reconcile():
@@ -174,7 +228,7 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root:
     objective = {"terms": dict(p.objective.terms), "metric": p.objective.metric, "steps": list(p.objective.steps),
                  "direction": p.objective.direction}
     try:
-        with ray_adapter.ray_session(num_cpus=PROFILES[p.profile].cpus or None):
+        with ray_adapter.ray_session(num_cpus=PROFILES[p.profile].cpus or None), books.heartbeat():
             ray_adapter.check_resources(dict(p.resources))
             errors, stale, interrupted = ray_adapter.run_search(
                 study, p.distributions(), p.mode, books, todo, p.parallelism, p.resources, study_dir(root, p) / "ray",
@@ -182,7 +236,7 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root:
                                           objective=objective))
     except KeyboardInterrupt:
         interrupted = True
-    requeue_stale(study)
+    requeue_stale(study, mine=True)
     for ot in stale:
         books.finish(ot, "INTERRUPTED", None, "the study was interrupted; rerun to resume this trial")
     interrupted = interrupted or bool(stale)
@@ -190,7 +244,6 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root:
         books.say(f"trial error: {e}")
     c_ = counts(study)
     tracking.set_status(c, parent, "KILLED" if interrupted else "FINISHED")
-    study.set_user_attr("ism.driver", {})
     books.progress()
     books.say("interrupted: rerun the same command to continue" if interrupted else "study finished")
     return 130 if interrupted else 1 if c_["FAIL"] else 0
