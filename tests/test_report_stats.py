@@ -158,10 +158,12 @@ def test_ablation_bars_and_guidance_sweep_use_log_scales(captured, tmp_path):
     assert min(v[:, 1].min() for b in _bands(ax) for v in (p.vertices for p in b.get_paths())) > 0
 
 
-def test_many_seeds_draw_no_seed_points(captured, tmp_path):
+def test_every_seed_is_drawn_beside_the_mean(captured, tmp_path):
+    """Per-seed points with many seeds too: what the mean and its interval rest on stays visible."""
     sw = sweep({"sm": {("fid", 1, s): 10.0 + s for s in range(4)}}, seeds=range(4))
     F.metric_vs_steps(sw, "fid", tmp_path / "f.png")
-    assert not _seed_markers(captured[0].axes[0])
+    (markers,) = _seed_markers(captured[0].axes[0])
+    assert sorted(markers.get_ydata()) == [10.0, 11.0, 12.0, 13.0]
 
 
 # ----------------------------------------------------------------------------------------------- claims
