@@ -55,6 +55,11 @@ class ShortcutConfig:
     bootstrap_fraction: float = _f(0.25, "share of each batch given to self-consistency rows (paper 0.25, SM code 0.125)", lo=0.0, hi=1.0, hi_open=True)
     target: str = _f("ema", "network that makes self-consistency targets: ema (fast EMA with twin EMA, else the single EMA) or online (stop-grad live weights)", choices=("ema", "online"))
     max_steps_log2: int = _f(7, "log2 of the base step count M (7: 128 steps, d = 1 ... 1/128)", lo=1, hi=10)
+    t_density: str = _f("uniform", "density of the flow-matching rows' t on the finest grid i/2^K (weights = the density at the grid points, normalised; self-consistency rows keep their d-grid): uniform (SM), logit_normal (SD3; m, s), mode (SD3; scale), cosine (SD3's map), u_shaped (rfpp; a)", choices=("uniform", "logit_normal", "mode", "cosine", "u_shaped"))
+    t_density_m: float = _f(0.0, "logit_normal location m (t=0 is noise here, so SD3's m is -m)", lo=-5.0, hi=5.0)
+    t_density_s: float = _f(1.0, "logit_normal scale s", lo=0.0, hi=10.0, lo_open=True)
+    t_density_scale: float = _f(1.29, "mode sampling scale s (SD3's 1.29; 0 = uniform; SD3's allowed range -1 ... 2/(pi-2))", lo=-1.0, hi=2 / (math.pi - 2))
+    t_density_u_a: float = _f(4.0, "u_shaped: p(t) ∝ exp(a t) + exp(a (1-t)), rfpp's a = 4", lo=0.0, lo_open=True, hi=50.0)
     clip: float = _f(4.0, "clip of the intermediate point and the bootstrap target as in the SM code; 0 = off", lo=0.0)
 
 
