@@ -89,6 +89,16 @@ class WaveletConfig:
     mse_weight: float = _f(0.0, "weight of an added plain MSE term", lo=0.0)
 
 
+LOSS_DISTANCES = ("l2", "pseudo_huber", "feature_huber", "lpips_huber")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    distance: str = _f("l2", "premetric of a row's error: l2 (squared error: MSE, or the wavelet loss when wavelet.enabled); pseudo_huber: sqrt(||e||^2 + c^2) - c on the row's error norm (rfpp; with the wavelet loss, on its lambda-weighted coefficient norm); feature_huber: pseudo-Huber on [pixel error, domain-CNN feature error of the extrapolated images] (an embedded stand-in for LPIPS-Huber); lpips_huber: pseudo-Huber on LPIPS features (needs loss.lpips_weights)", choices=LOSS_DISTANCES)
+    huber_c: float = _f(0.0, "pseudo-Huber c; 0 = rfpp's 0.00054 * sqrt(d), d = numbers per row (16x16x1: 0.00864)", lo=0.0)
+    lpips_weights: str = _f("", "local LPIPS weights file for loss.distance=lpips_huber (never downloaded)", identity=False)
+
+
 @dataclass(frozen=True)
 class OTConfig:
     enabled: bool = _f(False, "pair noise and data by optimal transport over a pool of batches (sOT)")
@@ -158,6 +168,7 @@ class Config:
     shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     wavelet: WaveletConfig = field(default_factory=WaveletConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     ot: OTConfig = field(default_factory=OTConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -202,12 +213,34 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"wavelet.level_weights: {len(lw)} values given but the DWT has {levels} levels at "
                                   f"data.resolution={cfg.data.resolution}; give one weight per level (finest first) "
                                   "or leave it empty for the default ramp")
+    _validate_loss(cfg)
     dev = cfg.run.device
     if dev not in ("auto", "cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
         raise ConfigError(f"run.device: {dev!r} is not allowed; use auto, cpu, cuda or cuda:N")
     if cfg.optim.batch_size * cfg.shortcut.bootstrap_fraction < 1 and cfg.shortcut.bootstrap_fraction > 0:
         raise ConfigError(f"shortcut.bootstrap_fraction: {cfg.shortcut.bootstrap_fraction} x optim.batch_size="
                           f"{cfg.optim.batch_size} leaves no self-consistency row; raise either")
+
+
+def _validate_loss(cfg: Config) -> None:
+    """loss.distance needs a squared norm to act on (wavelet reduction=sum, l2) and, for the feature premetrics,
+    images (and for LPIPS a local weights file)."""
+    dist, w = cfg.loss.distance, cfg.wavelet
+    if dist != "l2" and w.enabled and (w.reduction != "sum" or w.distance != "l2"):
+        raise ConfigError(f"loss.distance: {dist} acts on the wavelet loss's weighted squared norm, which needs "
+                          f"wavelet.reduction=sum and wavelet.distance=l2 (got {w.reduction}, {w.distance})")
+    if dist in ("feature_huber", "lpips_huber") and cfg.data.name == "toy2d":
+        raise ConfigError(f"loss.distance: {dist} compares image features; data.name=toy2d is 2-D points")
+    if dist == "lpips_huber":
+        import os.path
+        path = cfg.loss.lpips_weights
+        if not path or not os.path.isfile(path):
+            raise ConfigError(
+                f"loss.lpips_weights: {'not set' if not path else repr(path) + ' is not a file'}; loss.distance="
+                "lpips_huber needs a local LPIPS network saved as TorchScript (nothing is downloaded). On a machine "
+                "with the lpips package: net = lpips.LPIPS(net='vgg').eval(); torch.jit.trace(net, (x, x)).save("
+                "'lpips-vgg.pt') with x an image batch in [-1, 1], then set loss.lpips_weights=/path/lpips-vgg.pt. "
+                "Without it use loss.distance=feature_huber (the domain-CNN stand-in) or pseudo_huber")
 
 
 def dwt_levels(side: int) -> int:
