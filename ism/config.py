@@ -236,11 +236,13 @@ def _keys_where(flag: str) -> frozenset[str]:
 
 IDENTITY_KEYS = _keys_where("identity")    # what a run computes: hashed into run_id
 TRAINING_KEYS = _keys_where("training")    # what training computes: hashed into training_id
+ADDED_DEFAULTS = {k: v for k, v in flatten(Config()).items() if k in _keys_where("added")}  # hashed only when set
 
 
 def identity_dict(cfg: Config) -> dict[str, Any]:
-    """The flattened keys that define what a run computes."""
-    return {k: v for k, v in sorted(flatten(cfg).items()) if k in IDENTITY_KEYS}
+    """The flattened keys that define what a run computes (a key added after the pin only when off its default)."""
+    return {k: v for k, v in sorted(flatten(cfg).items())
+            if k in IDENTITY_KEYS and not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])}
 
 
 def _hash(keys: Mapping[str, Any]) -> str:

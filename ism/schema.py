@@ -13,14 +13,16 @@ from ism.model_registry import MODELS
 
 
 def _f(default, help: str, *, choices=None, lo=None, hi=None, lo_open=False, hi_open=False, identity: bool = True,
-       training: bool | None = None):
+       training: bool | None = None, added: bool = False):
     """A field with its help text, its allowed values and its part in run identity.
 
     identity=False: the key changes where or how visibly a run happens, not what it computes (left out of run_id).
     training=False: training never reads the key (left out of training_id); defaults to `identity`.
+    added=True: a key added after run ids were pinned; hashed only when it differs from its default, so every
+    stored run (which computed the default) keeps its id.
     """
     meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
-            "identity": identity, "training": identity if training is None else training}
+            "identity": identity, "training": identity if training is None else training, "added": added}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda d=tuple(default): d, metadata=meta)
     return field(default=default, metadata=meta)
@@ -55,11 +57,11 @@ class ShortcutConfig:
     bootstrap_fraction: float = _f(0.25, "share of each batch given to self-consistency rows (paper 0.25, SM code 0.125)", lo=0.0, hi=1.0, hi_open=True)
     target: str = _f("ema", "network that makes self-consistency targets: ema (fast EMA with twin EMA, else the single EMA) or online (stop-grad live weights)", choices=("ema", "online"))
     max_steps_log2: int = _f(7, "log2 of the base step count M (7: 128 steps, d = 1 ... 1/128)", lo=1, hi=10)
-    t_density: str = _f("uniform", "density of the flow-matching rows' t on the finest grid i/2^K (weights = the density at the grid points, normalised; self-consistency rows keep their d-grid): uniform (SM), logit_normal (SD3; m, s), mode (SD3; scale), cosine (SD3's map), u_shaped (rfpp; a)", choices=("uniform", "logit_normal", "mode", "cosine", "u_shaped"))
-    t_density_m: float = _f(0.0, "logit_normal location m (t=0 is noise here, so SD3's m is -m)", lo=-5.0, hi=5.0)
-    t_density_s: float = _f(1.0, "logit_normal scale s", lo=0.0, hi=10.0, lo_open=True)
-    t_density_scale: float = _f(1.29, "mode sampling scale s (SD3's 1.29; 0 = uniform; SD3's allowed range -1 ... 2/(pi-2))", lo=-1.0, hi=2 / (math.pi - 2))
-    t_density_u_a: float = _f(4.0, "u_shaped: p(t) ∝ exp(a t) + exp(a (1-t)), rfpp's a = 4", lo=0.0, lo_open=True, hi=50.0)
+    t_density: str = _f("uniform", "density of the flow-matching rows' t on the finest grid i/2^K (weights = the density at the grid points, normalised; self-consistency rows keep their d-grid): uniform (SM), logit_normal (SD3; m, s), mode (SD3; scale), cosine (SD3's map), u_shaped (rfpp; a)", choices=("uniform", "logit_normal", "mode", "cosine", "u_shaped"), added=True)
+    t_density_m: float = _f(0.0, "logit_normal location m (t=0 is noise here, so SD3's m is -m)", lo=-5.0, hi=5.0, added=True)
+    t_density_s: float = _f(1.0, "logit_normal scale s", lo=0.0, hi=10.0, lo_open=True, added=True)
+    t_density_scale: float = _f(1.29, "mode sampling scale s (SD3's 1.29; 0 = uniform; SD3's allowed range -1 ... 2/(pi-2))", lo=-1.0, hi=2 / (math.pi - 2), added=True)
+    t_density_u_a: float = _f(4.0, "u_shaped: p(t) ∝ exp(a t) + exp(a (1-t)), rfpp's a = 4", lo=0.0, lo_open=True, hi=50.0, added=True)
     clip: float = _f(4.0, "clip of the intermediate point and the bootstrap target as in the SM code; 0 = off", lo=0.0)
 
 
@@ -94,8 +96,8 @@ LOSS_DISTANCES = ("l2", "pseudo_huber", "feature_huber", "lpips_huber")
 
 @dataclass(frozen=True)
 class LossConfig:
-    distance: str = _f("l2", "premetric of a row's error: l2 (squared error: MSE, or the wavelet loss when wavelet.enabled); pseudo_huber: sqrt(||e||^2 + c^2) - c on the row's error norm (rfpp; with the wavelet loss, on its lambda-weighted coefficient norm); feature_huber: pseudo-Huber on [pixel error, domain-CNN feature error of the extrapolated images] (an embedded stand-in for LPIPS-Huber); lpips_huber: pseudo-Huber on LPIPS features (needs loss.lpips_weights)", choices=LOSS_DISTANCES)
-    huber_c: float = _f(0.0, "pseudo-Huber c; 0 = rfpp's 0.00054 * sqrt(d), d = numbers per row (16x16x1: 0.00864)", lo=0.0)
+    distance: str = _f("l2", "premetric of a row's error: l2 (squared error: MSE, or the wavelet loss when wavelet.enabled); pseudo_huber: sqrt(||e||^2 + c^2) - c on the row's error norm (rfpp; with the wavelet loss, on its lambda-weighted coefficient norm); feature_huber: pseudo-Huber on [pixel error, domain-CNN feature error of the extrapolated images] (an embedded stand-in for LPIPS-Huber); lpips_huber: pseudo-Huber on LPIPS features (needs loss.lpips_weights)", choices=LOSS_DISTANCES, added=True)
+    huber_c: float = _f(0.0, "pseudo-Huber c; 0 = rfpp's 0.00054 * sqrt(d), d = numbers per row (16x16x1: 0.00864)", lo=0.0, added=True)
     lpips_weights: str = _f("", "local LPIPS weights file for loss.distance=lpips_huber (never downloaded)", identity=False)
 
 
