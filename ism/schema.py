@@ -44,6 +44,10 @@ class DataConfig:
     max_items: int = _f(0, "cap on training items, 0 = all (smoke runs)", lo=0)
     toy: str = _f("gaussians8", "2-D toy distribution for data.name=toy2d", choices=TOYS)
     toy_samples: int = _f(20000, "number of 2-D toy points", lo=16)
+    coupling: str = _f("independent", "noise-data pairs: independent (fresh noise every step; ot.enabled re-pairs it by sOT) or reflow (rectified flow's reflow: fixed pairs (x0, x1 = the teacher's slow-EMA sample from x0), generated once and cached in the teacher's run dir)", choices=("independent", "reflow"), added=True)
+    reflow_teacher: str = _f("", "data.coupling=reflow: the teacher's run directory, or its run id (a sibling of this run's directory or under run.out_dir); in an ablation spec 'variant:<name>' names the same-seed trial of another variant of the sweep", added=True)
+    reflow_steps: int = _f(128, "sampler steps the teacher takes for each reflow pair (a power of two <= 2^shortcut.max_steps_log2)", lo=1, added=True)
+    reflow_pairs: int = _f(4096, "number of reflow pairs (labels balanced over the classes)", lo=1, added=True)
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,15 @@ def validate(cfg: Config) -> None:
                                   f"data.resolution={cfg.data.resolution}; give one weight per level (finest first) "
                                   "or leave it empty for the default ramp")
     _validate_loss(cfg)
+    if cfg.data.coupling == "reflow":
+        if not cfg.data.reflow_teacher:
+            raise ConfigError("data.reflow_teacher: required with data.coupling=reflow (a teacher run dir or run id; "
+                              "'variant:<name>' inside an ablation spec)")
+        if cfg.ot.enabled:
+            raise ConfigError("data.coupling: reflow fixes the noise-data pairs to the teacher's, so sOT has nothing "
+                              "to re-pair; set ot.enabled=false (reflow replaces the coupling) or data.coupling="
+                              "independent")
+        step_level(cfg.data.reflow_steps, cfg.shortcut.max_steps_log2, "data.reflow_steps")
     dev = cfg.run.device
     if dev not in ("auto", "cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
         raise ConfigError(f"run.device: {dev!r} is not allowed; use auto, cpu, cuda or cuda:N")

@@ -23,6 +23,7 @@ from ism.models import count_params
 from ism.objective.coupling import PairSource
 from ism.objective.losses import row_loss
 from ism.objective.targets import KIND_NAMES, build_rows
+from ism.reflow import reflow_pairs
 from ism.rng import derive_seed, generator
 from ism.run_state import State, peak_memory_mb, resolve_device
 
@@ -105,7 +106,13 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
         torch.set_num_threads(cfg.run.threads)
     data = load_dataset(cfg.data)
     state = State(cfg, data, device)
-    pairs = PairSource(data, cfg)
+    fixed = None
+    if cfg.data.coupling == "reflow":
+        rp = reflow_pairs(cfg, run_dir, device, data.shape,
+                          log=lambda m: print(m, file=sys.stderr) if cfg.run.progress else None)
+        emit("reflow", {"pairs": len(rp.x0), "shard": str(rp.path)})
+        fixed = (rp.x0, rp.x1, rp.y)
+    pairs = PairSource(data, cfg, fixed)
     start, elapsed = 0, 0.0
     last = store.latest_checkpoint(run_dir)
     if last is not None:
