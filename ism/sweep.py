@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ism import ray_adapter, store, tracking
-from ism.ablate import Plan, Trial, components, finished_trials, reused_training, sweep_dir
+from ism.ablate import Plan, Trial, components, finished_trials, phases, reused_training, sweep_dir, teacher_of
 from ism.config import flatten, to_dict
 from ism.profiles import PROFILES
 from ism.progress import Progress
@@ -99,8 +99,14 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str, cache_root: Path, cr
         labels = {t.run_id: f"{t.label.replace('/', '-')}-{t.run_id}" for t in pending}
         try:
             start_ray()
-            errors = ray_adapter.run_grid(payloads, labels, plan.resources, sweep_dir(storage, plan) / "ray",
-                                          plan.max_failures, progress, train_fn)
+            # Reflow teachers first: one grid per phase, a phase's students only once their teachers finished.
+            for phase in phases(pending, plan.trials):
+                ready = {t.run_id: payloads[t.run_id] for t in phase if teacher_of(t, errors) is None}
+                errors.update({t.run_id: f"reflow teacher {teacher_of(t, errors)} failed" for t in phase
+                               if t.run_id not in ready})
+                if ready:
+                    errors.update(ray_adapter.run_grid(ready, labels, plan.resources, sweep_dir(storage, plan) / "ray",
+                                                       plan.max_failures, progress, train_fn))
         except KeyboardInterrupt:
             interrupted = True
         except BaseException as e:  # Ray could not start, the cluster vanished, ...: settle MLflow, then re-raise

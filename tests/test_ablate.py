@@ -435,3 +435,34 @@ def test_concurrency_follows_the_profiles_cpus_and_the_study_cap():
     assert profiles.concurrency("embedded", {"cpu": 1}, cap=1) == 1    # a study's parallelism caps it
     assert profiles.concurrency("gpu-cifar10", {"gpu": 1, "cpu": 8}) == 1
     assert profiles.concurrency("gpu-cifar10", {"gpu": 1, "cpu": 8}, cap=4) == 4
+
+
+def test_reflow_teacher_variant_resolves_to_the_same_seed_trial_and_runs_first():
+    p = ablate.plan(ablate.load_spec(ROOT / "ablations/flow-design.yaml"), "embedded")
+    by = {(t.variants[0], t.seed): t for t in p.trials}
+    for seed in p.seeds:
+        for student, teacher in (("sm+reflow", "sm"), ("ism+reflow", "ism")):
+            s = by[student, seed].cfg
+            assert s.data.coupling == "reflow" and s.data.reflow_teacher == by[teacher, seed].run_id
+            assert not s.ot.enabled and (s.data.reflow_steps, s.data.reflow_pairs) == (32, 4096)
+    assert by["sm", 0].run_id == ablate.plan(ablate.load_spec(ROOT / "ablations/components.yaml"), "embedded").trials[0].run_id
+    first, second = ablate.phases(list(p.trials), p.trials)
+    assert {t.variants[0] for t in second} == {"sm+reflow", "ism+reflow"}
+    assert [t.run_id for t in first] == [t.run_id for t in p.trials if t not in second]
+    # teachers already finished: their students join the first phase
+    assert len(ablate.phases(list(second), p.trials)) == 1
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"data.coupling": "reflow", "data.reflow_teacher": "variant:nope"}, "unknown variant 'nope'"),
+    ({"data.coupling": "reflow", "data.reflow_teacher": "variant:b"}, "cycle"),
+])
+def test_bad_reflow_teachers_fail_before_anything_runs(tmp_path, over, match):
+    variants = {"a": {"reason": "student", "overrides": over},
+                "b": {"reason": "other", "overrides": {"data.coupling": "reflow", "data.reflow_teacher": "variant:a"}}}
+    with pytest.raises(ConfigError, match=match):
+        ablate.plan(ablate.load_spec(write_spec(tmp_path / "s.yaml", variants=variants)), "smoke")
+    spec = write_spec(tmp_path / "t.yaml", variants={"a": {"reason": "t"}, "s": {"reason": "s", "overrides": {
+        "data.coupling": "reflow", "data.reflow_teacher": "variant:a"}}})
+    with pytest.raises(ConfigError, match="needs its teacher 'a'"):
+        ablate.plan(ablate.load_spec(spec), "smoke", variants=["s"])
