@@ -100,7 +100,15 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str, cache_root: Path, cr
         try:
             start_ray()
             # Reflow teachers first: one grid per phase, a phase's students only once their teachers finished.
+            # Tune returns normally from an interrupted grid, so a teacher neither finished nor failed means the
+            # sweep was interrupted: stop there (rerunning resumes in the same order).
+            ids = {t.run_id for t in plan.trials}
             for phase in phases(pending, plan.trials):
+                teachers = {tid for t in phase if (tid := teacher_of(t, ids))}
+                unfinished = teachers - set(errors) - finished_trials(plan, storage)
+                if unfinished:
+                    interrupted = True
+                    break
                 ready = {t.run_id: payloads[t.run_id] for t in phase if teacher_of(t, errors) is None}
                 errors.update({t.run_id: f"reflow teacher {teacher_of(t, errors)} failed" for t in phase
                                if t.run_id not in ready})
