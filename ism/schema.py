@@ -102,7 +102,7 @@ LOSS_DISTANCES = ("l2", "pseudo_huber", "feature_huber", "lpips_huber")
 class LossConfig:
     distance: str = _f("l2", "premetric of a row's error: l2 (squared error: MSE, or the wavelet loss when wavelet.enabled); pseudo_huber: sqrt(||e||^2 + c^2) - c on the row's error norm (rfpp; with the wavelet loss, on its lambda-weighted coefficient norm); feature_huber: pseudo-Huber on [pixel error, domain-CNN feature error of the extrapolated images] (an embedded stand-in for LPIPS-Huber); lpips_huber: pseudo-Huber on LPIPS features (needs loss.lpips_weights)", choices=LOSS_DISTANCES, added=True)
     huber_c: float = _f(0.0, "pseudo-Huber c; 0 = rfpp's 0.00054 * sqrt(d), d = numbers per row (16x16x1: 0.00864)", lo=0.0, added=True)
-    lpips_weights: str = _f("", "local LPIPS weights file for loss.distance=lpips_huber (never downloaded)", identity=False)
+    lpips_weights: str = _f("", "local TorchScript LPIPS network for loss.distance=lpips_huber, called net(a, b) on images in [-1, 1] (never downloaded)", added=True)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from ism.models import count_params
 from ism.objective.coupling import PairSource
 from ism.objective.losses import row_loss
 from ism.objective.targets import KIND_NAMES, build_rows
+from ism.premetric import feature_distance
 from ism.reflow import reflow_pairs
 from ism.rng import derive_seed, generator
 from ism.run_state import State, peak_memory_mb, resolve_device
@@ -88,10 +89,12 @@ def adopt_training(run_dir: Path, donor: Path, steps: int) -> bool:
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | None = None,
-          evaluator: Evaluator | None = None, crash_at_step: int | None = None) -> dict[str, Any]:
+          evaluator: Evaluator | None = None, crash_at_step: int | None = None,
+          cache_root: str | Path | None = None) -> dict[str, Any]:
     """Train (or resume, or return the summary of a finished run) and return the run summary.
 
     crash_at_step: fault injection for resume and retry tests; the run raises once when it reaches that step.
+    cache_root: the evaluation cache (the domain CNN of loss.distance=feature_huber).
     """
     run_dir = Path(run_dir) if run_dir else Path(cfg.run.out_dir) / run_id(cfg)
     emit = callback or (lambda kind, payload: None)
@@ -123,6 +126,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
     stats_path = run_dir / "stats.jsonl"
     _trim_stats(stats_path, start)
     null, nets = data.num_classes, state.nets()
+    features = feature_distance(cfg, data, cache_root, device)
     acc: dict[str, float] = {}
     counts: dict[str, float] = {}
     last_loss = float("nan")
@@ -141,7 +145,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             rows, tdiag = build_rows(x1, y, x0, nets, cfg, generator(cfg.run.seed, step, "rows"), null)
             pred = state.model(rows.xt, rows.t, rows.k, rows.y, rows.w)
-        per_row, ldiag = row_loss(pred.float(), rows.target.float(), cfg)
+        per_row, ldiag = row_loss(pred.float(), rows.target.float(), cfg, rows, features)
         loss = per_row.mean()
         if not torch.isfinite(loss):
             bar.close()

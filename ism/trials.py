@@ -101,7 +101,8 @@ def ablation_trial(payload: dict[str, Any], hooks: Hooks, train_fn: Callable | N
 
     evaluator = make_evaluator(cfg, payload["cache_root"]) if cfg.eval.at_end or cfg.eval.every_steps else None
     try:
-        summary = train_fn(cfg, run_dir, callback, evaluator, crash_at_step=payload.get("crash_at_step"))
+        summary = train_fn(cfg, run_dir, callback, evaluator, crash_at_step=payload.get("crash_at_step"),
+                           cache_root=payload["cache_root"])
     except permanent as e:
         log.tag("ism.permanent", "1")
         log.finish("FAILED", f"{type(e).__name__}: {e}")
@@ -144,7 +145,7 @@ def study_trial(meta: dict[str, Any], hooks: Hooks, tracking_uri: str, objective
 
     run_dir = Path(meta["trial_dir"])
     try:
-        summary = (train_fn or train)(cfg, run_dir, callback, make_evaluator(cfg, cache_root))
+        summary = (train_fn or train)(cfg, run_dir, callback, make_evaluator(cfg, cache_root), cache_root=cache_root)
     except Diverged as e:  # a property of the sampled point, not a fault: no retry, the study records a FAIL
         log.tag("ism.error", str(e))
         hooks.report({METRIC: float("nan"), "eval_step": e.step, "final": 1, "diverged": 1})

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluator = make_evaluator(cfg, eval_cache_root()) if wants_eval and not args.no_eval else None
     print(f"run {run_id(cfg)} -> {run_dir}", file=sys.stderr)
     try:
-        summary = train(cfg, run_dir, evaluator=evaluator)
+        summary = train(cfg, run_dir, evaluator=evaluator, cache_root=eval_cache_root())
     except Diverged as e:
         print(f"ism train: {e}", file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ wavelet.distance=l1 / charbonnier already give.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -40,11 +41,26 @@ def _squared_error(pred: torch.Tensor, target: torch.Tensor, cfg: Config) -> tup
     return mse_loss(pred, target, cfg)
 
 
-def row_loss(pred: torch.Tensor, target: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss per row [B] and its diagnostics; the wavelet loss when wavelet.enabled (images only)."""
+def row_loss(pred: torch.Tensor, target: torch.Tensor, cfg: Config, rows=None,
+             features: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss per row [B] and its diagnostics; the wavelet loss when wavelet.enabled (images only).
+
+    feature_huber / lpips_huber need the rows (x_t, t) and `features` (ism.premetric): both velocities are
+    extrapolated to images x_t + (1 - t) v, and the squared feature distance of the two joins the squared pixel
+    norm under one pseudo-Huber, sqrt(||e||^2 + ||phi(x_hat) - phi(x_target)||^2 + c^2) - c."""
     per_row, diag = _squared_error(pred, target, cfg)
-    if cfg.loss.distance == "pseudo_huber":
-        d = pred[0].numel()
-        # both the MSE and the wavelet loss (reduction=sum, l2) are a squared norm / d
-        return pseudo_huber(per_row * d, huber_c(cfg, d)), diag
-    return per_row, diag
+    dist = cfg.loss.distance
+    if dist == "l2":
+        return per_row, diag
+    d = pred[0].numel()
+    sq = per_row * d  # both the MSE and the wavelet loss (reduction=sum, l2) are a squared norm / d
+    if dist in ("feature_huber", "lpips_huber"):
+        if rows is None or features is None:
+            raise ValueError(f"row_loss: loss.distance={dist} needs the rows and a feature distance (ism.premetric)")
+        rest = (1 - rows.t.float()).view(-1, *([1] * (pred.dim() - 1)))
+        xt = rows.xt.float()
+        f = features(xt + rest * pred.float(), xt + rest * target.float())
+        diag["loss/feature_sq"] = float(f.detach().mean())
+        sq = sq + f
+    return pseudo_huber(sq, huber_c(cfg, d)), diag
