@@ -162,6 +162,8 @@ def _verdict(r: Result, va: dict[int, float], vb: dict[int, float], metric: str)
 
 
 def _ours(r: Result) -> str:
+    if r.detail and r.a is None:
+        return r.detail
     if r.a is None or r.b is None or r.delta is None:
         return "–"
 
@@ -177,7 +179,8 @@ def _ours(r: Result) -> str:
 
 def claims_table(sw: Sweep) -> tuple[Table, list[Result]]:
     """The claims check as a table, plus the structured results."""
-    results = [check(sw, c) for c in CLAIMS]
+    from ism.report.flow_claims import flow_results  # imports this module's Claim and verdict rules
+    results = [check(sw, c) for c in CLAIMS] + flow_results(sw)
     rows = [[r.claim.problem, r.diagnostic, f"{r.pair[0]} → {r.pair[1]}" if r.pair else "–", r.claim.paper, _ours(r),
              r.verdict] for r in results]
     bold = {(i, 5) for i, r in enumerate(results) if r.verdict in (REPRODUCED, NOT_REPRODUCED)}
@@ -197,5 +200,10 @@ def claims_table(sw: Sweep) -> tuple[Table, list[Result]]:
             "'Not reproduced' when wholly on the other side; paired by seed when both sides hold the same seeds, else "
             "Welch. effective_guidance is in CFG-equivalent units on both sides (1 + w for intrinsic guidance, the "
             "CFG scale for the cfg modes).")
-    return Table("claims", "Claims check: the five problems iSM names", ["problem", "diagnostic", "pair (without → with)",
+    if len(results) > len(CLAIMS):
+        note += (" Rows after the five iSM problems: the rectified-flow papers' claims (ism.report.flow_claims): "
+                 "reflow students against their teachers, timestep densities against uniform t, and the rank "
+                 "correlation of straightness and 1-step FID across variants (Spearman, Fisher-z interval).")
+    return Table("claims", "Claims check: the five problems iSM names" + (" and the rectified-flow papers' claims"
+                 if len(results) > len(CLAIMS) else ""), ["problem", "diagnostic", "pair (without → with)",
                  "paper", "ours", "verdict"], rows, bold, note, raw), results
