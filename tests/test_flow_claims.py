@@ -52,12 +52,12 @@ def test_flow_claims_pair_students_with_teachers_and_densities_with_uniform():
 
 
 def test_claims_table_adds_the_flow_rows_only_when_the_sweep_has_them():
-    table, results = claims_table(sweep())
+    table, results = claims_table(sweep(), FC.flow_results(sweep()))
     assert len(results) == 5 + 3 + 4 + 1 and "rectified-flow" in table.title
     sw = sweep()
     keep = ["sm", "ism"]
     sw.trials = sw.trials[sw.trials["variant"].isin(keep)]
     sw.scores = sw.scores[sw.scores["variant"].isin(keep)]
     sw.variants = keep
-    table, results = claims_table(sw)
+    table, results = claims_table(sw, FC.flow_results(sw))
     assert len(results) == 5 and "rectified-flow" not in table.title

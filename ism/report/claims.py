@@ -177,10 +177,10 @@ def _ours(r: Result) -> str:
     return f"{r.pair[0]}: {ci(r.a)} → {r.pair[1]}: {ci(r.b)}; {what} ({method})"
 
 
-def claims_table(sw: Sweep) -> tuple[Table, list[Result]]:
-    """The claims check as a table, plus the structured results."""
-    from ism.report.flow_claims import flow_results  # imports this module's Claim and verdict rules
-    results = [check(sw, c) for c in CLAIMS] + flow_results(sw)
+def claims_table(sw: Sweep, extra: list[Result] = ()) -> tuple[Table, list[Result]]:
+    """The claims check as a table, plus the structured results; `extra`: rows checked elsewhere with the same
+    verdict rules (ism.report.flow_claims)."""
+    results = [check(sw, c) for c in CLAIMS] + list(extra)
     rows = [[r.claim.problem, r.diagnostic, f"{r.pair[0]} → {r.pair[1]}" if r.pair else "–", r.claim.paper, _ours(r),
              r.verdict] for r in results]
     bold = {(i, 5) for i, r in enumerate(results) if r.verdict in (REPRODUCED, NOT_REPRODUCED)}
