@@ -105,6 +105,9 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str, cache_root: Path, cr
             ids = {t.run_id for t in plan.trials}
             for phase in phases(pending, plan.trials):
                 teachers = {tid for t in phase if (tid := teacher_of(t, ids))}
+                # a permanent error (ConfigError, divergence) ends a trial normally, FAILED in MLflow only
+                errors.update({tid: "failed" for tid in teachers - set(errors)
+                               if tid in children and tracking.status(c, children[tid]) == "FAILED"})
                 unfinished = teachers - set(errors) - finished_trials(plan, storage)
                 if unfinished:
                     interrupted = True

@@ -466,3 +466,28 @@ def test_bad_reflow_teachers_fail_before_anything_runs(tmp_path, over, match):
         "data.coupling": "reflow", "data.reflow_teacher": "variant:a"}}})
     with pytest.raises(ConfigError, match="needs its teacher 'a'"):
         ablate.plan(ablate.load_spec(spec), "smoke", variants=["s"])
+
+
+@pytest.mark.slow
+def test_reflow_students_run_after_their_teachers_and_fail_with_a_failed_teacher(tmp_path):
+    student = {"data.coupling": "reflow", "data.reflow_steps": 2, "data.reflow_pairs": 48}
+    spec = write_spec(tmp_path / "rf.yaml", name="rf", seeds=[0],
+                      base={"overrides": {"eval.steps": [1, 2], "eval.sweep_steps": [1]}},
+                      variants={"rf": {"reason": "student listed first", "overrides": {**student,
+                                                                                   "data.reflow_teacher": "variant:a"}},
+                                "a": {"reason": "teacher"},
+                                "broken": {"reason": "missing data", "overrides": {"data.name": "idx",
+                                                                                   "data.path": str(tmp_path / "no")}},
+                                "rfb": {"reason": "student of a failed teacher",
+                                        "overrides": {**student, "data.reflow_teacher": "variant:broken"}}})
+    st, uri = tmp_path / "st", f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    res = run_ablate(spec, st, uri)
+    assert res.returncode == 1 and "2/4 trials finished, 2 failed" in res.stderr, res.stderr[-3000:]
+    _, kids = children(uri, "rf")
+    by = {k.data.tags["ism.variant"]: k for k in kids}
+    assert by["rf"].info.status == by["a"].info.status == "FINISHED"
+    teacher_done = (st / "trials" / by["a"].data.tags["ism.run_id"] / "summary.json").stat().st_mtime
+    assert float(by["rf"].data.tags["ism.started_at"]) >= teacher_done
+    assert by["rfb"].info.status == "FAILED" and "reflow teacher" in by["rfb"].data.tags["ism.error"]
+    shard = list((st / "trials" / by["a"].data.tags["ism.run_id"] / "reflow").glob("pairs-*.npz"))
+    assert len(shard) == 1
