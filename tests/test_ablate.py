@@ -491,3 +491,10 @@ def test_reflow_students_run_after_their_teachers_and_fail_with_a_failed_teacher
     assert by["rfb"].info.status == "FAILED" and "reflow teacher" in by["rfb"].data.tags["ism.error"]
     shard = list((st / "trials" / by["a"].data.tags["ism.run_id"] / "reflow").glob("pairs-*.npz"))
     assert len(shard) == 1
+
+
+def test_cost_estimate_counts_the_reflow_pairs():
+    p = ablate.plan(ablate.load_spec(ROOT / "ablations/flow-design.yaml"), "embedded")
+    by = {t.variants[0]: t for t in p.trials if t.seed == 0}
+    extra = profiles.estimate_s(by["sm+reflow"].cfg, "embedded") - profiles.estimate_s(by["sm"].cfg, "embedded")
+    assert extra == pytest.approx(4096 * 32 * profiles.PROFILES["embedded"].sample_nfe_s)
