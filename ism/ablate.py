@@ -210,11 +210,12 @@ def teacher_of(t: Trial, run_ids) -> str | None:
     return c.reflow_teacher if c.coupling == "reflow" and c.reflow_teacher in run_ids else None
 
 
-def phases(trials: list[Trial], all_trials) -> list[list[Trial]]:
+def phases(trials: list[Trial], all_trials, trained: set[str] = frozenset()) -> list[list[Trial]]:
     """Trials grouped so that every reflow teacher of the plan runs in an earlier group than its students (order kept
-    within a group); a student whose teacher is already finished joins the first group."""
+    within a group); a student whose teacher is already finished (`trained`: run ids with summary.json, though their
+    MLflow child may still be pending) joins the first group."""
     by_id = {t.run_id: t for t in all_trials}
-    pending = {t.run_id for t in trials}
+    pending = {t.run_id for t in trials} - set(trained)
 
     def depth(t: Trial) -> int:
         tid = teacher_of(t, by_id)

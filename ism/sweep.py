@@ -103,7 +103,7 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str, cache_root: Path, cr
             # Tune returns normally from an interrupted grid, so a teacher neither finished nor failed means the
             # sweep was interrupted: stop there (rerunning resumes in the same order).
             ids = {t.run_id for t in plan.trials}
-            for phase in phases(pending, plan.trials):
+            for phase in phases(pending, plan.trials, finished_trials(plan, storage)):
                 teachers = {tid for t in phase if (tid := teacher_of(t, ids))}
                 # a permanent error (ConfigError, divergence) ends a trial normally, FAILED in MLflow only
                 errors.update({tid: "failed" for tid in teachers - set(errors)

@@ -451,6 +451,8 @@ def test_reflow_teacher_variant_resolves_to_the_same_seed_trial_and_runs_first()
     assert [t.run_id for t in first] == [t.run_id for t in p.trials if t not in second]
     # teachers already finished: their students join the first phase
     assert len(ablate.phases(list(second), p.trials)) == 1
+    teachers = {t.run_id for t in first if t.variants[0] in ("sm", "ism")}
+    assert len(ablate.phases(list(p.trials), p.trials, trained=teachers)) == 1
 
 
 @pytest.mark.parametrize("over, match", [
