@@ -118,6 +118,10 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str, cache_root: Path, cr
                 if ready:
                     errors.update(ray_adapter.run_grid(ready, labels, plan.resources, sweep_dir(storage, plan) / "ray",
                                                        plan.max_failures, progress, train_fn))
+                    left = set(ready) - set(errors) - finished_trials(plan, storage)
+                    if any(tracking.status(c, children[r]) != "FAILED" for r in left):
+                        interrupted = True  # Tune returned from an interrupt: no later phase may start
+                        break
         except KeyboardInterrupt:
             interrupted = True
         except BaseException as e:  # Ray could not start, the cluster vanished, ...: settle MLflow, then re-raise
