@@ -77,9 +77,11 @@ def find_pair(sw: Sweep, claim: Claim, ok_a, ok_b) -> tuple[str, str] | None:
     fewest other config differences, then spec order.
     """
     cands = []
+    # a reflow student lacks sOT only because reflow replaces the coupling: never a component's "without" side
+    reflow = {v for v in sw.variants if sw.params.get(sw.representative(v) or "", {}).get("data.coupling") == "reflow"}
     for a in sw.variants:
         ca = sw.components(a)
-        if claim.component in ca or not ok_a(a):
+        if claim.component in ca or not ok_a(a) or a in reflow:
             continue
         for b in sw.variants:
             added = sw.components(b) - ca
