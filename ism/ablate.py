@@ -15,7 +15,8 @@ from typing import Any, Mapping
 
 from ism import profiles, store
 from ism import specs as S
-from ism.config import Config, ConfigError, deep_merge, diff, from_dict, load_yaml, preset_delta, read_yaml_mapping, run_id
+from ism.config import (Config, ConfigError, deep_merge, diff, from_dict, load_yaml, preset_delta, read_yaml_mapping,
+                        replace, run_id)
 from ism.errors import suggest
 from ism.profiles import DEFAULT_PROFILE, PROFILES
 
@@ -167,6 +168,64 @@ def _resolve(where: str, layers: list[Mapping[str, Any]]) -> Config:
         raise ConfigError(f"{where}: {e}") from None
 
 
+TEACHER_REF = "variant:"   # data.reflow_teacher: variant:<name> = that variant's same-seed trial in this sweep
+
+
+def _resolve_teachers(where: str, cfgs: dict[tuple[str, int], Config], names: list[str]) -> dict[tuple[str, int], Config]:
+    """Replace data.reflow_teacher=variant:<name> by the run id of that variant's trial with the same seed.
+
+    Teachers are resolved first (a teacher may itself be a reflow student: k-rectified flow); a reference to a
+    variant outside the plan or a cycle is a ConfigError."""
+    out = dict(cfgs)
+    chosen = {vn for vn, _ in cfgs}
+
+    def ref(cfg: Config) -> str | None:
+        t = cfg.data.reflow_teacher
+        return t[len(TEACHER_REF):] if cfg.data.coupling == "reflow" and t.startswith(TEACHER_REF) else None
+
+    def resolve(key: tuple[str, int], seen: tuple[str, ...]) -> Config:
+        vn, seed = key
+        tv = ref(out[key])
+        if tv is None:
+            return out[key]
+        if tv in seen:
+            raise ConfigError(f"{where}: variant '{vn}': data.reflow_teacher forms a cycle: {' -> '.join(seen + (tv,))}")
+        if tv not in names:
+            raise ConfigError(f"{where}: variant '{vn}': data.reflow_teacher names unknown variant '{tv}'; the spec has "
+                              f"{', '.join(names)}." + suggest(tv, names))
+        if tv not in chosen:
+            raise ConfigError(f"{where}: variant '{vn}' needs its teacher '{tv}' in the same sweep; add it to --variants")
+        teacher = resolve((tv, seed), seen + (tv,))
+        out[key] = replace(out[key], **{"data.reflow_teacher": run_id(teacher)})
+        return out[key]
+
+    for key in cfgs:
+        resolve(key, (key[0],))
+    return out
+
+
+def teacher_of(t: Trial, run_ids) -> str | None:
+    """The run id of t's reflow teacher when that teacher is a trial of the same plan (run_ids), else None."""
+    c = t.cfg.data
+    return c.reflow_teacher if c.coupling == "reflow" and c.reflow_teacher in run_ids else None
+
+
+def phases(trials: list[Trial], all_trials, trained: set[str] = frozenset()) -> list[list[Trial]]:
+    """Trials grouped so that every reflow teacher of the plan runs in an earlier group than its students (order kept
+    within a group); a student whose teacher is already finished (`trained`: run ids with summary.json, though their
+    MLflow child may still be pending) joins the first group."""
+    by_id = {t.run_id: t for t in all_trials}
+    pending = {t.run_id for t in trials} - set(trained)
+
+    def depth(t: Trial) -> int:
+        tid = teacher_of(t, by_id)
+        return 0 if tid is None or tid not in pending else 1 + depth(by_id[tid])
+    out: dict[int, list[Trial]] = {}
+    for t in trials:
+        out.setdefault(depth(t), []).append(t)
+    return [out[k] for k in sorted(out)]
+
+
 def components(cfg: Config) -> dict[str, bool]:
     """Which iSM components a config switches on (MLflow tags, report grouping)."""
     intrinsic = cfg.guidance.mode == "intrinsic"
@@ -201,11 +260,16 @@ def plan(spec: Spec, profile: str = DEFAULT_PROFILE, variants: list[str] | None 
     base = _resolve(f"{where}: base", head + [{"run.seed": seed_list[0]}])
     by_id: dict[str, Trial] = {}
     order: list[str] = []
+    cfgs: dict[tuple[str, int], Config] = {}
     for vn in chosen:
         v = next(x for x in spec.variants if x.name == vn)
         for seed in seed_list:
-            cfg = _resolve(f"{where}: variant '{vn}' seed {seed}",
-                           head + [v.overrides, adj.get("variant_overrides", {}).get(vn, {}), {"run.seed": seed}])
+            cfgs[vn, seed] = _resolve(f"{where}: variant '{vn}' seed {seed}",
+                                      head + [v.overrides, adj.get("variant_overrides", {}).get(vn, {}), {"run.seed": seed}])
+    cfgs = _resolve_teachers(where, cfgs, names)
+    for vn in chosen:
+        for seed in seed_list:
+            cfg = cfgs[vn, seed]
             rid = run_id(cfg)
             if rid in by_id:
                 t = by_id[rid]

@@ -62,7 +62,11 @@ def estimate_parts(cfg: Config, profile: str) -> tuple[float, float, float]:
     # step-cost shares of the components measured on the embedded preset (full iSM ~1.15x the SM step)
     extra = 1.0 + 0.08 * (cfg.guidance.mode == "intrinsic") + 0.04 * cfg.ot.enabled + 0.03 * cfg.wavelet.enabled
     evals = (1 if e.at_end else 0) + (cfg.run.steps // e.every_steps if e.every_steps else 0)
-    return cfg.run.steps * p.train_step_s * extra, evals * e.num_samples * nfe * p.sample_nfe_s, p.overhead_s
+    train_s = cfg.run.steps * p.train_step_s * extra
+    if cfg.data.coupling == "reflow":  # the teacher samples every pair once (CFG's two passes only at 2^K steps)
+        passes = 2 if cfg.data.reflow_steps == 2 ** cfg.shortcut.max_steps_log2 and cfg.guidance.mode != "intrinsic" else 1
+        train_s += cfg.data.reflow_pairs * cfg.data.reflow_steps * passes * p.sample_nfe_s
+    return train_s, evals * e.num_samples * nfe * p.sample_nfe_s, p.overhead_s
 
 
 def estimate_s(cfg: Config, profile: str) -> float:

@@ -44,6 +44,10 @@ class DataConfig:
     max_items: int = _f(0, "cap on training items, 0 = all (smoke runs)", lo=0)
     toy: str = _f("gaussians8", "2-D toy distribution for data.name=toy2d (overlap3: three overlapping Gaussian classes, where guidance matters; gaussians8 and overlap3 have exact densities for the guidance ruler)", choices=TOYS)
     toy_samples: int = _f(20000, "number of 2-D toy points", lo=16)
+    coupling: str = _f("independent", "noise-data pairs: independent (fresh noise every step; ot.enabled re-pairs it by sOT) or reflow (rectified flow's reflow: fixed pairs (x0, x1 = the teacher's slow-EMA sample from x0), generated once and cached in the teacher's run dir)", choices=("independent", "reflow"), added=True)
+    reflow_teacher: str = _f("", "data.coupling=reflow: the teacher's run directory, or its run id (a sibling of this run's directory or under run.out_dir); in an ablation spec 'variant:<name>' names the same-seed trial of another variant of the sweep", added=True)
+    reflow_steps: int = _f(128, "sampler steps the teacher takes for each reflow pair (a power of two <= 2^shortcut.max_steps_log2)", lo=1, added=True)
+    reflow_pairs: int = _f(4096, "number of reflow pairs (labels balanced over the classes)", lo=1, added=True)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,11 @@ class ShortcutConfig:
     bootstrap_fraction: float = _f(0.25, "share of each batch given to self-consistency rows (paper 0.25, SM code 0.125)", lo=0.0, hi=1.0, hi_open=True)
     target: str = _f("ema", "network that makes self-consistency targets: ema (fast EMA with twin EMA, else the single EMA) or online (stop-grad live weights)", choices=("ema", "online"))
     max_steps_log2: int = _f(7, "log2 of the base step count M (7: 128 steps, d = 1 ... 1/128)", lo=1, hi=10)
+    t_density: str = _f("uniform", "density of the flow-matching rows' t on the finest grid i/2^K (weights = the density at the grid points, normalised; self-consistency rows keep their d-grid): uniform (SM), logit_normal (SD3; m, s), mode (SD3; scale), cosine (SD3's map), u_shaped (rfpp; a)", choices=("uniform", "logit_normal", "mode", "cosine", "u_shaped"), added=True)
+    t_density_m: float = _f(0.0, "logit_normal location m (t=0 is noise here, so SD3's m is -m)", lo=-5.0, hi=5.0, added=True)
+    t_density_s: float = _f(1.0, "logit_normal scale s", lo=0.0, hi=10.0, lo_open=True, added=True)
+    t_density_scale: float = _f(1.29, "mode sampling scale s (SD3's 1.29; 0 = uniform; SD3's allowed range -1 ... 2/(pi-2))", lo=-1.0, hi=2 / (math.pi - 2), added=True)
+    t_density_u_a: float = _f(4.0, "u_shaped: p(t) ∝ exp(a t) + exp(a (1-t)), rfpp's a = 4", lo=0.0, lo_open=True, hi=50.0, added=True)
     clip: float = _f(4.0, "clip of the intermediate point and the bootstrap target as in the SM code; 0 = off", lo=0.0)
 
 
@@ -84,6 +93,16 @@ class WaveletConfig:
     finest_weight: float = _f(2.0, "with empty level_weights: weight of the finest detail level, falling linearly to 1 at the coarsest (1 = flat); >= 1 keeps every band at or above MSE's weight", lo=0.0)
     ll_weight: float = _f(1.0, "weight of the coarsest approximation band", lo=0.0)
     mse_weight: float = _f(0.0, "weight of an added plain MSE term", lo=0.0)
+
+
+LOSS_DISTANCES = ("l2", "pseudo_huber", "feature_huber", "lpips_huber")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    distance: str = _f("l2", "premetric of a row's error: l2 (squared error: MSE, or the wavelet loss when wavelet.enabled); pseudo_huber: sqrt(||e||^2 + c^2) - c on the row's error norm (rfpp; with the wavelet loss, on its lambda-weighted coefficient norm); feature_huber: pseudo-Huber on [pixel error, domain-CNN feature error of the extrapolated images] (an embedded stand-in for LPIPS-Huber); lpips_huber: pseudo-Huber on LPIPS features (needs loss.lpips_weights)", choices=LOSS_DISTANCES, added=True)
+    huber_c: float = _f(0.0, "pseudo-Huber c; 0 = rfpp's 0.00054 * sqrt(d), d = numbers per row (16x16x1: 0.00864)", lo=0.0, added=True)
+    lpips_weights: str = _f("", "local TorchScript LPIPS network for loss.distance=lpips_huber, called net(a, b) on images in [-1, 1] (never downloaded)", added=True)
 
 
 @dataclass(frozen=True)
@@ -159,6 +178,7 @@ class Config:
     shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     wavelet: WaveletConfig = field(default_factory=WaveletConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     ot: OTConfig = field(default_factory=OTConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -206,12 +226,43 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"wavelet.level_weights: {len(lw)} values given but the DWT has {levels} levels at "
                                   f"data.resolution={cfg.data.resolution}; give one weight per level (finest first) "
                                   "or leave it empty for the default ramp")
+    _validate_loss(cfg)
+    if cfg.data.coupling == "reflow":
+        if not cfg.data.reflow_teacher:
+            raise ConfigError("data.reflow_teacher: required with data.coupling=reflow (a teacher run dir or run id; "
+                              "'variant:<name>' inside an ablation spec)")
+        if cfg.ot.enabled:
+            raise ConfigError("data.coupling: reflow fixes the noise-data pairs to the teacher's, so sOT has nothing "
+                              "to re-pair; set ot.enabled=false (reflow replaces the coupling) or data.coupling="
+                              "independent")
+        step_level(cfg.data.reflow_steps, cfg.shortcut.max_steps_log2, "data.reflow_steps")
     dev = cfg.run.device
     if dev not in ("auto", "cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
         raise ConfigError(f"run.device: {dev!r} is not allowed; use auto, cpu, cuda or cuda:N")
     if cfg.optim.batch_size * cfg.shortcut.bootstrap_fraction < 1 and cfg.shortcut.bootstrap_fraction > 0:
         raise ConfigError(f"shortcut.bootstrap_fraction: {cfg.shortcut.bootstrap_fraction} x optim.batch_size="
                           f"{cfg.optim.batch_size} leaves no self-consistency row; raise either")
+
+
+def _validate_loss(cfg: Config) -> None:
+    """loss.distance needs a squared norm to act on (wavelet reduction=sum, l2) and, for the feature premetrics,
+    images (and for LPIPS a local weights file)."""
+    dist, w = cfg.loss.distance, cfg.wavelet
+    if dist != "l2" and w.enabled and (w.reduction != "sum" or w.distance != "l2"):
+        raise ConfigError(f"loss.distance: {dist} acts on the wavelet loss's weighted squared norm, which needs "
+                          f"wavelet.reduction=sum and wavelet.distance=l2 (got {w.reduction}, {w.distance})")
+    if dist in ("feature_huber", "lpips_huber") and cfg.data.name == "toy2d":
+        raise ConfigError(f"loss.distance: {dist} compares image features; data.name=toy2d is 2-D points")
+    if dist == "lpips_huber":
+        import os.path
+        path = cfg.loss.lpips_weights
+        if not path or not os.path.isfile(path):
+            raise ConfigError(
+                f"loss.lpips_weights: {'not set' if not path else repr(path) + ' is not a file'}; loss.distance="
+                "lpips_huber needs a local LPIPS network saved as TorchScript (nothing is downloaded). On a machine "
+                "with the lpips package: net = lpips.LPIPS(net='vgg').eval(); torch.jit.trace(net, (x, x)).save("
+                "'lpips-vgg.pt') with x an image batch in [-1, 1], then set loss.lpips_weights=/path/lpips-vgg.pt. "
+                "Without it use loss.distance=feature_huber (the domain-CNN stand-in) or pseudo_huber")
 
 
 def dwt_levels(side: int) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ism import metric_keys, ray_adapter, store, tracking
-from ism.ablate import Plan, Trial, components, finished_trials, reused_training, sweep_dir
+from ism.ablate import Plan, Trial, components, finished_trials, phases, reused_training, sweep_dir, teacher_of
 from ism.config import flatten, to_dict
 from ism.profiles import PROFILES
 from ism.progress import Progress
@@ -101,8 +101,29 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str, cache_root: Path, cr
         labels = {t.run_id: f"{t.label.replace('/', '-')}-{t.run_id}" for t in pending}
         try:
             start_ray()
-            errors = ray_adapter.run_grid(payloads, labels, plan.resources, sweep_dir(storage, plan) / "ray",
-                                          plan.max_failures, progress, train_fn)
+            # Reflow teachers first: one grid per phase, a phase's students only once their teachers finished.
+            # Tune returns normally from an interrupted grid, so a teacher neither finished nor failed means the
+            # sweep was interrupted: stop there (rerunning resumes in the same order).
+            ids = {t.run_id for t in plan.trials}
+            for phase in phases(pending, plan.trials, finished_trials(plan, storage)):
+                teachers = {tid for t in phase if (tid := teacher_of(t, ids))}
+                # a permanent error (ConfigError, divergence) ends a trial normally, FAILED in MLflow only
+                errors.update({tid: "failed" for tid in teachers - set(errors)
+                               if tid in children and tracking.status(c, children[tid]) == "FAILED"})
+                unfinished = teachers - set(errors) - finished_trials(plan, storage)
+                if unfinished:
+                    interrupted = True
+                    break
+                ready = {t.run_id: payloads[t.run_id] for t in phase if teacher_of(t, errors) is None}
+                errors.update({t.run_id: f"reflow teacher {teacher_of(t, errors)} failed" for t in phase
+                               if t.run_id not in ready})
+                if ready:
+                    errors.update(ray_adapter.run_grid(ready, labels, plan.resources, sweep_dir(storage, plan) / "ray",
+                                                       plan.max_failures, progress, train_fn))
+                    left = set(ready) - set(errors) - finished_trials(plan, storage)
+                    if any(tracking.status(c, children[r]) != "FAILED" for r in left):
+                        interrupted = True  # Tune returned from an interrupt: no later phase may start
+                        break
         except KeyboardInterrupt:
             interrupted = True
         except BaseException as e:  # Ray could not start, the cluster vanished, ...: settle MLflow, then re-raise

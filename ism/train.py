@@ -23,6 +23,8 @@ from ism.models import count_params
 from ism.objective.coupling import PairSource
 from ism.objective.losses import row_loss
 from ism.objective.targets import KIND_NAMES, build_rows
+from ism.premetric import feature_distance
+from ism.reflow import reflow_pairs
 from ism.rng import derive_seed, generator
 from ism.run_state import State, peak_memory_mb, resolve_device
 
@@ -88,15 +90,17 @@ def adopt_training(run_dir: Path, donor: Path, steps: int) -> bool:
 
 def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | None = None,
           evaluator: Evaluator | None = None, crash_at_step: int | None = None,
-          data_cache: str | Path | None = None) -> dict[str, Any]:
+          cache_root: str | Path | None = None) -> dict[str, Any]:
     """Train (or resume, or return the summary of a finished run) and return the run summary.
 
     crash_at_step: fault injection for resume and retry tests; the run raises once when it reaches that step.
-    data_cache: the preprocessed-dataset cache folder (the commands pass $ISM_CACHE/data); None: the library default.
+    cache_root: the cache root the commands take from $ISM_CACHE: preprocessed datasets under data/, the domain CNN
+    of loss.distance=feature_huber; None: the library defaults.
     """
     run_dir = Path(run_dir) if run_dir else Path(cfg.run.out_dir) / run_id(cfg)
     emit = callback or (lambda kind, payload: None)
     summary_path = run_dir / store.SUMMARY
+    data_cache = Path(cache_root) / "data" if cache_root else None
     # The data first: a bad data.path is a ConfigError before anything (config.yaml, the run dir) is written.
     data = None if summary_path.exists() else load_dataset(cfg.data, data_cache)
     _prepare_run_dir(cfg, run_dir)
@@ -109,7 +113,13 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
         torch.set_num_threads(cfg.run.threads)
     data = data or load_dataset(cfg.data, data_cache)  # none yet when a concurrent twin wrote the summary meanwhile
     state = State(cfg, data, device)
-    pairs = PairSource(data, cfg, device)
+    fixed = None
+    if cfg.data.coupling == "reflow":
+        rp = reflow_pairs(cfg, run_dir, device, data.shape,
+                          log=lambda m: print(m, file=sys.stderr) if cfg.run.progress else None)
+        emit("reflow", {"pairs": len(rp.x0), "shard": str(rp.path)})
+        fixed = (rp.x0, rp.x1, rp.y)
+    pairs = PairSource(data, cfg, device, fixed)
     start, elapsed = 0, 0.0
     last = store.latest_checkpoint(run_dir)
     if last is not None:
@@ -120,6 +130,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
     stats_path = run_dir / "stats.jsonl"
     _trim_stats(stats_path, start)
     null, nets = data.num_classes, state.nets()
+    features = feature_distance(cfg, data, cache_root, device)
     acc: dict[str, float] = {}
     counts: dict[str, float] = {}
     last_loss = float("nan")
@@ -140,7 +151,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             rows, tdiag = build_rows(x1, y, x0, nets, cfg, generator(cfg.run.seed, step, "rows"), null)
             pred = state.model(rows.xt, rows.t, rows.k, rows.y, rows.w)
-        per_row, ldiag = row_loss(pred.float(), rows.target.float(), cfg)
+        per_row, ldiag = row_loss(pred.float(), rows.target.float(), cfg, rows, features)
         loss = per_row.mean()
         if not torch.isfinite(loss):
             bar.close()

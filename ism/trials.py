@@ -102,7 +102,7 @@ def ablation_trial(payload: dict[str, Any], hooks: Hooks, train_fn: Callable | N
     evaluator = make_evaluator(cfg, payload["cache_root"]) if cfg.eval.at_end or cfg.eval.every_steps else None
     try:
         summary = train_fn(cfg, run_dir, callback, evaluator, crash_at_step=payload.get("crash_at_step"),
-                           data_cache=Path(payload["cache_root"]) / "data")
+                           cache_root=payload["cache_root"])
     except permanent as e:
         log.tag("ism.permanent", "1")
         log.finish("FAILED", f"{type(e).__name__}: {e}")
@@ -148,8 +148,7 @@ def study_trial(meta: dict[str, Any], hooks: Hooks, tracking_uri: str, objective
 
     run_dir = Path(meta["trial_dir"])
     try:
-        summary = (train_fn or train)(cfg, run_dir, callback, make_evaluator(cfg, cache_root),
-                                      data_cache=Path(cache_root) / "data" if cache_root else None)
+        summary = (train_fn or train)(cfg, run_dir, callback, make_evaluator(cfg, cache_root), cache_root=cache_root)
     except Diverged as e:  # a property of the sampled point, not a fault: no retry, the study records a FAIL
         log.tag("ism.error", str(e))
         hooks.report({METRIC: float("nan"), "eval_step": e.step, "final": 1, "diverged": 1})

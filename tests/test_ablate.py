@@ -539,3 +539,68 @@ def test_concurrency_follows_the_profiles_cpus_and_the_study_cap():
     assert profiles.concurrency("embedded", {"cpu": 1}, cap=1) == 1    # a study's parallelism caps it
     assert profiles.concurrency("gpu-cifar10", {"gpu": 1, "cpu": 8}) == 1
     assert profiles.concurrency("gpu-cifar10", {"gpu": 1, "cpu": 8}, cap=4) == 4
+
+
+def test_reflow_teacher_variant_resolves_to_the_same_seed_trial_and_runs_first():
+    p = ablate.plan(ablate.load_spec(ROOT / "ablations/flow-design.yaml"), "embedded")
+    by = {(t.variants[0], t.seed): t for t in p.trials}
+    for seed in p.seeds:
+        for student, teacher in (("sm+reflow", "sm"), ("ism+reflow", "ism")):
+            s = by[student, seed].cfg
+            assert s.data.coupling == "reflow" and s.data.reflow_teacher == by[teacher, seed].run_id
+            assert not s.ot.enabled and (s.data.reflow_steps, s.data.reflow_pairs) == (32, 4096)
+    assert by["sm", 0].run_id == ablate.plan(ablate.load_spec(ROOT / "ablations/components.yaml"), "embedded").trials[0].run_id
+    first, second = ablate.phases(list(p.trials), p.trials)
+    assert {t.variants[0] for t in second} == {"sm+reflow", "ism+reflow"}
+    assert [t.run_id for t in first] == [t.run_id for t in p.trials if t not in second]
+    # teachers already finished: their students join the first phase
+    assert len(ablate.phases(list(second), p.trials)) == 1
+    teachers = {t.run_id for t in first if t.variants[0] in ("sm", "ism")}
+    assert len(ablate.phases(list(p.trials), p.trials, trained=teachers)) == 1
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"data.coupling": "reflow", "data.reflow_teacher": "variant:nope"}, "unknown variant 'nope'"),
+    ({"data.coupling": "reflow", "data.reflow_teacher": "variant:b"}, "cycle"),
+])
+def test_bad_reflow_teachers_fail_before_anything_runs(tmp_path, over, match):
+    variants = {"a": {"reason": "student", "overrides": over},
+                "b": {"reason": "other", "overrides": {"data.coupling": "reflow", "data.reflow_teacher": "variant:a"}}}
+    with pytest.raises(ConfigError, match=match):
+        ablate.plan(ablate.load_spec(write_spec(tmp_path / "s.yaml", variants=variants)), "smoke")
+    spec = write_spec(tmp_path / "t.yaml", variants={"a": {"reason": "t"}, "s": {"reason": "s", "overrides": {
+        "data.coupling": "reflow", "data.reflow_teacher": "variant:a"}}})
+    with pytest.raises(ConfigError, match="needs its teacher 'a'"):
+        ablate.plan(ablate.load_spec(spec), "smoke", variants=["s"])
+
+
+@pytest.mark.slow
+def test_reflow_students_run_after_their_teachers_and_fail_with_a_failed_teacher(tmp_path):
+    student = {"data.coupling": "reflow", "data.reflow_steps": 2, "data.reflow_pairs": 48}
+    spec = write_spec(tmp_path / "rf.yaml", name="rf", seeds=[0],
+                      base={"overrides": {"eval.steps": [1, 2], "eval.sweep_steps": [1]}},
+                      variants={"rf": {"reason": "student listed first", "overrides": {**student,
+                                                                                   "data.reflow_teacher": "variant:a"}},
+                                "a": {"reason": "teacher"},
+                                "broken": {"reason": "missing data", "overrides": {"data.name": "idx",
+                                                                                   "data.path": str(tmp_path / "no")}},
+                                "rfb": {"reason": "student of a failed teacher",
+                                        "overrides": {**student, "data.reflow_teacher": "variant:broken"}}})
+    st, uri = tmp_path / "st", f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    res = run_ablate(spec, st, uri)
+    assert res.returncode == 1 and "2/4 trials finished, 2 failed" in res.stderr, res.stderr[-3000:]
+    _, kids = children(uri, "rf")
+    by = {k.data.tags["ism.variant"]: k for k in kids}
+    assert by["rf"].info.status == by["a"].info.status == "FINISHED"
+    teacher_done = (st / "trials" / by["a"].data.tags["ism.run_id"] / "summary.json").stat().st_mtime
+    assert float(by["rf"].data.tags["ism.started_at"]) >= teacher_done
+    assert by["rfb"].info.status == "FAILED" and "reflow teacher" in by["rfb"].data.tags["ism.error"]
+    shard = list((st / "trials" / by["a"].data.tags["ism.run_id"] / "reflow").glob("pairs-*.npz"))
+    assert len(shard) == 1
+
+
+def test_cost_estimate_counts_the_reflow_pairs():
+    p = ablate.plan(ablate.load_spec(ROOT / "ablations/flow-design.yaml"), "embedded")
+    by = {t.variants[0]: t for t in p.trials if t.seed == 0}
+    extra = profiles.estimate_s(by["sm+reflow"].cfg, "embedded") - profiles.estimate_s(by["sm"].cfg, "embedded")
+    assert extra == pytest.approx(4096 * 32 * profiles.PROFILES["embedded"].sample_nfe_s)

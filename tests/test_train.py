@@ -82,9 +82,9 @@ def test_nan_loss_stops_with_diverged_and_keeps_last_good_checkpoint(tmp_path, m
     real = losses.row_loss
     calls = {"n": 0}
 
-    def poisoned(pred, target, cfg):
+    def poisoned(pred, target, cfg, *rest):
         calls["n"] += 1
-        per_row, diag = real(pred, target, cfg)
+        per_row, diag = real(pred, target, cfg, *rest)
         return (per_row * float("nan") if calls["n"] > 5 else per_row), diag
 
     monkeypatch.setattr("ism.train.row_loss", poisoned)

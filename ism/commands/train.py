@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ism import metric_keys
-from ism.commands.env import data_cache_root, eval_cache_root
+from ism.commands.env import eval_cache_root
 from ism.config import DEFAULT_PRESET, PRESETS, Config, dump_yaml, resolve, run_id
 from ism.evaluate import make_evaluator
 from ism.store import list_checkpoints
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluator = make_evaluator(cfg, eval_cache_root()) if wants_eval and not args.no_eval else None
     print(f"run {run_id(cfg)} -> {run_dir}", file=sys.stderr)
     try:
-        summary = train(cfg, run_dir, evaluator=evaluator, data_cache=data_cache_root())
+        summary = train(cfg, run_dir, evaluator=evaluator, cache_root=eval_cache_root())
     except Diverged as e:
         print(f"ism train: {e}", file=sys.stderr)
         return 1

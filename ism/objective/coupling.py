@@ -91,8 +91,14 @@ def ot_assign(x0: Tensor, x1: Tensor, cost_resolution: int = 0, labels: Tensor |
 class PairSource:
     """Deterministic (x1, y, x0) batches per training step, OT-paired over pools of K batches when cfg.ot.enabled."""
 
-    def __init__(self, data, cfg: Config, device: torch.device | str | None = None):
-        self.x, self.y = data.train_x, data.train_y
+    def __init__(self, data, cfg: Config, device: torch.device | str | None = None,
+                 fixed: tuple[Tensor, Tensor, Tensor] | None = None):
+        """device: where the sOT solver runs (the model's); fixed: (x0, x1, y) pairs to serve instead of (fresh noise,
+        training data), e.g. reflow pairs."""
+        self.x, self.y = (data.train_x, data.train_y) if fixed is None else (fixed[1], fixed[2])
+        self.x0 = None if fixed is None else fixed[0]
+        if fixed is not None and cfg.ot.enabled:
+            raise ConfigError("data.coupling: fixed (reflow) pairs cannot be re-paired by sOT; set ot.enabled=false")
         self.n = len(self.x)
         if self.n == 0:
             raise ConfigError(f"data: the training set of '{data.name}' is empty")
@@ -198,7 +204,8 @@ class PairSource:
                 diag["ot/solve_s"] = diag["ot/wait_s"] = 0.0
             diag["ot/solved"] = float(solved)
         else:
-            idx, x0 = self.data_indices(step), self.noise(step)
+            idx = self.data_indices(step)
+            x0 = self.noise(step) if self.x0 is None else self.x0[idx]
         x1, y = self.x[idx], self.y[idx]
         diag["ot/batch_cost"] = pairing_cost(x0, x1)
         self._next_step = step + 1

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from ism.config import Config
+from ism.objective.timesteps import draw_fm_t
 
 FM, SC, GUID = 0, 1, 2  # row kinds: flow matching (velocity), self-consistency, guidance
 KIND_NAMES = {FM: "fm", SC: "sc", GUID: "guid"}
@@ -110,7 +111,7 @@ def _sc_inputs(x1, x0, cfg: Config, gen: torch.Generator):
 def _fm_inputs(x1, x0, cfg: Config, gen: torch.Generator):
     """Flow-matching rows: t on the finest grid (as the SM code), the flow-matching token k = K."""
     n, K, dev = x1.shape[0], cfg.shortcut.max_steps_log2, x1.device
-    t = (torch.randint(0, 2 ** K, (n,), generator=gen).float() / 2 ** K).to(dev)
+    t = draw_fm_t(n, cfg, gen).to(dev)  # shortcut.t_density on the finest grid (uniform: SM's draw)
     k = torch.full((n,), K, dtype=torch.long, device=dev)
     return interpolate(x0, x1, t), t, k
 

@@ -18,6 +18,7 @@ from ism.report import compounding as C
 from ism.report import figures as F
 from ism.report import load as L
 from ism.report.claims import Result, claims_table
+from ism.report.flow_claims import flow_results
 from ism.report.meta import metadata_table
 from ism.report.render import Block, Figure, Heading, Para, latex_table, render_markdown, render_pdf
 from ism.report.tables import (Table, center_ci, compare_cell, compare_ci, config_diff_table, cumulative_table,
@@ -96,7 +97,7 @@ def build_report(target: str, tracking_uri: str | None = None, out: str | Path |
         grids = L.sample_grids(sw, work)
         m1, m2 = sw.primary
         tables: dict[str, Table] = {}
-        claims, results = claims_table(sw)
+        claims, results = claims_table(sw, flow_results(sw))
         for t in (metadata_table(sw, files, hist), claims, metric_table(sw, m1, f"{m1.upper()} per variant and step count"),
                   metric_table(sw, m2, f"{m2.upper()} per variant and step count"), delta_table(sw, m1),
                   delta_table(sw, m2), cumulative_table(sw, m1), diagnostics_table(sw), sweep_table(sw, m1),

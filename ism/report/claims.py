@@ -78,9 +78,11 @@ def find_pair(sw: Sweep, claim: Claim, ok_a, ok_b) -> tuple[str, str] | None:
     fewest other config differences, then spec order.
     """
     cands = []
+    # a reflow student lacks sOT only because reflow replaces the coupling: never a component's "without" side
+    reflow = {v for v in sw.variants if sw.params.get(sw.representative(v) or "", {}).get("data.coupling") == "reflow"}
     for a in sw.variants:
         ca = sw.components(a)
-        if claim.component in ca or not ok_a(a):
+        if claim.component in ca or not ok_a(a) or a in reflow:
             continue
         for b in sw.variants:
             added = sw.components(b) - ca
@@ -176,7 +178,7 @@ def _verdict(r: Result, va: dict[int, float], vb: dict[int, float], metric: str)
 
 
 def _ours(r: Result) -> str:
-    if r.detail:
+    if r.detail and r.a is None:
         return r.detail
     if r.a is None or r.b is None or r.delta is None:
         return "–"
@@ -191,9 +193,10 @@ def _ours(r: Result) -> str:
     return f"{r.pair[0]}: {ci(r.a)} → {r.pair[1]}: {ci(r.b)}; {what} ({method})"
 
 
-def claims_table(sw: Sweep) -> tuple[Table, list[Result]]:
-    """The claims check as a table, plus the structured results."""
-    results = [check(sw, c) for c in CLAIMS]
+def claims_table(sw: Sweep, extra: list[Result] = ()) -> tuple[Table, list[Result]]:
+    """The claims check as a table, plus the structured results; `extra`: rows checked elsewhere with the same
+    verdict rules (ism.report.flow_claims)."""
+    results = [check(sw, c) for c in CLAIMS] + list(extra)
     rows = [[r.claim.problem, r.diagnostic, f"{r.pair[0]} → {r.pair[1]}" if r.pair else
              ("each variant vs its mode's prediction" if r.detail else "–"), r.claim.paper, _ours(r),
              r.verdict] for r in results]
@@ -217,5 +220,10 @@ def claims_table(sw: Sweep) -> tuple[Table, list[Result]]:
             "each mode's prediction, through the exponent log(effective) / log(w): reproduced when every "
             "cfg_every_level variant's 95 % interval reaches the predicted exponent (K − log2 n), partly when it lies "
             "above 1 but below it, not reproduced when it includes 1 (see the compounding table).")
-    return Table("claims", "Claims check: the five problems iSM names", ["problem", "diagnostic", "pair (without → with)",
+    if len(results) > len(CLAIMS):
+        note += (" Rows after the five iSM problems: the rectified-flow papers' claims (ism.report.flow_claims): "
+                 "reflow students against their teachers, timestep densities against uniform t, and the rank "
+                 "correlation of straightness and 1-step FID across variants (Spearman, Fisher-z interval).")
+    return Table("claims", "Claims check: the five problems iSM names" + (" and the rectified-flow papers' claims"
+                 if len(results) > len(CLAIMS) else ""), ["problem", "diagnostic", "pair (without → with)",
                  "paper", "ours", "verdict"], rows, bold, note, raw), results
