@@ -14,6 +14,7 @@ import optuna
 import pytest
 import yaml
 
+from cluster import stop_session
 from ism import specs
 from ism import study as S
 from ism.commands import study as study_cmd
@@ -497,7 +498,7 @@ def test_study_resumes_after_kill_without_lost_or_duplicated_trials(tmp_path, ra
         proc.send_signal(signal.SIGKILL)   # the driver dies mid-study: no chance to settle anything
         proc.wait(timeout=30)
     finally:
-        _stop_session(proc.pid)
+        stop_session(proc.pid)
     running = _count(db, "toyk/smoke", "RUNNING")
     assert running >= 1
     assert not (tmp_path / "report").exists()      # an interrupted study writes no report; the finishing run does
@@ -512,13 +513,3 @@ def test_study_resumes_after_kill_without_lost_or_duplicated_trials(tmp_path, ra
     assert sorted(int(r.data.tags["ism.trial_number"]) for r in children) == [0, 1, 2]
     assert all(r.info.status == "FINISHED" for r in children)
     assert len(list((tmp_path / "store" / "studies" / "toyk" / "smoke" / "trials").iterdir())) == 3
-
-
-def _stop_session(sid: int) -> None:
-    """Stop what the killed driver left in its session (Ray's agents outlive a SIGKILLed driver), by pid."""
-    out = subprocess.run(["ps", "-s", str(sid), "-o", "pid="], capture_output=True, text=True).stdout.split()
-    for pid in map(int, out):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass

@@ -53,7 +53,6 @@ def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, st
     return "\n".join(lines)
 
 
-
 def main(argv: list[str] | None = None) -> int:
     """`ism ablate`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
     ap = argparse.ArgumentParser(prog="ism ablate", description="Run an ablation spec as Ray Tune trials tracked in MLflow. "

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
-
 def fmt_resources(r: Mapping[str, float]) -> str:
     """{'cpu': 1.0, 'gpu': 0.5} -> 'cpu 1, gpu 0.5'."""
     return ", ".join(f"{k} {v:g}" for k, v in r.items() if v)
