@@ -84,6 +84,39 @@ def test_sparse_is_within_one_percent_of_the_exact_cost_and_deterministic():
     assert torch.equal(perm, sparse_assign(a, b, block_bytes=64 * 4 * 1500))
 
 
+def test_bf16_pools_are_within_one_percent_deterministic_and_match_float32():
+    """From BF16_MIN_PAIRS pairs on the matmul runs in bf16: still a permutation within 1 % of the optimum (and
+    most of the OT gain kept), the same for the same seed, and as good as the float32 graph."""
+    n = ot_solvers.BF16_MIN_PAIRS
+    a, b = _digits_like(n, seed=11)
+    perm = sparse_assign(a, b)
+    assert _valid(perm, n)
+    exact, ident, got = _cost(a, b, exact_assign(a, b)), _cost(a, b, torch.arange(n)), _cost(a, b, perm)
+    assert exact <= got <= exact * 1.01
+    assert (got - exact) < 0.1 * (ident - exact)
+    assert torch.equal(perm, sparse_assign(a, b))
+    assert torch.equal(perm, sparse_assign(a, b, block_bytes=2 * n * 100))  # blocks of 100 rows: same graph
+    f32 = _cost(a, b, sparse_assign(a, b, dtype=torch.float32))
+    assert abs(got - f32) < 0.05 * (ident - exact)
+
+
+def test_repeated_rows_are_one_supply_node():
+    """A pool larger than the data set repeats rows: each distinct row is solved once as a supply of m units (min-cost
+    flow), its copies take distinct columns, and the cost stays near the optimum."""
+    a, b = _digits_like(300, d=16, seed=4)
+    a = a[:60].repeat(5, 1)[torch.randperm(300, generator=torch.Generator().manual_seed(0))]
+    grp, first, sizes = ot_solvers._duplicates(a, a.square().sum(1))
+    assert len(first) == 60 and sizes.tolist() == [5] * 60
+    assert torch.equal(grp[first], torch.arange(60)) and bool((first[1:] > first[:-1]).all())
+    assert all(torch.equal(a[i], a[first[grp[i]]]) for i in range(300))
+    perm = sparse_assign(a, b, candidates=8)
+    assert _valid(perm, 300)
+    assert _cost(a, b, perm) <= _cost(a, b, exact_assign(a, b)) * 1.01
+    # without repeats the groups are the rows themselves (the assignment solver's path)
+    grp, first, sizes = ot_solvers._duplicates(b, b.square().sum(1))
+    assert torch.equal(grp, torch.arange(300)) and torch.equal(first, torch.arange(300)) and bool((sizes == 1).all())
+
+
 def test_candidates_trade_time_for_cost():
     a, b = _digits_like(600, seed=5)
     costs = [_cost(a, b, sparse_assign(a, b, candidates=k)) for k in (1, 4, 64)]

@@ -3,37 +3,56 @@
 exact: scipy's linear_sum_assignment on the dense float64 squared-Euclidean cost, O(N^3): 0.23 s at 1,024 pairs,
 6.6 s at 4,096, 53 s at 8,192 on this machine (benchmarks/results.md) -- a stall at the paper's pool of 8,192.
 
-sparse: the same assignment problem restricted to a candidate graph, solved *exactly on that graph* by scipy's sparse
-LAP (csgraph.min_weight_full_bipartite_matching, LAPJVsp). The candidates of each row and of each column are its k
-smallest *reduced* costs c_ij - u_i - v_j, where u, v are the Hungarian reduction (row minima, then column minima of
-what is left): the optimal pairs of data-vs-noise costs lie almost always among a row's or column's few cheapest
-reduced costs, so the graph keeps ~2kN of N^2 edges and the result is a true permutation within a hair of the
-optimum. The identity pairing is added to the graph, so a perfect matching always exists (worst case: a sparse
-optimum no worse than the identity's pairs it can use). The dense part (cost blocks, minima, top-k) runs in torch on
-the model's device, under no_grad, in row blocks of at most ~256 MiB; only the ~2kN candidate edges go to the CPU.
+sparse: the same assignment problem restricted to a candidate graph, solved *exactly on that graph* by OR-Tools'
+cost-scaling assignment (Goldberg-Kennedy push-relabel, `SimpleLinearSumAssignment`; its min-cost flow when the pool
+repeats data rows). The candidates are cheap
+*reduced* costs c_ij - u_i - v_j: every row keeps its k cheapest, and every column that fewer than k/4 rows chose
+(ORPHAN_SHARE) keeps its own k cheapest. The duals come from one pass: v from the Hungarian reduction of a random
+sample of 1,024 rows (column minima after row minima), then u_i = min_j c_ij - v_j exactly, from the row pass
+itself. The identity pairs are added, so a perfect matching always exists. The dense part (one bf16 matmul of the
+pool, top-k per row block of at most 32 MiB) runs in torch on the model's device under no_grad; only the ~(k+1)N
+candidate edges go to the CPU.
 
-Measured (benchmarks/results.md; MNIST 1x16x16 digits vs N(0, I) noise, CPU seconds on 2 threads, k=32):
-N=4,096: 0.93 s vs 7.3 s exact (scipy) and 10.2 s (POT's ot.emd), cost gap 0.02 %; N=8,192: 7.2 s vs 58 s, gap
-0.17 %. POT's log-domain Sinkhorn plus a rounding reaches the optimum's cost but took 2.5 s at 1,024 and 8.5 s at
-2,048 (scipy: 0.35 / 1.5 s); a hand-written torch log-domain Sinkhorn with eps-scaling took 6 s at 4,096 for its
-duals alone (used as u, v with 8 candidates: 0.56 % gap, vs 0.92 % for the Hungarian reduction with 8 and 0.02 %
-with 32 in 0.93 s in all) -- better duals cost more than more candidates, so the solver is torch (dense top-k) plus
-scipy (sparse exact LAP), with nothing iterative written by hand.
+Why these parts, measured with 2 threads on the pools of benchmarks/bench_sot.py (8,192 MNIST digits at 16x16, each
+about twice, and 8,192 random 4x32x32 latents; cost gap to the exact optimum in brackets):
+- OR-Tools, not scipy's sparse LAPJV (min_weight_full_bipartite_matching): 0.24 s vs 3.2 s on the same 682k-edge
+  graph, same matching. POT has no sparse LAP; `lap.lapmod` (PyPI lap 0.5.13) crashed with a segfault on it.
+- bf16 matmul: 0.065 s vs 0.19 s in float32 at 16x16 MNIST, 0.37 s vs ~3 s for the latents (AMX here, tensor
+  cores on a GPU). Its rounding moves the weights by far less than the candidates' spread: same quality as float32
+  (MNIST 0.093 % vs 0.096 %; latents 0.000 % both) at 0.50 vs 0.64 s and 0.82 vs 2.9 s. Pools below
+  BF16_MIN_PAIRS stay in float32, where the solve is exact on its graph and time does not matter.
+- Sampled duals, not the full Hungarian reduction: one pass over the N^2 matrix instead of two, and a better graph
+  (MNIST 0.093 % vs 0.138 %, 0.52 vs 0.93 s; latents 0.82 vs 1.61 s): single outliers pull the full column minima.
+- Orphan columns only (1,322 of the 8,192 latents): column candidates for every column cost 0.68 vs 0.52 s (MNIST,
+  0.089 % vs 0.093 %) and 1.26 vs 0.82 s (latents, both 0.000 %).
+- A repeated row is one supply node of a min-cost flow (see sparse_assign): MNIST 0.093 %, vs 0.22 % when each
+  copy keeps only its own k candidates.
+- A Sinkhorn plan (POT's, or a hand-written log-domain one in torch) gave no better candidates and took 2.5-6 s at
+  1,024-4,096 pairs, so nothing iterative is written here.
+OR-Tools' solve holds the GIL (measured: a solve in a thread starves the main thread's loop 40x), so with prefetch
+the LAP part (~0.1-0.2 s per 8,192-pair pool) still lands on the training thread; the dense part releases it.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+from ortools.graph.python import linear_sum_assignment as _ortools_lsa
+from ortools.graph.python import min_cost_flow as _ortools_mcf
 from scipy.optimize import linear_sum_assignment
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from torch import Tensor
 
 SOLVERS = ("auto", "exact", "sparse")
-# auto: exact up to this many pairs per (sub-)problem, sparse above. Exact takes 1.4 s at 2,048 pairs (solved in the
-# prefetch thread, hidden behind training) but 6.6 s at 4,096 and 53 s at 8,192, where sparse takes < 1 s.
-AUTO_EXACT_MAX = 2048
-BLOCK_BYTES = 256 * 2 ** 20  # dense cost rows held at once by the sparse solver (8,192^2 float32 = 256 MiB)
+# auto: exact up to this many pairs per (sub-)problem, sparse above. Exact takes 0.23 s at 1,024 pairs and 1.4 s at
+# 2,048 (53 s at 8,192); sparse takes 0.07-0.14 s at 2,048 pairs, 0.06 % above the optimum on MNIST.
+AUTO_EXACT_MAX = 1024
+# dense cost rows held at once by the sparse solver: 2,048 of 8,192 in bf16. Smaller blocks stay nearer the cache:
+# the 8,192 x 8,192 x 4,096 matmul + top-k took 0.50 s in one block, 0.44 s in blocks of 2,048 rows, 0.48 s of 512.
+BLOCK_BYTES = 32 * 2 ** 20
+BF16_MIN_PAIRS = 2048  # the sparse solver's matmul runs in bf16 from this pool size on, float32 below
+MULT_CAP = 8  # a row repeated m times keeps k * min(m, MULT_CAP) candidates for its m copies
+ORPHAN_SHARE = 0.25  # columns chosen by fewer than this share of k rows get their own k candidates
+DUAL_SAMPLE = 1024  # rows whose Hungarian reduction estimates the column duals v
+LAP_LEVELS = 2 ** 20  # integer levels of the edge weights for OR-Tools (8,192 MNIST: the same pairs' cost as 2^24)
 
 
 def exact_assign(a: Tensor, b: Tensor) -> Tensor:
@@ -49,80 +68,125 @@ def exact_assign(a: Tensor, b: Tensor) -> Tensor:
     return torch.as_tensor(np.asarray(cols)[np.argsort(rows)], dtype=torch.long)
 
 
-def _cost_blocks(a: Tensor, b: Tensor, rows: int, u: Tensor | None = None, v: Tensor | None = None):
-    """(start, float32 block) of squared distances a[start:start+rows] x b, minus u[row] + v[col] when given."""
-    an, bn = a.square().sum(1), b.square().sum(1)
-    if v is not None:
-        bn = bn - v
-    if u is not None:
-        an = an - u
-    for s in range(0, len(a), rows):
-        yield s, torch.addmm(bn[None], a[s:s + rows], b.T, alpha=-2.0).add_(an[s:s + rows, None])
+def _sqnorm(x: Tensor) -> Tensor:
+    """Row-wise squared norms without an N x D temporary."""
+    return torch.linalg.vector_norm(x, dim=1).square_()
 
 
-def _row_topk(blocks, n: int, k: int, dev, ordered: bool = False) -> tuple[Tensor, Tensor]:
-    """Values and column indices of each row's k smallest entries over (start, block) row blocks."""
-    val, idx = torch.empty(n, k, device=dev), torch.empty(n, k, dtype=torch.long, device=dev)
-    for s, c in blocks:
-        val[s:s + len(c)], idx[s:s + len(c)] = c.topk(k, dim=1, largest=False, sorted=ordered)
-    return val, idx
+def _duplicates(a: Tensor, an: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows of a that are equal, keyed by (squared norm, sum) -- equal rows always share the key, as row-wise
+    reductions treat every row alike; a rare collision of distinct rows only merges their candidates, it never breaks
+    the matching. Returns (group of each row, first row of each group (ascending), group sizes); groups are numbered
+    by their first row, so a pool without repeats gives 0..N-1. 0.01 s at 8,192 x 4,096."""
+    _, grp, cnt = torch.unique(torch.stack([an, a.sum(1)], 1), dim=0, return_inverse=True, return_counts=True)
+    order = torch.sort(grp, stable=True).indices  # rows grouped, each group in pool order
+    first, relabel = order[torch.cumsum(cnt, 0) - cnt].sort()
+    return torch.argsort(relabel)[grp], first, cnt[relabel]
+
+
+def _topk_rows(x: Tensor, y: Tensor, bias: Tensor, k: int, rows: int, ordered: bool = False
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """Values and indices of the k smallest of bias[j] - 2 x[i].y[j] for every row i, in row blocks, and the
+    entries (i, i) of the same matrix where they exist (for the identity pairs; meaningful when x, y are the pool)."""
+    val = torch.empty(len(x), k, dtype=x.dtype, device=x.device)
+    idx = torch.empty(len(x), k, dtype=torch.long, device=x.device)
+    diag = torch.empty(len(x), dtype=x.dtype, device=x.device)
+    for s in range(0, len(x), rows):
+        blk = torch.addmm(bias[None], x[s:s + rows], y.T, alpha=-2.0)
+        val[s:s + len(blk)], idx[s:s + len(blk)] = blk.topk(k, dim=1, largest=False, sorted=ordered)
+        if len(x) <= len(y):
+            diag[s:s + len(blk)] = blk[:, s:s + len(blk)].diagonal()
+    return val, idx, diag
+
+
+def _solve_transport(g: Tensor, c: Tensor, w: Tensor, grp: Tensor, sizes: Tensor) -> Tensor:
+    """perm[i] = column given to row i by the exact min-cost flow on the edges (g, c, w) from row groups g (supply:
+    the group's size) to columns (demand 1 each); the rows of a group take its columns in pool order. Without
+    repeated rows that is the assignment problem, solved by OR-Tools' assignment solver (0.06 s on the 8,192 latents'
+    307k edges); with them by its min-cost flow (0.22 s on the same graph). Both are cost-scaling push-relabel."""
+    ng, n = len(sizes), len(grp)
+    w = w.double().cpu().numpy()
+    w = w - w.min()
+    cost = np.rint(w * (LAP_LEVELS / max(float(w.max()), 1e-300))).astype(np.int64)
+    g, c = g.cpu().numpy(), c.cpu().numpy()
+    if ng == n:
+        lsa = _ortools_lsa.SimpleLinearSumAssignment()
+        lsa.add_arcs_with_cost(g, c, cost)
+        if lsa.solve() != lsa.OPTIMAL:  # cannot happen with the identity edges in the graph
+            raise RuntimeError("sparse_assign: OR-Tools found no perfect matching on a graph that has one")
+        return torch.tensor([lsa.right_mate(i) for i in range(n)], dtype=torch.long)
+    flow = _ortools_mcf.SimpleMinCostFlow()
+    flow.add_arcs_with_capacity_and_unit_cost(g, c + ng, np.ones(len(cost), dtype=np.int64), cost)
+    flow.set_nodes_supplies(np.arange(ng + n), np.concatenate([sizes.cpu().numpy(), -np.ones(n, dtype=np.int64)]))
+    if flow.solve() != flow.OPTIMAL:
+        raise RuntimeError("sparse_assign: OR-Tools found no feasible flow on a graph that has one")
+    used = torch.as_tensor(flow.flows(np.arange(len(cost))) > 0)
+    ug, uc = torch.as_tensor(g)[used], torch.as_tensor(c)[used]
+    perm = torch.empty(n, dtype=torch.long)
+    perm[torch.sort(grp.cpu(), stable=True).indices] = uc[torch.sort(ug, stable=True).indices]
+    return perm
 
 
 @torch.no_grad()
-def sparse_assign(a: Tensor, b: Tensor, candidates: int = 32, block_bytes: int = BLOCK_BYTES) -> Tensor:
-    """perm pairing b[perm[i]] with a[i]: the exact optimum over each row's and column's `candidates` cheapest
-    reduced costs plus the identity pairs (see the module doc). a, b: [N, D] on any device; returns a CPU long perm.
-    Memory: dense blocks of at most block_bytes (when the whole N x N matrix fits, it and its transpose are held)."""
+def sparse_assign(a: Tensor, b: Tensor, candidates: int = 32, block_bytes: int = BLOCK_BYTES, seed: int = 0,
+                  dtype: torch.dtype | None = None) -> Tensor:
+    """perm pairing b[perm[i]] with a[i]: the exact optimum on the candidate graph of the module doc. a, b: [N, D]
+    on any device; returns a CPU long perm. seed picks the dual sample (same inputs and seed: same perm). dtype of
+    the matmul: bf16 from BF16_MIN_PAIRS pairs on, else float32. Memory: row blocks of at most block_bytes."""
     n, dev = len(a), a.device
     if n == 1:
         return torch.zeros(1, dtype=torch.long)
     a, b = a.float(), b.float()
+    dt = dtype or (torch.bfloat16 if n >= BF16_MIN_PAIRS else torch.float32)
     k = min(candidates, n)
-    # Rows repeated m times (a pool larger than the data set, e.g. 8,192 MNIST digits of 4,500) share one candidate
-    # list, which then has to serve m pairs: each copy gets the k*m cheapest (m capped at 8). Measured on the 8,192
-    # MNIST pool (each digit ~twice): cost gap to the optimum 0.45 % -> 0.17 %, CPU 5.7 s -> 7.2 s (2 threads).
-    mult = torch.unique(a, dim=0, return_inverse=True, return_counts=True)
-    mult = mult[2][mult[1]].clamp(max=8)
+    an, bn = _sqnorm(a), _sqnorm(b)
+    ah, bh = a.to(dt), b.to(dt)
+    gen = torch.Generator().manual_seed(seed)
+    # column duals v: Hungarian reduction (row minima, then column minima) of a sample of rows; |a_i|^2 cancels
+    sample = torch.randperm(n, generator=gen)[:DUAL_SAMPLE].to(dev) if n > DUAL_SAMPLE else slice(None)
+    cs = bn[None] - 2 * (ah[sample] @ bh.T).float()
+    v = (cs - cs.amin(1, keepdim=True)).amin(0)
+    del cs
+    # rows: the k smallest of c_ij - v_j (the row constant |a_i|^2 dropped, the bias centred for bf16's range). A
+    # row repeated m times (a pool larger than the data set, e.g. 32,768 MNIST digits of 4,500) is one supply node of
+    # m units with its k*m cheapest columns (m capped at MULT_CAP): the graph stays ~kN edges, and the flow is exact
+    # on it. Measured on the 32,768-digit pool (each ~7 times): 2.8 s, cost/pair 444.65, where giving each copy its
+    # own k*m candidates took 13.0 s (7.8M edges, the LAP alone 7.4 s) for 445.67.
+    grp, first, sizes = _duplicates(a, an)
+    mult = sizes.clamp(max=MULT_CAP)
     kr = min(n, k * int(mult.max()))
-    rows = max(1, block_bytes // (4 * n))
-    # u = row minima, v = column minima of c - u: the Hungarian reduction, so every reduced cost c - u - v is >= 0
-    u, v = torch.empty(n, device=dev), torch.full((n,), float("inf"), device=dev)
-    full = None
-    for s, c in _cost_blocks(a, b, rows):
-        u[s:s + len(c)] = c.amin(1)
-        v = torch.minimum(v, c.sub_(u[s:s + len(c), None]).amin(0))
-        if rows >= n:  # the whole matrix fits in one block: keep it instead of recomputing the matmul (1 of 3)
-            full = c
-    if full is not None:
-        full.sub_(v[None])
-        row_val, row_idx = _row_topk([(0, full)], n, kr, dev, ordered=kr > k)
-        col_val, col_idx = _row_topk([(0, full.T.contiguous())], n, k, dev)  # topk along dim 0 is ~4x slower
-        diag = full.diagonal().clone()
-        del full
-    else:  # one more pass over row blocks: rows' top-k, and columns' top-k merged block by block
-        row_val, row_idx = torch.empty(n, kr, device=dev), torch.empty(n, kr, dtype=torch.long, device=dev)
-        col_val, col_idx = torch.empty(n, 0, device=dev), torch.empty(n, 0, dtype=torch.long, device=dev)
-        for s, c in _cost_blocks(a, b, rows, u, v):
-            row_val[s:s + len(c)], row_idx[s:s + len(c)] = c.topk(kr, dim=1, largest=False, sorted=kr > k)
-            bv, bi = c.T.contiguous().topk(min(k, len(c)), dim=1, largest=False, sorted=False)
-            col_val, pos = torch.cat([col_val, bv], 1).topk(min(k, col_val.shape[1] + bv.shape[1]), dim=1,
-                                                             largest=False, sorted=False)
-            col_idx = torch.cat([col_idx, bi + s], 1).gather(1, pos)
-        diag = (a - b).square().sum(1) - u - v
+    rows = max(1, block_bytes // (ah.element_size() * n))
+    rbias = bn - v
+    rmean = rbias.mean()
+    ahu, anu = (ah, an) if len(first) == n else (ah[first], an[first])  # one row per group
+    # sorted when groups keep different numbers (k*m) of their cheapest candidates
+    rval, ridx, rdiag = _topk_rows(ahu, bh, (rbias - rmean).to(dt), kr, rows, ordered=kr > k)
+    rval = rval.float() + rmean  # c_ij - v_j - |a_i|^2 of each distinct row
+    u = rval.amin(1) + anu  # u = min_j c_ij - v_j: the exact row reduction given v, per group
+    keep = torch.arange(kr, device=dev)[None] < (k * mult)[:, None]
+    er, ec = torch.arange(len(first), device=dev)[:, None].expand(-1, kr)[keep], ridx[keep]
+    ew = (rval + (anu - u)[:, None])[keep]  # reduced cost c_ij - u_i - v_j
+    # orphan columns (chosen by fewer than ORPHAN_SHARE * k rows): their own k smallest c_ij - u_i over the rows
+    cols = (torch.bincount(ec, minlength=n) < max(1, int(ORPHAN_SHARE * k))).nonzero().squeeze(1)
+    if len(cols):
+        kc = min(k, len(first))
+        cbias = anu - u
+        cmean = cbias.mean()
+        cval, cidx, _ = _topk_rows(bh[cols], ahu, (cbias - cmean).to(dt), kc, rows)
+        er, ec = torch.cat([er, cidx.reshape(-1)]), torch.cat([ec, cols.repeat_interleave(kc)])
+        ew = torch.cat([ew, (cval.float() + cmean + (bn - v)[cols, None]).reshape(-1)])
+    # the identity pairs: a perfect matching always exists
     ar = torch.arange(n, device=dev)
-    kc = col_idx.shape[1]
-    keep = (torch.arange(kr, device=dev)[None] < (k * mult.to(dev))[:, None]).reshape(-1)  # k*m per row copy
-    r = torch.cat([ar.repeat_interleave(kr)[keep], col_idx.reshape(-1), ar])  # rows', columns', identity pairs
-    cl = torch.cat([row_idx.reshape(-1)[keep], ar.repeat_interleave(kc), ar])
-    val = torch.cat([row_val.reshape(-1)[keep], col_val.reshape(-1), diag]).double()
-    key, inv = torch.unique(r * n + cl, return_inverse=True)  # an edge found twice carries ~the same value
-    w = torch.zeros(len(key), dtype=torch.float64, device=dev).scatter_(0, inv, val)
-    w = (w - w.min()).cpu().numpy()
-    # LAPJVsp reads the sparse entries as edges; a constant shift keeps them positive without changing the optimum
-    # (every perfect matching has exactly n edges), scaled to the weights so no precision is lost.
-    w += max(float(w.max()), 1e-300)
-    graph = csr_matrix((w, ((key // n).cpu().numpy(), (key % n).cpu().numpy())), shape=(n, n))
-    return torch.as_tensor(min_weight_full_bipartite_matching(graph)[1], dtype=torch.long)
+    if len(first) == n:  # no repeated rows: c_ii - u_i - v_i is the row pass's diagonal
+        diag = rdiag.float() + rmean + an - u
+    else:
+        diag = _sqnorm(a - b) - u[grp] - v
+    er, ec, ew = torch.cat([er, grp]), torch.cat([ec, ar]), torch.cat([ew, diag])
+    # an edge found twice (as a row's and as a column's candidate) is kept once, with its first weight
+    key, inv = torch.unique(er * n + ec, return_inverse=True)
+    once = torch.full((len(key),), len(inv), device=dev).scatter_reduce_(0, inv, torch.arange(len(inv), device=dev),
+                                                                          "amin")
+    return _solve_transport(key // n, key % n, ew[once], grp, sizes)
 
 
 def assign(a: Tensor, b: Tensor, solver: str = "exact", candidates: int = 32) -> Tensor:
