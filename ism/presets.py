@@ -66,8 +66,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optim": {"batch_size": 256},
         "ema": {"infer_half_life_steps": 2000.0, "target_half_life_steps": 13.5},
         "eval": {"num_samples": 10000, "extractor": "mnist-cnn"},
-        # sOT pools of K*B = 8,192 pairs: exact up to 2,048 pairs per assignment, the sparse solver above (exact
-        # takes 53 s at 8,192; docs/sot-at-scale.md). With class coupling the per-class problems stay exact.
+        # sOT pools of K*B = 8,192 pairs: exact up to 1,024 pairs per assignment, the sparse solver above (exact
+        # takes 53 s at 8,192, sparse < 1 s on 2 CPU threads; docs/sot-at-scale.md). Class coupling splits the pool
+        # per class, so with >= 8 classes most sub-problems stay exact.
         "ot": {"solver": "auto"},
         "run": {"steps": 100000, "checkpoint_every": 5000, "log_every": 100},
     },
@@ -76,8 +77,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"name": "dit-b/2"},
         "optim": {"batch_size": 256},
         "eval": {"num_samples": 10000, "extractor": "inception-v3-compat"},
-        # sOT pools of K*B = 8,192 pairs: exact up to 2,048 pairs per assignment, the sparse solver above (exact
-        # takes 53 s at 8,192; docs/sot-at-scale.md). With class coupling the per-class problems stay exact.
+        # sOT pools of K*B = 8,192 pairs: exact up to 1,024 pairs per assignment, the sparse solver above (exact
+        # takes 53 s at 8,192, sparse < 1 s on 2 CPU threads; docs/sot-at-scale.md). Class coupling splits the pool
+        # per class, so with >= 8 classes most sub-problems stay exact.
         "ot": {"solver": "auto"},
         "run": {"steps": 400000, "checkpoint_every": 10000, "log_every": 100},
     },
@@ -86,8 +88,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"name": "dit-xl/2"},
         "optim": {"batch_size": 256},
         "eval": {"num_samples": 50000, "extractor": "inception-v3-compat"},
-        # sOT pools of K*B = 8,192 pairs: exact up to 2,048 pairs per assignment, the sparse solver above (exact
-        # takes 53 s at 8,192; docs/sot-at-scale.md). With class coupling the per-class problems stay exact.
+        # sOT pools of K*B = 8,192 pairs: exact up to 1,024 pairs per assignment, the sparse solver above (exact
+        # takes 53 s at 8,192, sparse < 1 s on 2 CPU threads; docs/sot-at-scale.md). Class coupling splits the pool
+        # per class, so with >= 8 classes most sub-problems stay exact.
         "ot": {"solver": "auto"},
         "run": {"steps": 800000, "checkpoint_every": 10000, "log_every": 100},
     },

@@ -2,7 +2,7 @@
 
 sOT pools K consecutive batches with their noise, solves an assignment on the squared Euclidean cost between the K*B
 noises and images (ot.solver: scipy's exact linear_sum_assignment, or the sparse solver that stays within ~0.1 % of
-the optimum at a fraction of the time, see ism/objective/ot_solvers.py; auto picks exact up to 2,048 pairs),
+the optimum at a fraction of the time, see ism/objective/ot_solvers.py; auto picks exact up to 1,024 pairs),
 permutes the noise only (labels stay with their images), and splits the pool back into the K batches in their
 original data order. With ot.pool_scope=device the pool is split into ot.devices shards (rank r's rows of every
 step) and each shard is solved alone, as each data-parallel rank would. With ot.coupling=class (the default for
@@ -21,10 +21,10 @@ the pool's "ot/cost_before" / "ot/cost_after", "ot/solve_s" = solver seconds of 
 first uses it (0 on the others; "ot/solved" marks that batch), so the trainer's window average of ot/solve_s is the
 per-step solver cost, and "ot/wait_s" = seconds that step actually waited for its pool (the wall-time overhead).
 
-With ot.prefetch the next pool is solved in a background thread while the current one trains (scipy's solver
-releases the GIL): the pairs are the same, only the wait shrinks. On a GPU the sparse solver's dense part (cost
-blocks, top-k) runs on the GPU and its sparse LAP on an otherwise idle CPU core, which is how the paper's ~4 %
-overhead is reachable at K*B = 8192 (exact: 53 s per pool there).
+With ot.prefetch the next pool is solved in a background thread while the current one trains (scipy's exact solver
+and torch release the GIL): the pairs are the same, only the wait shrinks. The sparse solver's dense part (bf16 cost
+blocks, top-k) runs on the model's device; its sparse LAP (OR-Tools, ~0.1-0.2 s at K*B = 8,192) holds the GIL, so
+that part is charged to the training thread even when prefetched (exact: 53 s per pool there).
 """
 from __future__ import annotations
 
