@@ -158,6 +158,18 @@ def test_the_configured_solver_is_the_one_used():
         from_dict({"ot": {"solver": "hungarian"}})
 
 
+def test_class_coupling_composes_with_the_sparse_solver():
+    """Per-class sub-problems go to the sparse solver too: every image keeps noise drawn for its own class."""
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 3, (600,), generator=g)
+    x1 = torch.randn(600, 1, 8, 8, generator=g) + y.float()[:, None, None, None]
+    x0 = torch.randn(600, 1, 8, 8, generator=g)
+    perm, diag = ot_assign(x0, x1, labels=y, solver="sparse", candidates=8)
+    assert _valid(perm, 600) and torch.equal(y[perm], y)
+    _, exact = ot_assign(x0, x1, labels=y, solver="exact")
+    assert exact["ot/cost_after"] <= diag["ot/cost_after"] <= exact["ot/cost_after"] * 1.01
+
+
 def test_device_pools_solve_each_shard_alone():
     b, k, n = 16, 4, 4
     glob = _src(coupling="global")
