@@ -118,7 +118,8 @@ def compounding_table(sw: Sweep) -> Table | None:
 def verdict(sw: Sweep) -> tuple[str, str, str] | None:
     """(pair cell, ours cell, verdict) of the claims check's compounding row, or None when not measured.
 
-    The verdict rests on cfg_every_level at the fewest steps: 'reproduced' when every such variant's exponent
+    The verdict rests on cfg_every_level at the fewest steps: 'inconclusive' when any seed's reading there is beyond
+    the ruler's calibrated range (a bound says nothing about the exponent); 'reproduced' when every such variant's exponent
     interval reaches the predicted K − log2 n (compounding as Prop. 1 predicts) and every fixed one (cfg_finest,
     intrinsic) stays below it; 'partly (weaker than Prop. 1)' when the exponent interval lies above 1 but below the
     prediction; 'not reproduced' when it includes 1 (no compounding) or lies below it.
@@ -141,7 +142,9 @@ def verdict(sw: Sweep) -> tuple[str, str, str] | None:
                      + f" vs predicted {fmt(m.predicted(s), 3)} (exponent {fmt(ex.mean, 3)}"
                      + (f" ± {fmt(ex.half, 2)}" if ex.has_ci else "") + f", predicted {fmt(want, 2)})")
         if m.mode == "cfg_every_level":
-            if not ex.has_ci:
+            if _bounded(sw, v, s):  # a bound, not a reading: e.g. few-step image samples whose blur or saturation
+                kinds.append("bound")  # puts the classifier margin below the unguided 128-step end (README)
+            elif not ex.has_ci:
                 kinds.append("n<2")
             elif ex.lo <= 1 and ex.hi >= want:
                 kinds.append("wide")
@@ -151,7 +154,10 @@ def verdict(sw: Sweep) -> tuple[str, str, str] | None:
                 kinds.append(WEAKER)
             else:
                 kinds.append(NONE)
-    if "n<2" in kinds:
+    if "bound" in kinds:
+        out = ("inconclusive (cfg_every_level's reading lies beyond the ruler's calibrated range: the statistic "
+               "does not measure these samples)")
+    elif "n<2" in kinds:
         out = "inconclusive (fewer than 2 seeds: no interval)"
     elif "wide" in kinds:
         out = "inconclusive (the exponent's interval spans both 1 and the prediction)"
