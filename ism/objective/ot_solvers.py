@@ -42,8 +42,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 SOLVERS = ("auto", "exact", "sparse")
-# auto: exact up to this many pairs per (sub-)problem, sparse above. Exact takes 0.23 s at 1,024 pairs and 1.4 s at
-# 2,048 (53 s at 8,192); sparse takes 0.07-0.14 s at 2,048 pairs, 0.06 % above the optimum on MNIST.
+# auto: exact up to this many pairs per (sub-)problem, sparse above. Exact takes 0.15-0.23 s at 1,024 pairs and
+# 0.9-1.4 s at 2,048 (52 s at 8,192); sparse takes 0.05-0.09 s at 2,048 pairs, 0.06 % above the optimum on MNIST.
 AUTO_EXACT_MAX = 1024
 # dense cost rows held at once by the sparse solver: 2,048 of 8,192 in bf16. Smaller blocks stay nearer the cache:
 # the 8,192 x 8,192 x 4,096 matmul + top-k took 0.50 s in one block, 0.44 s in blocks of 2,048 rows, 0.48 s of 512.
