@@ -117,6 +117,28 @@ def test_repeated_rows_are_one_supply_node():
     assert torch.equal(grp, torch.arange(300)) and torch.equal(first, torch.arange(300)) and bool((sizes == 1).all())
 
 
+def test_rows_equal_only_in_norm_and_sum_are_not_merged_and_a_common_shift_changes_nothing():
+    """Regressions from a review: distinct rows sharing the duplicate key (one-hot rows, permuted entries) stay
+    distinct; shifting both sets by one vector (their optimum is the same) keeps the solver near the optimum in bf16;
+    norms beyond float32 are a clear error, not a silent identity."""
+    g = torch.Generator().manual_seed(6)
+    a = torch.eye(300)[torch.randperm(300, generator=g)]  # every row: norm 1, sum 1
+    b = torch.randn(300, 300, generator=g) * 0.1
+    grp, first, _ = ot_solvers._duplicates(a, a.square().sum(1))
+    assert len(first) == 300
+    exact, ident = _cost(a, b, exact_assign(a, b)), _cost(a, b, torch.arange(300))
+    got = _cost(a, b, sparse_assign(a, b))
+    assert got - exact < 0.1 * (ident - exact)
+    n = ot_solvers.BF16_MIN_PAIRS
+    a, b = _digits_like(n, seed=12)
+    exact, ident = _cost(a, b, exact_assign(a, b)), _cost(a, b, torch.arange(n))
+    for shift in (0.0, 10.0):
+        got = _cost(a, b, sparse_assign(a + shift, b + shift))
+        assert got - exact < 0.05 * (ident - exact), shift
+    with pytest.raises(ValueError, match="ot.solver=exact"):
+        sparse_assign(torch.full((8, 4), 1e20, dtype=torch.float64), torch.zeros(8, 4, dtype=torch.float64))
+
+
 def test_candidates_trade_time_for_cost():
     a, b = _digits_like(600, seed=5)
     costs = [_cost(a, b, sparse_assign(a, b, candidates=k)) for k in (1, 4, 64)]

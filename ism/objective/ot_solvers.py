@@ -52,7 +52,7 @@ BF16_MIN_PAIRS = 2048  # the sparse solver's matmul runs in bf16 from this pool 
 MULT_CAP = 8  # a row repeated m times keeps k * min(m, MULT_CAP) candidates for its m copies
 ORPHAN_SHARE = 0.25  # columns chosen by fewer than this share of k rows get their own k candidates
 DUAL_SAMPLE = 1024  # rows whose Hungarian reduction estimates the column duals v
-LAP_LEVELS = 2 ** 20  # integer levels of the edge weights for OR-Tools (8,192 MNIST: the same pairs' cost as 2^24)
+LAP_LEVELS = 2 ** 30  # integer levels of the edge weights for OR-Tools at most (8,192 pairs: as fast as 2^20)
 
 
 def exact_assign(a: Tensor, b: Tensor) -> Tensor:
@@ -74,14 +74,20 @@ def _sqnorm(x: Tensor) -> Tensor:
 
 
 def _duplicates(a: Tensor, an: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Rows of a that are equal, keyed by (squared norm, sum) -- equal rows always share the key, as row-wise
-    reductions treat every row alike; a rare collision of distinct rows only merges their candidates, it never breaks
-    the matching. Returns (group of each row, first row of each group (ascending), group sizes); groups are numbered
-    by their first row, so a pool without repeats gives 0..N-1. 0.01 s at 8,192 x 4,096."""
-    _, grp, cnt = torch.unique(torch.stack([an, a.sum(1)], 1), dim=0, return_inverse=True, return_counts=True)
-    order = torch.sort(grp, stable=True).indices  # rows grouped, each group in pool order
-    first, relabel = order[torch.cumsum(cnt, 0) - cnt].sort()
-    return torch.argsort(relabel)[grp], first, cnt[relabel]
+    """Groups of equal rows of a: (group of each row, first row of each group (ascending), group sizes); groups are
+    numbered by their first row, so a pool without repeats gives 0..N-1. Rows whose (squared norm, sum) key is unique
+    are unique; the rest are grouped by exact equality (torch.unique over rows), so permuted or one-hot rows that
+    share a key are never merged. 0.01 s at 8,192 x 4,096 random rows, 0.07 s on 32,768 tiled MNIST digits."""
+    n = len(a)
+    _, kg, kc = torch.unique(torch.stack([an, a.sum(1)], 1), dim=0, return_inverse=True, return_counts=True)
+    rep = torch.arange(n, device=a.device)  # each row's representative: the first row equal to it
+    shared = (kc[kg] > 1).nonzero().squeeze(1)
+    if len(shared):
+        _, inv = torch.unique(a[shared], dim=0, return_inverse=True)
+        low = torch.full((int(inv.max()) + 1,), n, device=a.device).scatter_reduce_(0, inv, shared, "amin")
+        rep[shared] = low[inv]
+    first, grp = torch.unique(rep, return_inverse=True)
+    return grp, first, torch.bincount(grp)
 
 
 def _topk_rows(x: Tensor, y: Tensor, bias: Tensor, k: int, rows: int, ordered: bool = False
@@ -107,7 +113,12 @@ def _solve_transport(g: Tensor, c: Tensor, w: Tensor, grp: Tensor, sizes: Tensor
     ng, n = len(sizes), len(grp)
     w = w.double().cpu().numpy()
     w = w - w.min()
-    cost = np.rint(w * (LAP_LEVELS / max(float(w.max()), 1e-300))).astype(np.int64)
+    # as many levels as OR-Tools' price bounds allow (~n^2 x the largest cost must fit in int64): one far-off edge
+    # then cannot round every ordinary edge to 0 (2^20 levels lost 25 % of the gain on such a pool; 2^36 overflowed
+    # the assignment solver at n = 8,192)
+    levels = min(LAP_LEVELS, 2 ** 58 // (n + 1) ** 2)
+    top = float(w.max())
+    cost = np.rint(w * (levels / top if top > 0 else 0.0)).astype(np.int64)  # all-equal weights: all 0
     g, c = g.cpu().numpy(), c.cpu().numpy()
     if ng == n:
         lsa = _ortools_lsa.SimpleLinearSumAssignment()
@@ -137,9 +148,19 @@ def sparse_assign(a: Tensor, b: Tensor, candidates: int = 32, block_bytes: int =
     if n == 1:
         return torch.zeros(1, dtype=torch.long)
     a, b = a.float(), b.float()
+    an, bn = _sqnorm(a), _sqnorm(b)
+    # One shift of both sets leaves every pairing's cost difference unchanged; centring keeps |a|^2 - 2ab + |b|^2
+    # from cancelling large norms in float32/bf16 (measured: an offset of 10 on both sets lost 19 % of the OT gain).
+    # Skipped when the common mean is below bf16's resolution of the norms (zero-mean latents: saves 0.1 s at 8,192).
+    centre = (a.sum(0) + b.sum(0)) / (2 * n)
+    if float(centre.square().sum()) > 1e-4 * float(an.mean() + bn.mean()) / 2:
+        a, b = a - centre, b - centre
+        an, bn = _sqnorm(a), _sqnorm(b)
     dt = dtype or (torch.bfloat16 if n >= BF16_MIN_PAIRS else torch.float32)
     k = min(candidates, n)
-    an, bn = _sqnorm(a), _sqnorm(b)
+    if not (bool(torch.isfinite(an).all()) and bool(torch.isfinite(bn).all())):
+        raise ValueError("sparse_assign: squared norms overflow float32 (or the input holds NaN/inf); values of "
+                         f"this size need ot.solver=exact (float64). Largest |x|: {float(a.abs().max()):.3g}")
     ah, bh = a.to(dt), b.to(dt)
     gen = torch.Generator().manual_seed(seed)
     # column duals v: Hungarian reduction (row minima, then column minima) of a sample of rows; |a_i|^2 cancels
