@@ -13,7 +13,8 @@ itself. The identity pairs are added, so a perfect matching always exists. The d
 pool, top-k per row block of at most 32 MiB) runs in torch on the model's device under no_grad; only the ~(k+1)N
 candidate edges go to the CPU.
 
-Why these parts, measured with 2 threads on the pools of benchmarks/bench_sot.py (8,192 MNIST digits at 16x16, each
+Why these parts (each measured before a review added exact duplicate grouping and centring, ~0.05 s more at 8,192
+pairs), measured with 2 threads on the pools of benchmarks/bench_sot.py (8,192 MNIST digits at 16x16, each
 about twice, and 8,192 random 4x32x32 latents; cost gap to the exact optimum in brackets):
 - OR-Tools, not scipy's sparse LAPJV (min_weight_full_bipartite_matching): 0.24 s vs 3.2 s on the same 682k-edge
   graph, same matching. POT has no sparse LAP; `lap.lapmod` (PyPI lap 0.5.13) crashed with a segfault on it.
