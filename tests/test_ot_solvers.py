@@ -139,6 +139,16 @@ def test_rows_equal_only_in_norm_and_sum_are_not_merged_and_a_common_shift_chang
         sparse_assign(torch.full((8, 4), 1e20, dtype=torch.float64), torch.zeros(8, 4, dtype=torch.float64))
 
 
+def test_one_far_off_pair_does_not_flatten_the_other_costs():
+    """The integer cost scale of the LAP is set by the largest edge; with one far-off row and column (an identity edge
+    of ~3e7 against a median of ~6) 2^20 levels rounded every other edge to 0-1 levels and lost 16 % of the other
+    rows' OT gain; 2^30 levels lose 0.1 %."""
+    a, b = _digits_like(500, d=16, seed=2)
+    a[0], b[0] = 1e3, -1e3
+    rest_gain = _cost(a[1:], b[1:], torch.arange(499)) - _cost(a[1:], b[1:], exact_assign(a[1:], b[1:]))
+    assert _cost(a, b, sparse_assign(a, b)) - _cost(a, b, exact_assign(a, b)) < 0.02 * rest_gain
+
+
 def test_candidates_trade_time_for_cost():
     a, b = _digits_like(600, seed=5)
     costs = [_cost(a, b, sparse_assign(a, b, candidates=k)) for k in (1, 4, 64)]
