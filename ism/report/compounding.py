@@ -119,10 +119,10 @@ def verdict(sw: Sweep) -> tuple[str, str, str] | None:
     """(pair cell, ours cell, verdict) of the claims check's compounding row, or None when not measured.
 
     The verdict rests on cfg_every_level at the fewest steps: 'inconclusive' when any seed's reading there is beyond
-    the ruler's calibrated range (a bound says nothing about the exponent); 'reproduced' when every such variant's exponent
-    interval reaches the predicted K − log2 n (compounding as Prop. 1 predicts) and every fixed one (cfg_finest,
-    intrinsic) stays below it; 'partly (weaker than Prop. 1)' when the exponent interval lies above 1 but below the
-    prediction; 'not reproduced' when it includes 1 (no compounding) or lies below it.
+    the ruler's calibrated range (a bound says nothing about the exponent); 'reproduced' when every such variant's
+    exponent interval reaches the predicted K − log2 n (compounding as Prop. 1 predicts) and every fixed one
+    (cfg_finest, intrinsic) stays below it; 'partly (weaker than Prop. 1)' when the exponent interval lies above 1
+    but below the prediction; 'not reproduced' when it includes 1 (no compounding) or lies below it.
     """
     vs = measured(sw)
     every = [v for v in vs if mode_of(sw, v).mode == "cfg_every_level"]
