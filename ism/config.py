@@ -20,6 +20,7 @@ from ism.presets import DEFAULT_PRESET, PRESETS
 from ism.schema import (GUIDANCE_MODES, Config, DataConfig, EMAConfig, EvalConfig, GuidanceConfig,  # noqa: F401
                         LossConfig, ModelConfig, OptimConfig, OTConfig, RunConfig, ShortcutConfig, WaveletConfig, dwt_levels,
                         step_level, validate)
+from ism.schema import _NO_LEGACY
 
 
 # ----------------------------------------------------------------------------------------------- dict <-> config
@@ -237,12 +238,16 @@ def _keys_where(flag: str) -> frozenset[str]:
 IDENTITY_KEYS = _keys_where("identity")    # what a run computes: hashed into run_id
 TRAINING_KEYS = _keys_where("training")    # what training computes: hashed into training_id
 ADDED_DEFAULTS = {k: v for k, v in flatten(Config()).items() if k in _keys_where("added")}  # hashed only when set
+LEGACY_VALUES = {f"{sec.name}.{f.name}": f.metadata["legacy"] for sec in dataclasses.fields(Config)
+                 for f in dataclasses.fields(sec.default_factory)  # type: ignore[misc]
+                 if f.metadata["legacy"] is not _NO_LEGACY}  # hashed unless they hold what stored runs computed
 
 
 def identity_dict(cfg: Config) -> dict[str, Any]:
     """The flattened keys that define what a run computes (a key added after the pin only when off its default)."""
     return {k: v for k, v in sorted(flatten(cfg).items())
-            if k in IDENTITY_KEYS and not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])}
+            if k in IDENTITY_KEYS and not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])
+            and not (k in LEGACY_VALUES and v == LEGACY_VALUES[k])}
 
 
 def _hash(keys: Mapping[str, Any]) -> str:

@@ -12,17 +12,24 @@ from ism.errors import ConfigError
 from ism.model_registry import MODELS
 
 
+_NO_LEGACY = object()
+
+
 def _f(default, help: str, *, choices=None, lo=None, hi=None, lo_open=False, hi_open=False, identity: bool = True,
-       training: bool | None = None, added: bool = False):
+       training: bool | None = None, added: bool = False, legacy=_NO_LEGACY):
     """A field with its help text, its allowed values and its part in run identity.
 
     identity=False: the key changes where or how visibly a run happens, not what it computes (left out of run_id).
     training=False: training never reads the key (left out of training_id); defaults to `identity`.
     added=True: a key added after run ids were pinned; hashed only when it differs from its default, so every
     stored run (which computed the default) keeps its id.
+    legacy=V: a key whose default changed what runs compute; hashed unless it holds V, the behaviour stored runs
+    computed before the key existed. So the new default gives every affected run a new id (a stale run is never
+    reused as if it had the new behaviour), and setting V explicitly finds the stored runs again.
     """
     meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
-            "identity": identity, "training": identity if training is None else training, "added": added}
+            "identity": identity, "training": identity if training is None else training, "added": added,
+            "legacy": legacy}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda d=tuple(default): d, metadata=meta)
     return field(default=default, metadata=meta)
@@ -66,6 +73,7 @@ class ShortcutConfig:
     t_density_s: float = _f(1.0, "logit_normal scale s", lo=0.0, hi=10.0, lo_open=True, added=True)
     t_density_scale: float = _f(1.29, "mode sampling scale s (SD3's 1.29; 0 = uniform; SD3's allowed range -1 ... 2/(pi-2))", lo=-1.0, hi=2 / (math.pi - 2), added=True)
     t_density_u_a: float = _f(4.0, "u_shaped: p(t) ∝ exp(a t) + exp(a (1-t)), rfpp's a = 4", lo=0.0, lo_open=True, hi=50.0, added=True)
+    level_allocation: str = _f("sm", "step levels of the self-consistency rows. sm: the SM code's layout, each level d = 1/2^(K-1) ... 1/2 in equal blocks of n // K rows and the remainder at d = 1 (the 1-step shortcut); cycle: levels cycled row by row (ism before 2026-12, which gave d = 1 about half of SM's rows)", choices=("sm", "cycle"), legacy="cycle")
     clip: float = _f(4.0, "clip of the intermediate point and the bootstrap target as in the SM code; 0 = off", lo=0.0)
 
 

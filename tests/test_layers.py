@@ -109,8 +109,12 @@ PINNED.append(({"run": {"checkpoint_every": 7, "log_every": 3, "progress": False
 
 @pytest.mark.parametrize("delta, rid, tid", PINNED)
 def test_run_ids_are_pinned(delta, rid, tid):
-    cfg = from_dict(delta)
+    # The pinned runs cycled their self-consistency levels (the only layout before shortcut.level_allocation):
+    # with that value set they keep their ids; the new default must move every one of them.
+    cfg = from_dict({**delta, "shortcut": {"level_allocation": "cycle"}})
     assert (run_id(cfg), training_id(cfg)) == (rid, tid)
+    new = from_dict(delta)
+    assert run_id(new) != rid and training_id(new) != tid
 
 
 def _imports_of(path: Path) -> set[str]:

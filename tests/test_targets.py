@@ -1,4 +1,5 @@
 """Targets: bootstrap = two half-steps, guided targets follow their formulas, interval guidance, row layout."""
+import pytest
 import torch
 
 from ism.config import resolve
@@ -173,3 +174,45 @@ def test_intrinsic_batches_the_first_half_step_with_the_guidance_pair():
     assert online.calls == 1 and target.calls == 2
     for f in ("xt", "t", "k", "y", "w", "target", "kind"):
         torch.testing.assert_close(getattr(rows, f), getattr(ref, f))
+
+
+# ----------------------------------------------------------------------------------------------- level allocation
+# The SM code's layout (targets_shortcut.py, dt_base): jnp.repeat(K-1 ... 0, n // K), padded with level 0. Written
+# out by hand for the embedded (8 rows) and paper-like batch shares, K = 7 (128 steps).
+SM_LAYOUTS = {
+    8: [6, 5, 4, 3, 2, 1, 0, 0],
+    7: [6, 5, 4, 3, 2, 1, 0],
+    16: [6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0, 0, 0],
+    3: [0, 0, 0],
+}
+
+
+@pytest.mark.parametrize("n", sorted(SM_LAYOUTS))
+def test_default_level_allocation_is_the_sm_layout(n):
+    cfg = cfg_of()
+    assert cfg.shortcut.level_allocation == "sm"
+    assert T.sc_levels(n, 7, cfg.shortcut.level_allocation).tolist() == SM_LAYOUTS[n]
+
+
+@pytest.mark.parametrize("n", [32, 64, 100])
+def test_sm_layout_gives_the_one_step_level_its_block_plus_the_remainder(n):
+    k = T.sc_levels(n, 7, "sm")
+    counts = torch.bincount(k, minlength=7).tolist()
+    assert counts == [n // 7 + n % 7] + [n // 7] * 6
+
+
+def test_cycle_allocation_is_kept_as_an_option():
+    assert T.sc_levels(8, 7, "cycle").tolist() == [6, 5, 4, 3, 2, 1, 0, 6]
+
+
+def test_training_rows_follow_the_configured_allocation():
+    B = 32  # toy2d: 8 self-consistency rows at bootstrap_fraction 0.25
+    for alloc in ("sm", "cycle"):
+        cfg = cfg_of(f"shortcut.level_allocation={alloc}", "shortcut.bootstrap_fraction=0.25", "guidance.mode=none")
+        x1, x0 = torch.randn(B, 2), torch.randn(B, 2)
+        y = torch.arange(B) % NULL
+        nets = {k: LabelNet() for k in ("online", "target", "infer")}
+        rows, _ = T.build_rows(x1, y, x0, nets, cfg, torch.Generator().manual_seed(0), NULL)
+        got = rows.k[rows.kind == T.SC].tolist()
+        assert got == T.sc_levels(8, cfg.shortcut.max_steps_log2, alloc).tolist()
+    assert got != T.sc_levels(8, cfg.shortcut.max_steps_log2, "sm").tolist()

@@ -72,6 +72,17 @@ def test_finished_run_is_not_retrained(tmp_path):
     assert again == first and store.latest_checkpoint(tmp_path / first["run_id"]).stat().st_mtime == mtime
 
 
+def test_a_run_stored_before_a_changed_default_is_never_reused(tmp_path):
+    # Stored runs cycled their self-consistency levels; the default is now SM's layout. The old run must not be
+    # found (nor adopted) under the new default, and must still be found when its old behaviour is asked for.
+    old_cfg = smoke(tmp_path, "shortcut.level_allocation=cycle")
+    old = train(old_cfg)
+    new = train(smoke(tmp_path))
+    assert new["run_id"] != old["run_id"] and new.get("resumed_from") in (None, 0)
+    assert losses_of(tmp_path / new["run_id"]) != losses_of(tmp_path / old["run_id"])
+    assert train(old_cfg) == old   # asked for explicitly, the stored run is the same run
+
+
 def test_run_dir_of_another_config_is_refused(tmp_path):
     train(smoke(tmp_path), tmp_path / "x")
     with pytest.raises(ConfigError, match="holds a different run"):

@@ -99,10 +99,23 @@ def bootstrap_target(net: Callable, xt, t, k, y, w, cfg: Config, null: int, scal
     return _clip((v1 + v2) / 2, cfg.shortcut.clip)
 
 
+def sc_levels(n: int, K: int, allocation: str) -> torch.Tensor:
+    """The step level k (d = 2^-k) of each of n self-consistency rows, finest first.
+
+    sm: the SM code's layout (its dt_base): each level K-1 ... 0 in a block of n // K rows, the remainder at level 0
+    (d = 1, the 1-step shortcut), e.g. n = 8, K = 7: [6, 5, 4, 3, 2, 1, 0, 0]. cycle: the levels cycled row by row,
+    [6, 5, 4, 3, 2, 1, 0, 6], which gives d = 1 about half of SM's rows when n is just above a multiple of K.
+    """
+    if allocation == "cycle":
+        return (K - 1) - (torch.arange(n) % K)
+    block = torch.arange(K - 1, -1, -1).repeat_interleave(n // K)
+    return torch.cat([block, torch.zeros(n - block.numel(), dtype=torch.long)])
+
+
 def _sc_inputs(x1, x0, cfg: Config, gen: torch.Generator):
-    """Levels k cycling over d = 1/2^(K-1) ... 1 in equal counts, and t on the grid of each row's d."""
+    """Levels k over d = 1/2^(K-1) ... 1 (shortcut.level_allocation), and t on the grid of each row's d."""
     n, K, dev = x1.shape[0], cfg.shortcut.max_steps_log2, x1.device
-    k = (K - 1) - (torch.arange(n) % K)
+    k = sc_levels(n, K, cfg.shortcut.level_allocation)
     t = torch.floor(torch.rand(n, generator=gen) * torch.pow(2.0, k.float())) / torch.pow(2.0, k.float())
     k, t = k.to(dev), t.to(dev)
     return interpolate(x0, x1, t), t, k
