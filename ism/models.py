@@ -43,13 +43,14 @@ class ScalarEmbedder(nn.Module):
 class Conditioning(nn.Module):
     """c = E_t(t) + E_k(k) + E_y(y) [+ E_w(w)]; the label table has num_classes + 1 rows (last = null)."""
 
-    def __init__(self, width: int, num_classes: int, use_w: bool):
+    def __init__(self, width: int, num_classes: int, use_w: bool, w_scale: float = 100.0):
         super().__init__()
         self.t_embed = ScalarEmbedder(width, scale=1000.0)   # t in [0, 1], resolution 1/128 must be visible
         self.k_embed = ScalarEmbedder(width, scale=1.0)      # integer level: unit spacing is already distinct
         self.y_embed = nn.Embedding(num_classes + 1, width)
         nn.init.normal_(self.y_embed.weight, std=0.02)
-        self.w_embed = ScalarEmbedder(width, scale=100.0) if use_w else None  # w grid spacing 0.25
+        # w_scale: model.w_embed_scale (why it is a key: docs/embedded-defaults.md, "w-embedding scale")
+        self.w_embed = ScalarEmbedder(width, scale=w_scale) if use_w else None
 
     def forward(self, t, k, y, w=None) -> torch.Tensor:
         c = self.t_embed(t) + self.k_embed(k) + self.y_embed(y)
@@ -106,11 +107,12 @@ class DiTBlock(nn.Module):
 class DiT(nn.Module):
     """Patchify -> adaLN-Zero blocks -> final adaLN layer -> unpatchify."""
 
-    def __init__(self, shape, num_classes, use_w, width, depth, heads, patch, mlp_ratio=4.0, dropout=0.0):
+    def __init__(self, shape, num_classes, use_w, width, depth, heads, patch, mlp_ratio=4.0, dropout=0.0,
+                 w_scale=100.0):
         super().__init__()
         c, h, w = shape
         self.patch, self.channels = patch, c
-        self.cond = Conditioning(width, num_classes, use_w)
+        self.cond = Conditioning(width, num_classes, use_w, w_scale)
         self.embed = nn.Conv2d(c, width, patch, stride=patch)
         self.register_buffer("pos", pos_embed_2d(width, h // patch, w // patch), persistent=False)
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, dropout) for _ in range(depth))
@@ -160,11 +162,11 @@ class UNet(nn.Module):
     """
 
     def __init__(self, shape, num_classes, use_w, channels=(32, 64), blocks=1, emb=128, norm_groups=0, patch=1,
-                 dropout=0.0):
+                 dropout=0.0, w_scale=100.0):
         super().__init__()
         c, n = shape[0], len(channels)
         self.levels, self.blocks, self.patch = n, blocks, patch
-        self.cond = Conditioning(emb, num_classes, use_w)
+        self.cond = Conditioning(emb, num_classes, use_w, w_scale)
         # patch > 1: space-to-depth stem (cheaper); no registered variant uses it: on MNIST its samples speckle
         self.inp = nn.Conv2d(c * patch * patch, channels[0], 3, padding=1)
         res = lambda ci, co: ResBlock(ci, co, emb, norm_groups, dropout)
@@ -214,10 +216,10 @@ class MLPBlock(nn.Module):
 class PointMLP(nn.Module):
     """An MLP for points [B, D] conditioned like the image models."""
 
-    def __init__(self, shape, num_classes, use_w, width=128, depth=4, dropout=0.0):
+    def __init__(self, shape, num_classes, use_w, width=128, depth=4, dropout=0.0, w_scale=100.0):
         super().__init__()
         d = shape[0]
-        self.cond = Conditioning(width, num_classes, use_w)
+        self.cond = Conditioning(width, num_classes, use_w, w_scale)
         self.inp = nn.Linear(d, width)
         self.blocks = nn.ModuleList(MLPBlock(width, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width, elementwise_affine=False)
@@ -257,7 +259,7 @@ def build_model(cfg: Config, data) -> nn.Module:
     check_fits(name, spec, data)
     cls = {"dit": DiT, "unet": UNet, "mlp": PointMLP}[spec.family]
     return cls(tuple(data.shape), data.num_classes, cfg.guidance.mode == "intrinsic", dropout=cfg.model.dropout,
-               **dict(spec.kwargs))
+               w_scale=cfg.model.w_embed_scale, **dict(spec.kwargs))
 
 
 def count_params(model: nn.Module) -> int:

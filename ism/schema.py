@@ -61,6 +61,7 @@ class DataConfig:
 class ModelConfig:
     name: str = _f("unet-tiny", "model variant from ism.models.MODELS", choices=tuple(MODELS))
     dropout: float = _f(0.0, "dropout inside the network", lo=0.0, hi=0.9)
+    w_embed_scale: float = _f(100.0, "intrinsic guidance: w is multiplied by this before its sinusoidal embedding; large values make neighbouring grid values of w nearly orthogonal inputs, small ones let the network share what it learns across w (docs/embedded-defaults.md)", lo=0.0, lo_open=True, hi=10000.0, added=True)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class LossConfig:
     distance: str = _f("l2", "premetric of a row's error: l2 (squared error: MSE, or the wavelet loss when wavelet.enabled); pseudo_huber: sqrt(||e||^2 + c^2) - c on the row's error norm (rfpp; with the wavelet loss, on its lambda-weighted coefficient norm); feature_huber: pseudo-Huber on [pixel error, domain-CNN feature error of the extrapolated images] (an embedded stand-in for LPIPS-Huber); lpips_huber: pseudo-Huber on LPIPS features (needs loss.lpips_weights)", choices=LOSS_DISTANCES, added=True)
     huber_c: float = _f(0.0, "pseudo-Huber c; 0 = rfpp's 0.00054 * sqrt(d), d = numbers per row (16x16x1: 0.00864)", lo=0.0, added=True)
     lpips_weights: str = _f("", "local TorchScript LPIPS network for loss.distance=lpips_huber, called net(a, b) on images in [-1, 1] (never downloaded)", added=True)
+    kind_weighting: str = _f("row_share", "how the row kinds (velocity, guidance, self-consistency) combine into the batch loss. row_share: the mean over all rows, so each kind weighs its share of the batch; per_kind: the sum of each kind's mean loss, the paper's sum of three terms (docs/embedded-defaults.md)", choices=("row_share", "per_kind"), added=True)
 
 
 @dataclass(frozen=True)

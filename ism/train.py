@@ -21,7 +21,7 @@ from ism.config import Config, ConfigError, dump_yaml, from_dict, identity_dict,
 from ism.data import Dataset, load_dataset
 from ism.models import count_params
 from ism.objective.coupling import PairSource
-from ism.objective.losses import row_loss
+from ism.objective.losses import batch_loss, row_loss
 from ism.objective.targets import KIND_NAMES, build_rows
 from ism.premetric import feature_distance
 from ism.reflow import reflow_pairs
@@ -152,7 +152,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
             rows, tdiag = build_rows(x1, y, x0, nets, cfg, generator(cfg.run.seed, step, "rows"), null)
             pred = state.model(rows.xt, rows.t, rows.k, rows.y, rows.w)
         per_row, ldiag = row_loss(pred.float(), rows.target.float(), cfg, rows, features)
-        loss = per_row.mean()
+        loss = batch_loss(per_row, rows.kind, cfg)
         if not torch.isfinite(loss):
             bar.close()
             raise Diverged(step, run_dir)

@@ -141,3 +141,26 @@ def test_training_with_feature_huber_logs_the_feature_term(shared_cache, tmp_pat
     train(cfg, tmp_path / "r", cache_root=shared_cache)
     stats = [json.loads(ln) for ln in (tmp_path / "r" / "stats.jsonl").read_text().splitlines()]
     assert all(s["loss/feature_sq"] > 0 and math.isfinite(s["loss"]) for s in stats)
+
+
+# ----------------------------------------------------------------------------------------------- kind weighting
+def test_kind_weighting_row_share_is_the_plain_mean_and_per_kind_the_paper_sum():
+    from ism.config import resolve
+    from ism.objective.losses import batch_loss
+    per_row = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 10.0, 4.0])
+    kind = torch.tensor([0, 0, 0, 0, 0, 0, 1, 2])   # six velocity rows, one consistency row, one guidance row
+    share = batch_loss(per_row, kind, resolve("toy2d", [], []))
+    paper = batch_loss(per_row, kind, resolve("toy2d", [], ["loss.kind_weighting=per_kind"]))
+    assert share.item() == pytest.approx(20.0 / 8)
+    assert paper.item() == pytest.approx(1.0 + 10.0 + 4.0)   # L_FM + L_SC + L_guidance, each a mean
+
+
+def test_per_kind_weighting_gives_a_rare_kind_the_weight_of_a_common_one():
+    from ism.config import resolve
+    from ism.objective.losses import batch_loss
+    per_row = torch.ones(10, requires_grad=True)
+    kind = torch.tensor([0] * 9 + [1])
+    batch_loss(per_row, kind, resolve("toy2d", [], ["loss.kind_weighting=per_kind"])).backward()
+    g = per_row.grad
+    assert g[9].item() == pytest.approx(9 * g[0].item())          # one row carries its kind's whole weight
+    assert g[kind == 1].sum().item() == pytest.approx(g[kind == 0].sum().item())

@@ -175,3 +175,24 @@ def test_wrong_kind_names_what_fits():
 def test_unknown_name_suggests():
     with pytest.raises(ConfigError, match=r"model.name.*Did you mean 'dit-s/2'"):
         build_model(cfg_for("dit-s2"), MNIST)
+
+
+@pytest.mark.parametrize("name", ["unet-tiny", "dit-tiny/4", "mlp2d"])
+def test_w_embed_scale_reaches_every_family(name):
+    data = data_for(name)
+    cfg = resolve("smoke", overrides={"model.name": name, "guidance.mode": "intrinsic", "model.w_embed_scale": 7.0})
+    assert build_model(cfg, data).cond.w_embed.scale == 7.0
+    assert build_model(cfg_for(name, "intrinsic"), data).cond.w_embed.scale == 100.0  # the default is unchanged
+
+
+def test_a_smaller_w_embed_scale_makes_neighbouring_w_values_more_alike():
+    # The purpose of the key: at scale 100 the sin/cos features of neighbouring grid values (0.25 apart) are far
+    # from parallel, so each w is learned from its own rows; a small scale lets neighbours share.
+    from ism.models import sincos_features
+    w = torch.arange(0, 3.75, 0.25)
+
+    def neighbour_cosine(scale):
+        f = sincos_features(w * scale)
+        return torch.nn.functional.cosine_similarity(f[1:], f[:-1]).mean().item()
+
+    assert neighbour_cosine(100.0) < 0.7 < neighbour_cosine(10.0)

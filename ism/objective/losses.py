@@ -64,3 +64,15 @@ def row_loss(pred: torch.Tensor, target: torch.Tensor, cfg: Config, rows=None,
         diag["loss/feature_sq"] = float(f.detach().mean())
         sq = sq + f
     return pseudo_huber(sq, huber_c(cfg, d)), diag
+
+
+def batch_loss(per_row: torch.Tensor, kind: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """The scalar training loss from the per-row losses (loss.kind_weighting).
+
+    row_share: the mean over rows, each kind weighted by its share of the batch (SM's code, one regression over a
+    batch that mixes kinds). per_kind: sum over the kinds present of each kind's mean, the paper's
+    L = L_FM + L_SC (+ L_guidance), so a kind with few rows is not outweighed by the velocity rows."""
+    if cfg.loss.kind_weighting == "row_share":
+        return per_row.mean()
+    kinds = torch.unique(kind)
+    return sum(per_row[kind == k].mean() for k in kinds)
