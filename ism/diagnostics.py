@@ -51,6 +51,17 @@ def guidance_sweep(sample_fn: Callable[[float, int], Tensor], score_fn: Callable
             for w in ws for s in steps]
 
 
+def rms_displacement(a: Tensor, b: Tensor) -> float:
+    """sqrt(mean_i ||a_i - b_i||^2): how far a guidance value moves samples drawn from the same noise and labels."""
+    return float((a.double() - b.double()).flatten(1).pow(2).sum(1).mean().sqrt())
+
+
+def select_best(sweep_rows: list[dict], steps: int) -> float:
+    """The guidance value with the lowest metric among the sweep rows at `steps` (ties: the smaller value)."""
+    rows = [r for r in sweep_rows if r["steps"] == steps]
+    return min(rows, key=lambda r: (r["value"], r["guidance"]))["guidance"]
+
+
 # ----------------------------------------------------------------------------------------------- frequency bias
 def radial_power_spectrum(x: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Radially averaged power spectrum of images [N, C, H, W]: (radius in cycles/pixel, mean power per ring).

@@ -28,6 +28,7 @@ from ism.store import atomic_write
 
 FIELDS = ("train_step", "steps", "guidance", "metric", "value", "n", "extractor", "ref_hash", "extractor_accuracy")
 EVAL_SEED = 0             # one noise draw for every run, so variants compare on the same noise
+SELECT_SEED = 1           # the held-out noise on which eval.select_guidance picks its guidance value
 GRID_STEPS = (1, 4, 128)
 KID_SUBSETS = 50
 TRAJ_BATCH = 64           # trajectories keep every state: smaller batches bound memory
@@ -114,10 +115,10 @@ def _eval_mode(net: torch.nn.Module):
 
 
 def generate(net, cfg: Config, data, n: int, steps: int, guidance: float | None, paths: bool = False,
-             calibration: bool = False):
+             calibration: bool = False, seed: int = EVAL_SEED):
     """(x0, samples, (path lengths, chords) or None) from fixed noise and balanced (or null) labels, on CPU;
-    calibration: plain CFG at scale `guidance` (sample(cfg_calibration=True))."""
-    x0 = fixed_noise(n, data.shape, EVAL_SEED)
+    calibration: plain CFG at scale `guidance` (sample(cfg_calibration=True)); seed: the noise set."""
+    x0 = fixed_noise(n, data.shape, seed)
     y = fixed_labels(n, data.num_classes) if cfg.data.conditional else torch.full((n,), data.num_classes)
     dev = next(net.parameters()).device
     bs = min(cfg.eval.batch_size, TRAJ_BATCH) if paths else cfg.eval.batch_size
@@ -257,8 +258,8 @@ def evaluate_run(nets: dict, cfg: Config, data, step: int, run_dir: str | Path,
     # Guidance sweep: one model, several w (or CFG scales), at eval.sweep_steps.
     sweep_top: dict[float, torch.Tensor] = {}
 
-    def sweep_sample(w: float, s: int) -> torch.Tensor:
-        x = generate(net, cfg, data, n, s, w)[1]
+    def sweep_sample(w: float, s: int, seed: int = EVAL_SEED) -> torch.Tensor:
+        x = generate(net, cfg, data, n, s, w, seed=seed)[1]
         if s == top:
             sweep_top[w] = x  # reused by the effective-guidance search on images
         return x
@@ -268,8 +269,13 @@ def evaluate_run(nets: dict, cfg: Config, data, step: int, run_dir: str | Path,
             return D.energy_distance(x, data.test_x)
         return fid_kid(x, ref, ext, fid_root, kid=False, image=is_image)["fid"]
 
-    rows += [dict(r, sweep=True) for r in D.guidance_sweep(sweep_sample, sweep_score, ev.guidance_sweep,
-                                                           ev.sweep_steps, "energy_distance" if points else "fid")]
+    metric = "energy_distance" if points else "fid"
+    if ev.select_guidance and ev.guidance_sweep:
+        main = {r["steps"]: r["value"] for r in rows if r["metric"] == metric and r["guidance"] == g0}
+        rows += selected_guidance_rows(net, cfg, data, sweep_sample, sweep_score, main, metric)
+    else:
+        rows += [dict(r, sweep=True) for r in D.guidance_sweep(sweep_sample, sweep_score, ev.guidance_sweep,
+                                                               ev.sweep_steps, metric)]
 
     if ev.diagnostics and cfg.guidance.mode != "none":
         rows += effective_guidance_rows(net, cfg, data, samples, sweep_top, ext)
@@ -294,6 +300,43 @@ def evaluate_run(nets: dict, cfg: Config, data, step: int, run_dir: str | Path,
     rows = [{k: {**r, **common}.get(k) for k in FIELDS} for r in rows]
     write_table(run_dir, rows)
     return rows, metrics
+
+
+def selected_guidance_rows(net, cfg: Config, data, sweep_sample, sweep_score, main: dict[int, float],
+                           metric: str) -> list[dict]:
+    """The guidance sweep on held-out noise, the value it selects per step count, and that value's metric on the
+    evaluation noise (eval.select_guidance); plus how far each value moves samples, against two-pass CFG.
+
+    Rows: the sweep (sweep=True, SELECT_SEED noise); {metric}_selected at (steps, chosen value) and
+    selected_guidance (the chosen value in CFG-equivalent units) per sweep step count; guidance_displacement
+    (sweep=True): rms_displacement of the samples at each value from those at no guidance (w = 0, or CFG scale 1),
+    on RULER_IMAGES samples of the held-out noise; cfg_displacement (intrinsic runs, 2^K steps): the same for
+    two-pass CFG at the CFG-equivalent scale 1 + w. The cfg_* modes apply their inference scale only at 2^K steps
+    (coarser step counts carry the scale baked in by training), so they are swept and selected there alone; at the
+    other step counts their selected value is the run's own."""
+    ev, top = cfg.eval, 2 ** cfg.shortcut.max_steps_log2
+    g0, intrinsic = default_guidance(cfg), cfg.guidance.mode == "intrinsic"
+    neutral = 0.0 if intrinsic else 1.0
+    m = min(RULER_IMAGES, ev.num_samples)
+    out: list[dict] = []
+    for s in ev.sweep_steps:
+        if not intrinsic and s != top:
+            value = main[s] if s in main else sweep_score(sweep_sample(g0, s))
+            out += [D.row(f"{metric}_selected", value, s, g0), D.row("selected_guidance", cfg_equivalent(cfg, g0), s, g0)]
+            continue
+        xs = {float(w): sweep_sample(float(w), s, SELECT_SEED) for w in ev.guidance_sweep}
+        sweep = [D.row(metric, sweep_score(x), s, w, sweep=True) for w, x in xs.items()]
+        best = D.select_best(sweep, s)
+        value = main[s] if (best == g0 and s in main) else sweep_score(sweep_sample(best, s))
+        base = xs[neutral][:m] if neutral in xs else generate(net, cfg, data, m, s, neutral, seed=SELECT_SEED)[1]
+        out += sweep + [D.row(f"{metric}_selected", value, s, best),
+                        D.row("selected_guidance", cfg_equivalent(cfg, best), s, best)]
+        out += [D.row("guidance_displacement", D.rms_displacement(x[:m], base), s, w, sweep=True) for w, x in xs.items()]
+        if intrinsic and s == top and data.kind == "image":
+            out += [D.row("cfg_displacement", D.rms_displacement(
+                generate(net, cfg, data, m, s, cfg_equivalent(cfg, w), calibration=True, seed=SELECT_SEED)[1], base),
+                s, w, sweep=True) for w in xs if w != neutral]
+    return out
 
 
 def flat_metrics(rows: list[dict], accuracy: float | None) -> dict[str, float]:

@@ -163,6 +163,7 @@ class EvalConfig:
     cfg_scale: float = _f(1.5, "inference CFG scale for the cfg_* modes, applied only at the finest level (2^max_steps_log2 steps)", lo=0.0, hi=20.0, training=False)
     guidance_sweep: tuple[float, ...] = _f((), "w (or CFG scale) values for the guidance sweep at 1, 4 and 128 steps; empty = none", training=False)
     sweep_steps: tuple[int, ...] = _f((1, 4, 128), "step counts of the guidance sweep", training=False)
+    select_guidance: bool = _f(False, "with a guidance sweep: run the sweep on a second, held-out noise set, take the best value per step count there, and report the metric at that value on the evaluation noise (fid_selected, selected_guidance), so the selection does not flatter the reported number; also measures how far each value moves samples (guidance_displacement, and cfg_displacement: two-pass CFG at the same CFG-equivalent scale)", training=False, added=True)
     diagnostics: bool = _f(True, "compute straightness, spectrum and self-consistency diagnostics", training=False)
     weights_path: str = _f("", "local weights file for inception-v3-compat (no download)", identity=False)
 

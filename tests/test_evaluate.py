@@ -174,3 +174,60 @@ def test_train_then_ism_eval_end_to_end(shared_cache, tmp_path, monkeypatch, cap
     assert cli(["eval", str(tmp_path / "run"), "--steps", "3"]) == 2
     assert "powers of two" in capsys.readouterr().err
     assert cli(["eval", str(tmp_path / "run"), "--steps", "256"]) == 2
+
+
+# ----------------------------------------------------------------------------------------------- held-out selection
+class _Points:
+    kind = "points"
+
+
+def test_guidance_is_selected_on_held_out_noise_and_reported_on_the_evaluation_noise():
+    # A score whose best value differs between the two noise sets: on the held-out set w = 2 wins, on the
+    # evaluation set w = 1 would. Selecting on the reported noise (the flattering choice) would pick 1.
+    cfg = resolve("toy2d", overrides={"guidance.mode": "intrinsic", "eval.guidance_sweep": [0.0, 1.0, 2.0, 3.0],
+                                      "eval.sweep_steps": [1, 4], "eval.select_guidance": True, "eval.w": 0.0})
+    best_on = {EV.SELECT_SEED: 2.0, EV.EVAL_SEED: 1.0}
+    calls = []
+
+    def sample(w, s, seed=EV.EVAL_SEED):
+        calls.append((w, s, seed))
+        return torch.tensor([[w, float(seed)]] * 4)
+
+    def score(x):
+        w, seed = float(x[0, 0]), int(x[0, 1])
+        return abs(w - best_on[seed]) + 0.5
+
+    rows = EV.selected_guidance_rows(None, cfg, _Points(), sample, score, {1: 99.0, 4: 99.0}, "energy_distance")
+    picked = {r["steps"]: r for r in rows if r["metric"] == "energy_distance_selected"}
+    assert {s: r["guidance"] for s, r in picked.items()} == {1: 2.0, 4: 2.0}
+    assert {s: r["value"] for s, r in picked.items()} == {1: 1.5, 4: 1.5}   # |2 - 1| + 0.5 on the evaluation noise
+    assert {r["value"] for r in rows if r["metric"] == "selected_guidance"} == {3.0}   # CFG-equivalent 1 + w
+    assert all(seed == EV.SELECT_SEED for w, s, seed in calls[:4])
+    disp = {(r["steps"], r["guidance"]): r["value"] for r in rows if r["metric"] == "guidance_displacement"}
+    assert disp[(1, 0.0)] == 0.0 and disp[(1, 3.0)] == pytest.approx(3.0 * math.sqrt(1))  # |(w, s) - (0, s)|
+
+
+def test_selection_reuses_the_main_score_when_the_run_value_wins():
+    cfg = resolve("toy2d", overrides={"guidance.mode": "intrinsic", "eval.guidance_sweep": [0.0, 1.0],
+                                      "eval.sweep_steps": [1], "eval.select_guidance": True, "eval.w": 1.0})
+    rows = EV.selected_guidance_rows(None, cfg, _Points(), lambda w, s, seed=0: torch.full((4, 2), w),
+                                     lambda x: 1.0 - float(x[0, 0]), {1: 42.0}, "energy_distance")
+    assert [r["value"] for r in rows if r["metric"] == "energy_distance_selected"] == [42.0]
+
+
+def test_selected_guidance_on_an_intrinsic_image_model(shared_cache, tmp_path):
+    cfg, data = _small("smoke", **{"guidance.mode": "intrinsic", "eval.guidance_sweep": [0.0, 1.0, 2.0],
+                                   "eval.sweep_steps": [1, 8], "eval.select_guidance": True, "eval.diagnostics": False})
+    torch.manual_seed(0)
+    net = build_model(cfg, data)
+    for p in net.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    _, metrics = EV.evaluate_run({"infer": net}, cfg, data, 3, tmp_path, shared_cache)
+    for s in (1, 8):
+        assert metrics[f"selected_guidance_steps_{s}"] in (1.0, 2.0, 3.0)
+        assert metrics[f"fid_selected_steps_{s}"] > 0
+        assert metrics[f"guidance_displacement_steps_{s}_w_0"] == 0.0
+        assert metrics[f"guidance_displacement_steps_{s}_w_2"] > metrics[f"guidance_displacement_steps_{s}_w_1"] > 0
+    # two-pass CFG at the same CFG-equivalent scale, at 2^K steps only (where the null class is trained)
+    assert {"cfg_displacement_steps_8_w_1", "cfg_displacement_steps_8_w_2"} <= set(metrics)
+    assert "cfg_displacement_steps_1_w_1" not in metrics
