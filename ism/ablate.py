@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from ism import profiles, store
 from ism import specs as S
+from ism import tuning as TU
 from ism.config import (Config, ConfigError, deep_merge, diff, from_dict, load_yaml, preset_delta, read_yaml_mapping,
                         replace, run_id)
 from ism.errors import suggest
@@ -22,7 +23,7 @@ from ism.profiles import DEFAULT_PROFILE, PROFILES
 
 
 SPEC_KEYS = ("name", "description", "base", "variants", "seeds", "eval_steps", "resources", "max_failures",
-             "profiles", "groups")
+             "profiles", "groups", "tune")
 VARIANT_KEYS = ("reason", "overrides")
 BASE_KEYS = ("preset", "config", "overrides")
 PROFILE_KEYS = ("seeds", "eval_steps", "overrides", "variant_overrides", "variants", "resources", "max_failures", "note")
@@ -51,6 +52,11 @@ class Spec:
     profiles: Mapping[str, Mapping[str, Any]]
     groups: Mapping[str, tuple[str, ...]]
     text: str
+    tune_raw: Mapping[str, Any] | None = None   # the equal-budget tuning block (ism.tuning), parsed per profile
+
+    def tune(self, profile: str) -> TU.Tune | None:
+        """The tune block resolved for a profile (None without one)."""
+        return TU.parse(f"{self.path}: tune", self.tune_raw, [v.name for v in self.variants], profile)
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,7 @@ class Plan:
     variants: tuple[str, ...]
     notes: tuple[str, ...]             # profile adjustments, recorded on the sweep's parent run
     sweep_id: str = field(default="")
+    tuning: Mapping[str, Any] = field(default_factory=dict)   # {arm: record entry} of the tuned values applied
 
     def to_json(self) -> dict[str, Any]:
         """The plan as plain data (logged as plan.json on the parent run)."""
@@ -90,7 +97,8 @@ class Plan:
                 "groups": {k: list(v) for k, v in self.spec.groups.items()},
                 "reasons": {v.name: v.reason for v in self.spec.variants if v.name in self.variants},
                 "trials": [{"run_id": t.run_id, "variants": list(t.variants), "seed": t.seed,
-                            "diff": {k: list(v) for k, v in t.diff.items()}} for t in self.trials]}
+                            "diff": {k: list(v) for k, v in t.diff.items()}} for t in self.trials],
+                "tuning": {k: dict(v) for k, v in self.tuning.items()}}
 
 
 # ----------------------------------------------------------------------------------------------- spec parsing
@@ -149,12 +157,18 @@ def load_spec(path: str | Path) -> Spec:
     mf = raw.get("max_failures", 2)
     if isinstance(mf, bool) or not isinstance(mf, int) or mf < 0:
         raise ConfigError(f"{p}: max_failures: expected an integer >= 0, got {mf!r}")
+    tune = raw.get("tune")
+    for prof in [DEFAULT_PROFILE, *S.mapping(f"{p}: tune.profiles", (tune or {}).get("profiles") if isinstance(tune, Mapping) else None)]:
+        if prof not in PROFILES:
+            raise ConfigError(f"{p}: tune.profiles: unknown profile '{prof}'; choose one of {', '.join(PROFILES)}."
+                              + suggest(str(prof), PROFILES))
+        TU.parse(f"{p}: tune", tune, names, prof)   # shape errors before anything runs
     return Spec(name=name, path=str(p), description=str(raw.get("description", "")).strip(), base_preset=preset,
                 base_overrides=base_over, variants=tuple(variants),
                 seeds=S.int_list(f"{p}: seeds", raw.get("seeds", [0])),
                 eval_steps=S.int_list(f"{p}: eval_steps", raw["eval_steps"], 1) if raw.get("eval_steps") is not None else None,
                 resources=S.resources(f"{p}: resources", raw.get("resources")), max_failures=mf, profiles=profiles,
-                groups=groups, text=text)
+                groups=groups, text=text, tune_raw=tune)
 
 
 # ----------------------------------------------------------------------------------------------- planning
@@ -234,8 +248,11 @@ def components(cfg: Config) -> dict[str, bool]:
 
 
 def plan(spec: Spec, profile: str = DEFAULT_PROFILE, variants: list[str] | None = None,
-         seeds: list[int] | None = None) -> Plan:
-    """Resolve every trial's Config (raising ConfigError on the first bad one) and merge identical configs."""
+         seeds: list[int] | None = None, tuning: Mapping[str, Mapping[str, Any]] | None = None) -> Plan:
+    """Resolve every trial's Config (raising ConfigError on the first bad one) and merge identical configs.
+
+    tuning: the record's current arms ({arm: entry}, ism.tuning); each variant carrying an arm gets its values,
+    after its own overrides (so they change its run identity)."""
     prof = profiles.get(profile)
     adj = spec.profiles.get(profile, {})
     where = f"{spec.path} (profile {profile})"
@@ -261,11 +278,14 @@ def plan(spec: Spec, profile: str = DEFAULT_PROFILE, variants: list[str] | None 
     by_id: dict[str, Trial] = {}
     order: list[str] = []
     cfgs: dict[tuple[str, int], Config] = {}
+    tune = spec.tune(profile)
+    tuned = TU.tuned_overrides(tune, tuning or {}) if tune else {}
     for vn in chosen:
         v = next(x for x in spec.variants if x.name == vn)
         for seed in seed_list:
             cfgs[vn, seed] = _resolve(f"{where}: variant '{vn}' seed {seed}",
-                                      head + [v.overrides, adj.get("variant_overrides", {}).get(vn, {}), {"run.seed": seed}])
+                                      head + [v.overrides, tuned.get(vn, {}),
+                                              adj.get("variant_overrides", {}).get(vn, {}), {"run.seed": seed}])
     cfgs = _resolve_teachers(where, cfgs, names)
     for vn in chosen:
         for seed in seed_list:
@@ -294,7 +314,14 @@ def plan(spec: Spec, profile: str = DEFAULT_PROFILE, variants: list[str] | None 
     trials = tuple(by_id[r] for r in order)
     mf = adj.get("max_failures", spec.max_failures)
     sweep_id = hashlib.sha256(json.dumps([spec.name, profile, sorted(order)]).encode()).hexdigest()[:12]
-    return Plan(spec, profile, preset, base, trials, resources, mf, tuple(seed_list), tuple(chosen), tuple(notes), sweep_id)
+    if tune and tune.seed in seed_list:
+        raise ConfigError(f"{where}: tune.seed {tune.seed} is one of the sweep's seeds {seed_list}: tune on a held-out "
+                          "seed, or the selection flatters the numbers it reports")
+    if tune:
+        notes.append(f"equal-budget tuning: {tune.budget} trials per arm on held-out seed {tune.seed}"
+                     + (f" ({tune.note})" if tune.note else ""))
+    return Plan(spec, profile, preset, base, trials, resources, mf, tuple(seed_list), tuple(chosen), tuple(notes), sweep_id,
+                dict(tuning or {}))
 
 
 # ----------------------------------------------------------------------------------------------- the plan in the store

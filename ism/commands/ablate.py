@@ -66,16 +66,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storage", default=None, help="root of trial run dirs and Ray results (default runs/ablate; env ISM_STORAGE)")
     ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
     ap.add_argument("--max-failures", type=int, default=None, help="retries per trial (default from the spec)")
+    ap.add_argument("--retune", action="store_true", help="re-derive every arm's tuned values from its tuning study "
+                    "(a spec's tune: block), even where the record is current")
     args = ap.parse_args(argv)
-    p = plan(load_spec(args.spec), args.profile, args.variants, args.seeds)
+    spec = load_spec(args.spec)
+    storage = env.storage(args.storage, "runs/ablate")
+    tune, tuning = spec.tune(args.profile), {}
+    if tune:
+        from ism import tuning as TU
+        from ism.profiles import DEFAULT_PROFILE as DEFAULT
+        from ism.study import tune as ST  # Optuna loads only for specs that tune
+        from ism.study.storage import storage_url
+        record_path = TU.record_path(spec.path, spec.name, args.profile, storage, DEFAULT)
+        arms = ST.status(spec, tune, args.profile, TU.read_record(record_path), args.retune)
+        tuning = {a.arm.variant: a.entry for a in arms if a.current}
+    p = plan(spec, args.profile, args.variants, args.seeds, tuning)
     if args.max_failures is not None:
         p = dataclasses.replace(p, max_failures=args.max_failures)
-    storage = env.storage(args.storage, "runs/ablate")
     if args.dry_run:
+        if tune:
+            print(ST.describe(tune, arms, record_path) + "\n")
         print(describe_plan(p, finished_trials(p, storage), reused_training(p, storage)))
         return 0
     from ism.sweep import run_sweep  # Ray, MLflow and the trial code load only when a sweep runs
     uri = env.tracking_uri(args.tracking_uri)
+    if tune and not all(a.current for a in arms):
+        root = storage / "tune"
+        rc, record = ST.ensure_tuned(spec, tune, args.profile, record_path, storage_url(env.optuna_url(None), root),
+                                     root, uri, env.eval_cache_root(), args.retune,
+                                     say=lambda m: print(f"[{spec.name}/{args.profile}] {m}", file=sys.stderr))
+        if rc != 0:
+            print(f"ism ablate: tuning stopped (status {rc}); rerun the same command to resume it", file=sys.stderr)
+            return rc
+        p = plan(spec, args.profile, args.variants, args.seeds, record)
+        if args.max_failures is not None:
+            p = dataclasses.replace(p, max_failures=args.max_failures)
     rc = run_sweep(p, storage, uri, env.eval_cache_root(), crash=env.crash_target())
     if rc != 130:  # interrupted: run_sweep said to rerun
         from ism.report import default_out

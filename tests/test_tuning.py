@@ -1,0 +1,127 @@
+"""Equal-budget tuning (a spec's tune: block): shape checks, equal budgets, held-out seed, the record's provenance,
+tuned values changing run identity, and one end-to-end tuning + sweep on the smoke profile (real Ray, Optuna, MLflow)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ism import ablate
+from ism import tuning as TU
+from ism.config import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TUNE = {"budget": 2, "seed": 100, "objective": {"metric": "fid", "steps": [1]},
+        "arms": {"a": {"space": {"ema.half_life_steps": [0.5, 5.0]}, "applies_to": ["c"]},
+                 "b": {"points": [{"ema.target_half_life_steps": 0.5}, {"ema.target_half_life_steps": 4.0}]}}}
+
+
+def write(path: Path, tune=TUNE, **over) -> Path:
+    spec = {"name": "tuned", "base": {"overrides": {"eval.steps": [1, 2], "eval.sweep_steps": [1]}},
+            "variants": {"a": {"reason": "baseline, single EMA"},
+                         "b": {"reason": "twin EMA", "overrides": {"ema.twin": True}},
+                         "c": {"reason": "a with intrinsic guidance", "overrides": {"guidance.mode": "intrinsic"}}},
+            "seeds": [0, 1], "tune": tune, **over}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("tune, match", [
+    ({**TUNE, "budget": 3}, r"arms\.a: 2 grid point\(s\), but every arm gets exactly budget=3"),
+    ({**TUNE, "arms": {"zz": {"space": {"ema.half_life_steps": [1.0, 2.0]}}}}, r"arms\.zz: 'zz' is not a variant"),
+    ({**TUNE, "arms": {"a": {"space": {"ema.half_life_steps": [1.0, 2.0]}, "applies_to": ["b"]},
+                       "b": {"space": {"ema.target_half_life_steps": [1.0, 2.0]}}}}, r"'b' already carries"),
+    ({**TUNE, "arms": {"a": {"space": {"x": [1]}, "points": [{"x": 1}]}}}, r"either 'space'.*or 'points'"),
+    ({**TUNE, "objective": None}, r"tune\.objective: required"),
+    ({**TUNE, "bugdet": 2}, r"unknown key 'bugdet'.*Did you mean 'budget'"),
+])
+def test_bad_tune_blocks_fail_at_load(tmp_path, tune, match):
+    with pytest.raises(ConfigError, match=match):
+        ablate.load_spec(write(tmp_path / "s.yaml", tune))
+
+
+def test_tuning_on_a_reported_seed_is_refused(tmp_path):
+    spec = ablate.load_spec(write(tmp_path / "s.yaml", {**TUNE, "seed": 1}))
+    with pytest.raises(ConfigError, match=r"tune.seed 1 is one of the sweep's seeds"):
+        ablate.plan(spec, "smoke")
+
+
+def test_every_arm_gets_the_same_budget_and_carriers_follow_their_arm(tmp_path):
+    t = ablate.load_spec(write(tmp_path / "s.yaml")).tune("smoke")
+    assert {a.variant: len(a.points) for a in t.arms} == {"a": 2, "b": 2}
+    assert t.carriers() == {"a": "a", "c": "a", "b": "b"}
+
+
+def test_tuned_values_reach_the_carriers_and_change_their_run_identity(tmp_path):
+    spec = ablate.load_spec(write(tmp_path / "s.yaml"))
+    plain = ablate.plan(spec, "smoke")
+    record = {"a": {"values": {"ema.half_life_steps": 7.0}}, "b": {"values": {"ema.target_half_life_steps": 4.0}}}
+    tuned = ablate.plan(spec, "smoke", tuning=record)
+    cfg = {t.variants[0]: t.cfg for t in tuned.trials if t.seed == 0}
+    assert cfg["a"].ema.half_life_steps == 7.0 and cfg["c"].ema.half_life_steps == 7.0
+    assert cfg["b"].ema.target_half_life_steps == 4.0 and cfg["b"].ema.half_life_steps != 7.0
+    assert not {t.run_id for t in plain.trials} & {t.run_id for t in tuned.trials}
+    assert tuned.to_json()["tuning"] == record
+
+
+def test_a_record_is_reused_only_while_its_provenance_matches():
+    entry = {"values": {"k": 1}, "provenance": {"fingerprint": "f1", "budget": 4, "trials": 4}}
+    assert TU.is_current(entry, "f1", 4)
+    assert not TU.is_current(entry, "f2", 4)            # the arm's config, grid or objective moved
+    assert not TU.is_current(entry, "f1", 8)            # another budget
+    assert not TU.is_current({**entry, "provenance": {**entry["provenance"], "trials": 3}}, "f1", 4)  # unfinished
+    assert not TU.is_current(None, "f1", 4)
+
+
+def test_a_changed_default_makes_the_recorded_tuning_stale(tmp_path):
+    from ism.study import tune as ST
+    spec = ablate.load_spec(write(tmp_path / "s.yaml"))
+    t = spec.tune("smoke")
+    now = {a.arm.variant: a.fingerprint for a in ST.status(spec, t, "smoke", {})}
+    old_spec = ablate.load_spec(write(tmp_path / "o.yaml", base={"overrides": {
+        "eval.steps": [1, 2], "eval.sweep_steps": [1], "shortcut.level_allocation": "cycle"}}))
+    before = {a.arm.variant: a.fingerprint for a in ST.status(old_spec, t, "smoke", {})}
+    assert all(now[k] != before[k] for k in now)
+    record = {k: {"values": {}, "provenance": {"fingerprint": before[k], "budget": 2, "trials": 2}} for k in before}
+    assert not any(a.current for a in ST.status(spec, t, "smoke", record))
+
+
+def test_the_record_of_a_non_default_profile_stays_out_of_the_checkout(tmp_path):
+    spec = ROOT / "ablations" / "components.yaml"
+    assert TU.record_path(spec, "components", "embedded", tmp_path, "embedded") == ROOT / "ablations/tuned/components.embedded.yaml"
+    assert TU.record_path(spec, "components", "smoke", tmp_path, "embedded") == tmp_path / "tuned" / "components.smoke.yaml"
+
+
+@pytest.mark.slow
+def test_ism_ablate_tunes_each_arm_then_sweeps_with_the_tuned_values_and_reuses_the_record(tmp_path):
+    spec = write(tmp_path / "tuned.yaml", variants={
+        "a": {"reason": "baseline, single EMA"}, "b": {"reason": "twin EMA", "overrides": {"ema.twin": True}},
+        "c": {"reason": "a with interval 0", "overrides": {"guidance.t_interval": 0.0}}}, seeds=[0])
+    st, uri = tmp_path / "st", f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "ism.cli", "ablate", str(spec), "--profile", "smoke", "--storage",
+                               str(st), "--tracking-uri", uri, *extra], capture_output=True, text=True, cwd=tmp_path,
+                              env=os.environ, timeout=900)
+
+    dry = run("--dry-run")
+    assert dry.returncode == 0 and "arm a: ema.half_life_steps over 2 points; carried by c; not tuned yet" in dry.stdout
+    res = run()
+    assert res.returncode == 0, res.stderr[-4000:]
+    record = TU.read_record(st / "tuned" / "tuned.smoke.yaml")
+    assert set(record) == {"a", "b"}
+    for arm, key in (("a", "ema.half_life_steps"), ("b", "ema.target_half_life_steps")):
+        e = record[arm]
+        assert e["provenance"]["budget"] == e["provenance"]["trials"] == 2 and e["provenance"]["seed"] == 100
+        assert len(e["trials"]) == 2 and e["values"][key] in (0.5, 5.0, 4.0)
+        best = min(e["trials"], key=lambda t: t["objective_value"])
+        assert e["values"] == best["values"] and e["objective_value"] == best["objective_value"]
+    p = ablate.plan(ablate.load_spec(spec), "smoke", tuning=record)
+    a = next(t for t in p.trials if t.variants == ("a",))
+    assert a.cfg.ema.half_life_steps == record["a"]["values"]["ema.half_life_steps"]
+    assert (st / "trials" / a.run_id / "summary.json").is_file()   # the sweep trained the tuned config
+    again = run()
+    assert again.returncode == 0 and again.stderr.count("reuses") == 2 and "trials over" not in again.stderr
