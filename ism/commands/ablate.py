@@ -91,17 +91,22 @@ def main(argv: list[str] | None = None) -> int:
     from ism.sweep import run_sweep  # Ray, MLflow and the trial code load only when a sweep runs
     uri = env.tracking_uri(args.tracking_uri)
     if tune and not all(a.current for a in arms):
+        from ism import ray_adapter
         root = storage / "tune"
-        rc, record = ST.ensure_tuned(spec, tune, args.profile, record_path, storage_url(env.optuna_url(None), root),
-                                     root, uri, env.eval_cache_root(), args.retune,
-                                     say=lambda m: print(f"[{spec.name}/{args.profile}] {m}", file=sys.stderr))
-        if rc != 0:
-            print(f"ism ablate: tuning stopped (status {rc}); rerun the same command to resume it", file=sys.stderr)
-            return rc
-        p = plan(spec, args.profile, args.variants, args.seeds, record)
-        if args.max_failures is not None:
-            p = dataclasses.replace(p, max_failures=args.max_failures)
-    rc = run_sweep(p, storage, uri, env.eval_cache_root(), crash=env.crash_target())
+        # One Ray session for the arms' studies and the sweep: each start costs tens of seconds on 2 cores.
+        with ray_adapter.ray_session(num_cpus=PROFILES[p.profile].cpus or None):
+            rc, record = ST.ensure_tuned(spec, tune, args.profile, record_path, storage_url(env.optuna_url(None), root),
+                                         root, uri, env.eval_cache_root(), args.retune,
+                                         say=lambda m: print(f"[{spec.name}/{args.profile}] {m}", file=sys.stderr))
+            if rc != 0:
+                print(f"ism ablate: tuning stopped (status {rc}); rerun the same command to resume it", file=sys.stderr)
+                return rc
+            p = plan(spec, args.profile, args.variants, args.seeds, record)
+            if args.max_failures is not None:
+                p = dataclasses.replace(p, max_failures=args.max_failures)
+            rc = run_sweep(p, storage, uri, env.eval_cache_root(), crash=env.crash_target())
+    else:
+        rc = run_sweep(p, storage, uri, env.eval_cache_root(), crash=env.crash_target())
     if rc != 130:  # interrupted: run_sweep said to rerun
         from ism.report import default_out
         print(f"next:\n  report:  ism report {args.spec} --profile {p.profile}   "

@@ -15,6 +15,7 @@ import pandas as pd
 from ism import tracking
 from ism.profiles import DEFAULT_PROFILE
 from ism.report import compounding as C
+from ism.report import fairness as FR
 from ism.report import figures as F
 from ism.report import load as L
 from ism.report.claims import Result, claims_table
@@ -43,8 +44,9 @@ def _summary(sw: L.Sweep, metric: str) -> list[str]:
     """Headline sentences: trials finished, best variant at the fewest and the most steps."""
     n_done = sw.finished()["mlflow_id"].nunique()
     n_plan = len(sw.plan.get("trials", [])) or sw.trials["mlflow_id"].nunique()
-    lines = [f"**{n_done} of {n_plan} trials finished** ({len(sw.variants)} variants × seeds {sw.seeds}); "
-             f"baseline: `{sw.baseline}`."]
+    lines = FR.headline(sw, metric)  # the comparison first; the best variant after
+    lines += [f"**{n_done} of {n_plan} trials finished** ({len(sw.variants)} variants × seeds {sw.seeds}); "
+              f"baseline: `{sw.baseline}`."]
     steps = sw.steps_of(metric)
     log = log_metric(sw, metric)
     for s in sorted({steps[0], steps[-1]}) if steps else []:
@@ -101,7 +103,8 @@ def build_report(target: str, tracking_uri: str | None = None, out: str | Path |
         for t in (metadata_table(sw, files, hist), claims, metric_table(sw, m1, f"{m1.upper()} per variant and step count"),
                   metric_table(sw, m2, f"{m2.upper()} per variant and step count"), delta_table(sw, m1),
                   delta_table(sw, m2), cumulative_table(sw, m1), diagnostics_table(sw), sweep_table(sw, m1),
-                  config_diff_table(sw), missing_table(sw), C.compounding_table(sw), *group_tables(sw, m1)):
+                  config_diff_table(sw), missing_table(sw), C.compounding_table(sw), *group_tables(sw, m1),
+                  FR.tuning_table(sw), FR.selected_table(sw, m1)):
             if t is not None:
                 tables[t.name] = t
         figs: dict[str, Path | str] = {
@@ -113,6 +116,7 @@ def build_report(target: str, tracking_uri: str | None = None, out: str | Path |
             "straightness_gap": F.straightness_gap(sw, figdir / "straightness_sc_gap.png"),
             "losses": F.losses(sw, hist, figdir / "losses.png"),
             "compounding": C.figure(sw, figdir / "effective_guidance_vs_steps.png"),
+            "guidance_response": FR.guidance_response(sw, figdir / "guidance_response.png"),
         }
         for s in (1, 4, 128):
             figs[f"samples_{s}"] = F.sample_grid(sw, grids, s, figdir / f"samples_steps_{s}.png")
@@ -160,6 +164,8 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
                            "below 0."),
                       Heading("Summary")]
     b += [Para(x) for x in _summary(sw, m1)]
+    b.append(Heading("Tuning"))
+    b.append(t("tuning") or Para("No arm was tuned in this sweep (the spec has no tune: block)."))
     b.append(Heading("Missing and failed trials"))
     b.append(t("missing") or Para("None: every planned trial finished with its metrics."))
     b += [Heading("Claims check"), tables["claims"]]
@@ -191,6 +197,10 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
     if t(f"{m1}_guidance_sweep"):
         b.append(tables[f"{m1}_guidance_sweep"])
     b.append(_fig(figs, "guidance_sweep", "Guidance sweep"))
+    if t(f"{m1}_selected"):
+        b.append(tables[f"{m1}_selected"])
+    b.append(_fig(figs, "guidance_response", "Guidance response: RMS displacement from unguided samples against the "
+                  "CFG-equivalent scale (solid: the learned or configured guidance; dotted: two-pass CFG)"))
     b += [Heading("Training losses"), _fig(figs, "losses", "Training losses per row kind")]
     b.append(Heading("Samples"))
     b += [_fig(figs, f"samples_{s}", f"Samples at {s} step{'s' * (s > 1)}") for s in (1, 4, 128)]

@@ -118,14 +118,22 @@ def check(sw: Sweep, claim: Claim) -> Result:
     diag = f"{metric}" + (f" @{s} step{'s' * (s > 1)}" if s else "") + (f" ({UNITS[metric]})" if metric in UNITS else "")
     get_a = get_b = lambda v: sw.values(metric, s).get(v, {})  # noqa: E731
     compared = metric
-    if claim.sweep_best:
+    if claim.sweep_best and sw.steps_of(f"{PROXY}_selected"):
+        # The fix's best w, chosen on held-out noise and scored on the evaluation noise (eval.select_guidance),
+        # against the baseline at its own (tuned) fixed scale.
+        compared, s = PROXY, sw.steps_of(f"{PROXY}_selected")[0]
+        diag = f"{PROXY} @{s} step{'s' * (s > 1)}: w selected on held-out noise vs the fixed scale"
+        get_a = lambda v: sw.values(PROXY, s).get(v, {})  # noqa: E731
+        get_b = lambda v: sw.values(f"{PROXY}_selected", s).get(v, {})  # noqa: E731
+    elif claim.sweep_best:
         compared = PROXY
         steps = sw.steps_of(PROXY, sweep=True)
         if not steps:
             return Result(claim, "best-w FID (guidance sweep)", None,
                           verdict="inconclusive (not measured: no guidance sweep in this spec)")
         s = steps[0]
-        diag = f"{PROXY} @{s} step{'s' * (s > 1)}: best w of the sweep vs the fixed scale"
+        diag = (f"{PROXY} @{s} step{'s' * (s > 1)}: best w of the sweep vs the fixed scale (selected on the reported "
+                "noise: flatters the fix)")
         get_a = lambda v: sw.values(PROXY, s).get(v, {})  # noqa: E731
         get_b = lambda v: _sweep_best(sw, v, s)  # noqa: E731
     elif not any(sw.values(metric, s).values()):

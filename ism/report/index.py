@@ -25,8 +25,12 @@ def _section(lines: list[str], heading: str) -> list[str]:
 
 
 def _sweep_headline(lines: list[str]) -> list[str]:
-    """A sweep report's Summary: trials finished, best per step count against the baseline."""
-    return [ln for ln in _section(lines, "Summary") if ln.startswith(("**", "Best "))]
+    """A sweep report's Summary: its comparison first (the full method against the baseline), then trials finished;
+    'Best ...' lines only when the report has no comparison line."""
+    summary = _section(lines, "Summary")
+    lead = [ln for ln in summary if ln.startswith("**Full method")]
+    done = [ln for ln in summary if ln.startswith("**") and ln not in lead]
+    return lead + done if lead else done + [ln for ln in summary if ln.startswith("Best ")]
 
 
 def _study_headline(lines: list[str]) -> list[str]:

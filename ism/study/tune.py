@@ -86,7 +86,8 @@ def best_entry(p: StudyPlan, study, tune: TU.Tune, spec: Spec, profile: str, reu
     """The record entry of a finished arm study: the best point, every trial, and the provenance."""
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     best = min(done, key=lambda t: t.value) if p.objective.direction == "minimize" else max(done, key=lambda t: t.value)
-    return {"values": p.decode(best.params), "objective_value": float(best.value),
+    arm = next(a for a in tune.arms if p.spec.variant == a.variant)
+    return {"values": p.decode(best.params), "objective_value": float(best.value), "carried_by": list(arm.applies_to),
             "trials": [{"values": p.decode(t.params), "objective_value": float(t.value)} for t in done],
             "provenance": {"spec": spec.name, "profile": profile, "budget": tune.budget, "trials": len(done),
                            "seed": tune.seed, "objective": p.objective.describe(), "study": p.study_name,

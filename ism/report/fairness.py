@@ -1,0 +1,156 @@
+"""What makes a comparison fair, as the report states it first: the full method against the baseline (ratios with
+intervals at 1, 4 and 128 steps), how every arm was tuned (equal budgets, ism.tuning), and guidance compared at each
+arm's own best strength selected on held-out noise (eval.select_guidance), with the learned guidance response.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ism.report.ci import positive
+from ism.report.load import Sweep
+from ism.report.tables import Table, compare_ci, compare_cell, fmt, log_metric
+
+HEADLINE_STEPS = (1, 4, 128)
+COMPONENTS = frozenset({"intrinsic", "interval", "wavelet", "sot", "twin_ema"})
+
+
+def full_method(sw: Sweep) -> str | None:
+    """The variant that switches every component on (the first in spec order), else the one with the most."""
+    cands = [v for v in sw.variants if v != sw.baseline and not sw.finished()[sw.finished()["variant"] == v].empty]
+    if not cands:
+        return None
+    most = max(len(sw.components(v)) for v in cands)
+    return next(v for v in cands if len(sw.components(v)) == most) if most else None
+
+
+def _tuned_of(sw: Sweep, variant: str) -> dict | None:
+    """The tuned values a variant carries (its arm's record entry), or None."""
+    for arm, e in (sw.plan.get("tuning") or {}).items():
+        if variant == arm or variant in (e.get("carried_by") or ()):
+            return e.get("values")
+    return None
+
+
+def headline(sw: Sweep, metric: str) -> list[str]:
+    """The summary's first lines: full method ÷ baseline at 1, 4 and 128 steps, and the baseline's tuned values."""
+    full = full_method(sw)
+    if full is None:
+        return []
+    log = log_metric(sw, metric)
+    cells = []
+    for s in HEADLINE_STEPS:
+        per = sw.values(metric, s)
+        if sw.baseline in per and full in per:
+            c = compare_ci(per[sw.baseline], per[full], log)
+            cells.append(f"{compare_cell(c, log)} at {s} step{'s' * (s > 1)}")
+    if not cells:
+        return []
+    what = "÷" if log else "−"
+    lines = [f"**Full method `{full}` {what} baseline `{sw.baseline}`, {metric.upper()}: " + "; ".join(cells) +
+             "** (95 % intervals, paired by seed" + (", on log values" if log else "") + ")."]
+    tuned = _tuned_of(sw, sw.baseline)
+    if sw.plan.get("tuning"):
+        budget = {e.get("provenance", {}).get("budget") for e in sw.plan["tuning"].values()}
+        lines.append(f"Every arm was tuned with the same budget ({', '.join(str(b) for b in sorted(budget, key=str))} "
+                     f"trials on a held-out seed); the baseline carries "
+                     + (", ".join(f"`{k}` = {fmt(v) if isinstance(v, float) else v}" for k, v in tuned.items())
+                        if tuned else "no tuned value") + " (see 'Tuning').")
+    else:
+        lines.append("No arm was tuned in this sweep (the spec has no tune: block): each variant runs at the preset's "
+                     "values, so a comparison is only as fair as those values are for both sides.")
+    return lines
+
+
+def tuning_table(sw: Sweep) -> Table | None:
+    """Per arm: what it tuned, over which grid, with which budget and seed, and the value chosen."""
+    rec = sw.plan.get("tuning") or {}
+    if not rec:
+        return None
+    rows, raw = [], []
+    for arm, e in rec.items():
+        prov = e.get("provenance", {})
+        keys = list(e.get("values", {}))
+        grid = "; ".join(", ".join(f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in t["values"].items())
+                         + f" → {fmt(t['objective_value'])}" for t in e.get("trials", []))
+        chosen = ", ".join(f"{k} = {fmt(v) if isinstance(v, float) else v}" for k, v in e.get("values", {}).items())
+        rows.append([arm, ", ".join(e.get("carried_by") or []) or "–", ", ".join(keys), grid,
+                     f"{prov.get('trials', '?')} / {prov.get('budget', '?')}", str(prov.get("seed", "?")), chosen])
+        raw.append({"arm": arm, "carried_by": ",".join(e.get("carried_by") or []), "keys": ",".join(keys),
+                    "budget": prov.get("budget"), "trials": prov.get("trials"), "seed": prov.get("seed"),
+                    "objective": prov.get("objective"), "chosen": chosen, "objective_value": e.get("objective_value")})
+    objective = next(iter(rec.values())).get("provenance", {}).get("objective", "?")
+    note = (f"Equal-budget tuning (docs/method.md, 'Fair comparisons'): every arm, the baseline included, got the same "
+            f"number of trials for its own knobs, on a training seed the sweep does not report, judged by one "
+            f"objective ({objective}); the best point is carried by the arm and the variants listed. Values are "
+            "reused from the record while their provenance (config identity, grid, budget, objective, seed) matches.")
+    return Table("tuning", "Tuning: each arm's knobs, grid, budget and chosen values",
+                 ["arm", "carried by", "knobs", "grid → objective", "trials / budget", "seed", "chosen"], rows,
+                 set(), note, pd.DataFrame(raw))
+
+
+def selected_table(sw: Sweep, metric: str) -> Table | None:
+    """FID at the configured guidance against FID at the value selected on held-out noise, per variant and step."""
+    sel = f"{metric}_selected"
+    steps = sw.steps_of(sel)
+    if not steps:
+        return None
+    log = log_metric(sw, metric)
+    rows, raw = [], []
+    for v in sw.variants:
+        cfgd, best, g = ({s: sw.values(m, s).get(v, {}) for s in steps} for m in (metric, sel, "selected_guidance"))
+        if not any(best.values()):
+            continue
+        row = [v]
+        for s in steps:
+            a, b = cfgd[s], best[s]
+            ga = list(g[s].values())
+            gtxt = f" @ {fmt(sum(ga) / len(ga), 3)}" if ga else ""
+            mean = lambda x: (math.exp(sum(map(math.log, x)) / len(x)) if log and positive(x) else sum(x) / len(x))  # noqa: E731
+            row.append(f"{fmt(mean(list(a.values()))) if a else '–'} → {fmt(mean(list(b.values()))) if b else '–'}{gtxt}")
+            raw.append({"variant": v, "steps": s, "configured": mean(list(a.values())) if a else math.nan,
+                        "selected": mean(list(b.values())) if b else math.nan,
+                        "selected_cfg_equivalent": sum(ga) / len(ga) if ga else math.nan})
+        rows.append(row)
+    note = ("Configured → selected: the metric at the run's own inference guidance, and at the value the guidance "
+            "sweep selected on a second, held-out noise set (reported on the evaluation noise, so the choice does not "
+            "flatter the number); @ the selected value as a CFG-equivalent scale (1 + w for intrinsic guidance), mean "
+            "over seeds. The cfg_* modes can change their guidance at inference only at the finest step count; at "
+            "fewer steps their scale is the one training baked in (a tuned knob).")
+    return Table(f"{metric}_selected", f"{metric.upper()} at the configured and at the selected guidance",
+                 ["variant", *[f"{s} step{'s' * (s > 1)}" for s in steps]], rows, set(), note, pd.DataFrame(raw))
+
+
+def guidance_response(sw: Sweep, path: Path) -> Path | str:
+    """How far guidance moves samples (RMS distance to unguided samples from the same noise) against the
+    CFG-equivalent scale: each intrinsic variant's learned response, and two-pass CFG at the same scale."""
+    df = sw.scores
+    if not len(df) or "guidance_displacement" not in set(df["metric"]):
+        return "no guidance response was measured (eval.select_guidance with a guidance sweep)"
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    colors = plt.get_cmap("tab10")
+    for i, v in enumerate(sw.variants):
+        sub = df[(df["variant"] == v) & df["sweep"]]
+        if sub.empty:
+            continue
+        intrinsic = "intrinsic" in sw.components(v)
+        for metric, style in (("guidance_displacement", "-"), ("cfg_displacement", ":")):
+            for s, g in sub[sub["metric"] == metric].groupby("steps"):
+                m = g.groupby("guidance")["value"].mean()
+                x = [(1 + w) if intrinsic else w for w in m.index]
+                what = "learned" if metric == "guidance_displacement" else "two-pass CFG"
+                ax.plot(x, m.values, style, marker="o", ms=3, color=colors(i % 10),
+                        label=f"{v} {what}, {int(s)} step{'s' * (s > 1)}")
+    ax.set_xlabel("CFG-equivalent scale (1 + w for intrinsic guidance)")
+    ax.set_ylabel("RMS displacement from unguided samples")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
