@@ -10,7 +10,7 @@ from typing import Any
 # Named presets: deltas over the dataclass defaults, each with its reason.
 PRESETS: dict[str, dict[str, Any]] = {
     # The embedded default: real MNIST digits on 2 CPU cores. Half-lives replace the paper's decays because
-    # 0.9999 barely moves in a few thousand steps (method notes, sec. 6); ratios to run length are kept.
+    # 0.9999 barely moves in a few thousand steps (docs/method.md#scale); ratios to run length are kept.
     "mnist-cpu": {
         "data": {"name": "mnist5k", "resolution": 16},
         "model": {"name": "unet-tiny"},
@@ -25,7 +25,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ema": {"half_life_steps": 45.0, "target_half_life_steps": 0.5, "infer_half_life_steps": 45.0},
         # Per-block tuning (docs/embedded-defaults.md, `ism study studies/guidance.yaml`, seed 0): on full iSM, w_max 2
         # with 3/4 of the d=0 rows plain velocity rows and w = 1 at inference gave FID@1/4/128 12.2/3.9/3.5 against
-        # 16.0/7.3/5.3 for the method notes' w_max 3.5, half the rows and w = 0.5 (the learned w response is ~0.6-0.7
+        # 16.0/7.3/5.3 for the paper's w_max 3.5, half the rows and w = 0.5 (the learned w response is ~0.6-0.7
         # of w (s_c - s_null), so w = 0.5 under-guides). Read only by intrinsic guidance.
         # SM's own knobs (`ism study studies/sm-guidance.yaml`, seed 0), so the baseline gets the same care: baked-in
         # and inference CFG 1.5 / 2 / 3 gave FID@1/4/128 47.0/17.6/6.3, 42.4/15.6/6.5, 35.7/19.0/13.2. Scale 3 wins the
@@ -59,7 +59,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"num_samples": 2000, "steps": (1, 2, 4, 8, 128)},
         "run": {"steps": 2000, "checkpoint_every": 500, "threads": 1},
     },
-    # GPU profiles: paper-scale settings (method notes sec. 2 and 3e); validated by tests, run on clusters.
+    # GPU profiles: paper-scale settings (docs/method.md#scale); validated by tests, run on clusters.
     "fashion-gpu": {
         "data": {"name": "idx", "path": "/usr/share/datasets/fashion-mnist", "resolution": 32},
         "model": {"name": "dit-s/2"},

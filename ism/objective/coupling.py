@@ -1,4 +1,4 @@
-"""Noise-data pairing: deterministic batches per step and scaling optimal transport (sOT, method notes sec. 3c).
+"""Noise-data pairing: deterministic batches per step and scaling optimal transport (sOT, docs/method.md#scaling-optimal-transport).
 
 sOT pools K consecutive batches with their noise, solves an assignment on the squared Euclidean cost between the K*B
 noises and images (ot.solver: scipy's exact linear_sum_assignment, or the sparse solver that stays within ~0.1 % of

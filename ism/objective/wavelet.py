@@ -6,7 +6,7 @@ backpropagate into the network. The filters come from `pywt.Wavelet`, and the ou
 
 Periodization keeps every band exactly half the size of its parent and, for an orthogonal wavelet, makes the
 transform orthonormal, so the summed squared coefficients equal the summed squared pixels (Parseval): a summed l2
-with all band weights 1 is exactly MSE, so the loss acts only through its band weights (method notes sec. 3b). The
+with all band weights 1 is exactly MSE, so the loss acts only through its band weights (docs/method.md#multi-level-wavelet-loss). The
 default (reduction=sum, weights ramping from wavelet.finest_weight on the finest level to 1 on the coarsest, LL 1)
 keeps every coefficient at or above MSE's weight and puts the most on the finest details, the loss's stated purpose.
 The per-band mean (reduction=band_mean) is kept as an option; it is coarse-heavy: a band's mean weights each of its
