@@ -1,4 +1,11 @@
-"""Session-wide test setup."""
+"""Session-wide test setup and the test tiers.
+
+Tiers (markers registered in pyproject.toml): db (a real PostgreSQL; added here to every test that uses the `pg`
+fixture, directly or through another fixture), ray (starts Ray), browser (headless Chromium), e2e (trains, tracks or
+serves end to end; minutes). A test with none of them is a `unit` test: in-process or a few local processes, no
+server, no browser (`make test-fast` runs these). `slow` is kept as the union of the four slow tiers, so
+`-m "not slow"` still selects the unit tier.
+"""
 import os
 
 import pytest
@@ -28,3 +35,17 @@ def pg():
     from pgserver import postgres_server
     with postgres_server() as server:
         yield server
+
+
+SLOW_TIERS = ("db", "ray", "browser", "e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark db from the pg fixture; give every test either `unit` or `slow` (see the module docstring)."""
+    for item in items:
+        if "pg" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.db)
+        if any(item.get_closest_marker(t) for t in SLOW_TIERS):
+            item.add_marker(pytest.mark.slow)
+        else:
+            item.add_marker(pytest.mark.unit)

@@ -125,7 +125,7 @@ def _separation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((b.mean() - a.mean()) / (a.var() / len(a) + b.var() / len(b)).sqrt())
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_domain_classifier_separates_4x_from_1x_guided_mnist(shared_cache):
     """Guided sets from a known density, no network trained: a Gaussian kernel density of 500 real digits (std 0.3
     around each), sampled by its exact CFG ODE (64 Euler steps) at scales 1 and 4 from the same noise. Measured:

@@ -169,7 +169,7 @@ def stop_group(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_ism_ui_serves_the_store_and_works_as_a_tracking_server(store, tmp_path):
     """`ism ui` runs a real MLflow server (one worker) on 127.0.0.1; the tracking API works through it."""
     c, exp, parent = _sweep(store, "ui")  # something to show
