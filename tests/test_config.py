@@ -76,11 +76,6 @@ def test_roundtrip_through_yaml():
     assert C.from_dict(yaml.safe_load(C.dump_yaml(cfg))) == cfg
 
 
-def test_ema_half_life():
-    assert abs(C.ema_decay(0.5, 13.5) - 0.95) < 1e-3
-    assert C.ema_decay(0.999, 0) == 0.999
-
-
 def test_cli_bad_key_exits_2_before_work(capsys):
     assert cli_main(["train", "--dry-run", "optim.lrr=1"]) == 2
     err = capsys.readouterr().err

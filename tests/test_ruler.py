@@ -99,7 +99,9 @@ def test_calibration_grid_reaches_the_compounded_scale():
     for w in (1.5, 2.0, 3.0):
         grid = R.calibration_grid(w, 7)
         assert grid[-1] >= 2 * w ** 7 and grid[0] == 0.0 and list(grid) == sorted(grid)
-    assert len(R.calibration_grid(1.5, 7)) == 12
+        assert grid[-2] < 2 * w ** 7 or grid[-1] == 8.0, "no doubling beyond the first that reaches 2 w^7"
+        # the fixed part 0 ... 8 (9 scales), then the fewest doublings of 8 that reach 2 w^7
+        assert len(grid) == 9 + max(0, math.ceil(math.log2(2 * w ** 7 / 8.0)))
 
 
 def test_exact_velocity_matches_a_monte_carlo_regression():
