@@ -2,8 +2,6 @@
 import ast
 from pathlib import Path
 
-
-
 PKG = Path(__file__).resolve().parent.parent / "ism"
 
 
