@@ -1,5 +1,6 @@
-"""docs/method.md is the repository's account of the method: every citation of it names a section that exists, and
-nothing cites the old out-of-repo method notes."""
+"""docs/method.md is the repository's account of the method and docs/results.md (with benchmarks/results.md) the home
+of every measurement: every citation of them names a section that exists, and nothing cites the old out-of-repo
+method notes."""
 from __future__ import annotations
 
 import re
@@ -8,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = ROOT / "docs" / "method.md"
 CITATION = re.compile(r"method\.md#([A-Za-z0-9_-]+)")
+RESULTS_CITATION = re.compile(r"([\w./]*)results\.md#([A-Za-z0-9_-]+)")
 SEARCHED = ("ism", "tests", "docs", "benchmarks", "ablations", "studies")
 
 
@@ -49,6 +51,20 @@ def test_every_method_citation_names_an_existing_section():
     assert len(cites) >= 10, "the code cites docs/method.md for each component; the citations went missing"
     missing = [f"{p}: #{a}" for p, a in cites if a not in known]
     assert not missing, f"citations of sections docs/method.md lacks (it has {sorted(known)}): {missing}"
+
+
+def test_every_results_citation_names_an_existing_section():
+    """Links into docs/results.md or benchmarks/results.md (from code, docs or README) land on a real heading."""
+    homes = {d: anchors((ROOT / d / "results.md").read_text()) for d in ("docs", "benchmarks")}
+    cites = []
+    for p in cited_files() + [ROOT / "benchmarks" / "results.md", ROOT / "docs" / "results.md"]:
+        for prefix, anchor in RESULTS_CITATION.findall(p.read_text()):
+            home = "benchmarks" if "benchmarks/" in prefix or (prefix == "" and p.parent.name == "benchmarks") \
+                else "docs"
+            cites.append((p.relative_to(ROOT), home, anchor))
+    assert len(cites) >= 5
+    missing = [f"{p}: {home}/results.md#{a}" for p, home, a in cites if a not in homes[home]]
+    assert not missing, f"links to sections that do not exist: {missing}"
 
 
 def test_method_doc_covers_every_component():
