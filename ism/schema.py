@@ -44,7 +44,7 @@ class DataConfig:
     max_items: int = _f(0, "cap on training items, 0 = all (smoke runs)", lo=0)
     toy: str = _f("gaussians8", "2-D toy distribution for data.name=toy2d (overlap3: three overlapping Gaussian classes, where guidance matters; gaussians8 and overlap3 have exact densities for the guidance ruler)", choices=TOYS)
     toy_samples: int = _f(20000, "number of 2-D toy points", lo=16)
-    coupling: str = _f("independent", "noise-data pairs: independent (fresh noise each step; sOT may re-pair it) or reflow (fixed pairs from a teacher's samples, cached in its run dir; README: rectified-flow axes)", choices=("independent", "reflow"), added=True)
+    coupling: str = _f("independent", "noise-data pairs: independent (fresh noise each step; sOT may re-pair it) or reflow (fixed pairs from a teacher's samples, cached in its run dir; see ism/reflow.py)", choices=("independent", "reflow"), added=True)
     reflow_teacher: str = _f("", "data.coupling=reflow: the teacher's run directory or run id; in an ablation spec 'variant:<name>' is the same-seed trial of another variant", added=True)
     reflow_steps: int = _f(128, "sampler steps the teacher takes for each reflow pair (a power of two <= 2^shortcut.max_steps_log2)", lo=1, added=True)
     reflow_pairs: int = _f(4096, "number of reflow pairs (labels balanced over the classes)", lo=1, added=True)
