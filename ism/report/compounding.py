@@ -143,7 +143,7 @@ def verdict(sw: Sweep) -> tuple[str, str, str] | None:
                      + (f" ± {fmt(ex.half, 2)}" if ex.has_ci else "") + f", predicted {fmt(want, 2)})")
         if m.mode == "cfg_every_level":
             if _bounded(sw, v, s):  # a bound, not a reading: e.g. few-step image samples whose blur or saturation
-                kinds.append("bound")  # puts the classifier margin below the unguided 128-step end (README)
+                kinds.append("bound")  # puts the classifier margin below the unguided 128-step end (docs/results.md)
             elif not ex.has_ci:
                 kinds.append("n<2")
             elif ex.lo <= 1 and ex.hi >= want:
