@@ -279,7 +279,7 @@ def dump_yaml(cfg: Config) -> str:
 
 
 def describe() -> list[tuple[str, Any, str]]:
-    """(key, default, help) for every config key: the reference table in the README."""
+    """(key, default, help) for every config key: the table of docs/config-reference.md."""
     rows = []
     for sec in dataclasses.fields(Config):
         for f in dataclasses.fields(sec.default_factory):  # type: ignore[misc]

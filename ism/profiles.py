@@ -23,10 +23,9 @@ class Profile:
     overhead_s: float = 0.0         # per-trial start-up (worker, imports, data, MLflow) and FID feature cost
 
 
-# Rates for the CPU profiles were measured on this project's 2-core machine (1 torch thread per trial; mnist-cpu:
-# 74 ms per step at batch 32 (docs/embedded-model.md); benchmarks/bench_tune.py measured a whole SM trial at
-# ~220 s: ~100 s of training, ~105 s of evaluation (500 samples at 1 ... 128 steps, diagnostics), ~15 s start-up);
-# GPU rates are order-of-magnitude guesses for one A100-class GPU per trial.
+# Rates for the CPU profiles come from this project's 2-core machine at 1 torch thread per trial, so that dry runs
+# and ETAs are in real seconds (the measurements and their commands: docs/results.md#per-trial-cost); GPU rates are
+# order-of-magnitude guesses for one A100-class GPU per trial.
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", {"cpu": 1}, {"run.device": "cpu", "run.progress": False},
                      "seconds per trial, for tests", cpus=2, train_step_s=0.01, sample_nfe_s=2e-5, overhead_s=8.0),
@@ -59,7 +58,7 @@ def estimate_parts(cfg: Config, profile: str) -> tuple[float, float, float]:
     p = PROFILES[profile]
     e = cfg.eval
     nfe = sum(e.steps) + (len(e.guidance_sweep) * sum(e.sweep_steps) if e.guidance_sweep else 0)
-    # step-cost shares of the components measured on the embedded preset (full iSM ~1.15x the SM step)
+    # step-cost shares of the components on the embedded preset (bench_train in benchmarks/results.md)
     extra = 1.0 + 0.08 * (cfg.guidance.mode == "intrinsic") + 0.04 * cfg.ot.enabled + 0.03 * cfg.wavelet.enabled
     evals = (1 if e.at_end else 0) + (cfg.run.steps // e.every_steps if e.every_steps else 0)
     train_s = cfg.run.steps * p.train_step_s * extra

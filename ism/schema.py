@@ -51,8 +51,8 @@ class DataConfig:
     max_items: int = _f(0, "cap on training items, 0 = all (smoke runs)", lo=0)
     toy: str = _f("gaussians8", "2-D toy distribution for data.name=toy2d (overlap3: three overlapping Gaussian classes, where guidance matters; gaussians8 and overlap3 have exact densities for the guidance ruler)", choices=TOYS)
     toy_samples: int = _f(20000, "number of 2-D toy points", lo=16)
-    coupling: str = _f("independent", "noise-data pairs: independent (fresh noise every step; ot.enabled re-pairs it by sOT) or reflow (rectified flow's reflow: fixed pairs (x0, x1 = the teacher's slow-EMA sample from x0), generated once and cached in the teacher's run dir)", choices=("independent", "reflow"), added=True)
-    reflow_teacher: str = _f("", "data.coupling=reflow: the teacher's run directory, or its run id (a sibling of this run's directory or under run.out_dir); in an ablation spec 'variant:<name>' names the same-seed trial of another variant of the sweep", added=True)
+    coupling: str = _f("independent", "noise-data pairs: independent (fresh noise each step; sOT may re-pair it) or reflow (fixed pairs from a teacher's samples, cached in its run dir; see ism/reflow.py)", choices=("independent", "reflow"), added=True)
+    reflow_teacher: str = _f("", "data.coupling=reflow: the teacher's run directory or run id; in an ablation spec 'variant:<name>' is the same-seed trial of another variant", added=True)
     reflow_steps: int = _f(128, "sampler steps the teacher takes for each reflow pair (a power of two <= 2^shortcut.max_steps_log2)", lo=1, added=True)
     reflow_pairs: int = _f(4096, "number of reflow pairs (labels balanced over the classes)", lo=1, added=True)
 
@@ -69,7 +69,7 @@ class ShortcutConfig:
     bootstrap_fraction: float = _f(0.25, "share of each batch given to self-consistency rows (paper 0.25, SM code 0.125)", lo=0.0, hi=1.0, hi_open=True)
     target: str = _f("ema", "network that makes self-consistency targets: ema (fast EMA with twin EMA, else the single EMA) or online (stop-grad live weights)", choices=("ema", "online"))
     max_steps_log2: int = _f(7, "log2 of the base step count M (7: 128 steps, d = 1 ... 1/128)", lo=1, hi=10)
-    t_density: str = _f("uniform", "density of the flow-matching rows' t on the finest grid i/2^K (weights = the density at the grid points, normalised; self-consistency rows keep their d-grid): uniform (SM), logit_normal (SD3; m, s), mode (SD3; scale), cosine (SD3's map), u_shaped (rfpp; a)", choices=("uniform", "logit_normal", "mode", "cosine", "u_shaped"), added=True)
+    t_density: str = _f("uniform", "density of the flow-matching rows' t on the finest grid i/2^K: uniform (SM), logit_normal, mode, cosine (SD3), u_shaped (rfpp); see ism/objective/timesteps.py", choices=("uniform", "logit_normal", "mode", "cosine", "u_shaped"), added=True)
     t_density_m: float = _f(0.0, "logit_normal location m (t=0 is noise here, so SD3's m is -m)", lo=-5.0, hi=5.0, added=True)
     t_density_s: float = _f(1.0, "logit_normal scale s", lo=0.0, hi=10.0, lo_open=True, added=True)
     t_density_scale: float = _f(1.29, "mode sampling scale s (SD3's 1.29; 0 = uniform; SD3's allowed range -1 ... 2/(pi-2))", lo=-1.0, hi=2 / (math.pi - 2), added=True)
@@ -97,7 +97,7 @@ class WaveletConfig:
     wavelet: str = _f("haar", "any orthogonal pywavelets wavelet (haar, db2, ...)")
     levels: int = _f(0, "DWT levels, 0 = as many as the image size allows", lo=0, hi=10)
     distance: str = _f("l2", "per-coefficient distance", choices=("l2", "l1", "charbonnier"))
-    reduction: str = _f("sum", "sum: lambda-weighted squared error summed over all coefficients / pixel count (all lambda 1 = MSE exactly, by Parseval; the default ramp keeps every coefficient at >= MSE's weight); band_mean: mean error per band, bands averaged (coarse-heavy: at 16x16 x 4 levels LL gets 19.7x MSE's weight, the finest band 0.31x)", choices=("band_mean", "sum"))
+    reduction: str = _f("sum", "sum: weighted squared error over all coefficients (all weights 1 = MSE, by Parseval); band_mean: mean per band, which is coarse-heavy (docs/method.md#multi-level-wavelet-loss)", choices=("band_mean", "sum"))
     level_weights: tuple[float, ...] = _f((), "weight per detail level, finest first; empty = the ramp from wavelet.finest_weight (finest) down to 1 (coarsest)")
     finest_weight: float = _f(2.0, "with empty level_weights: weight of the finest detail level, falling linearly to 1 at the coarsest (1 = flat); >= 1 keeps every band at or above MSE's weight", lo=0.0)
     ll_weight: float = _f(1.0, "weight of the coarsest approximation band", lo=0.0)
@@ -109,7 +109,7 @@ LOSS_DISTANCES = ("l2", "pseudo_huber", "feature_huber", "lpips_huber")
 
 @dataclass(frozen=True)
 class LossConfig:
-    distance: str = _f("l2", "premetric of a row's error: l2 (squared error: MSE, or the wavelet loss when wavelet.enabled); pseudo_huber: sqrt(||e||^2 + c^2) - c on the row's error norm (rfpp; with the wavelet loss, on its lambda-weighted coefficient norm); feature_huber: pseudo-Huber on [pixel error, domain-CNN feature error of the extrapolated images] (an embedded stand-in for LPIPS-Huber); lpips_huber: pseudo-Huber on LPIPS features (needs loss.lpips_weights)", choices=LOSS_DISTANCES, added=True)
+    distance: str = _f("l2", "premetric of a row's error: l2 (MSE, or the wavelet loss when enabled), pseudo_huber (rfpp), feature_huber (domain-CNN stand-in for LPIPS) or lpips_huber; see ism/objective/losses.py", choices=LOSS_DISTANCES, added=True)
     huber_c: float = _f(0.0, "pseudo-Huber c; 0 = rfpp's 0.00054 * sqrt(d), d = numbers per row (16x16x1: 0.00864)", lo=0.0, added=True)
     lpips_weights: str = _f("", "local TorchScript LPIPS network for loss.distance=lpips_huber, called net(a, b) on images in [-1, 1] (never downloaded)", added=True)
     kind_weighting: str = _f("row_share", "how the row kinds (velocity, guidance, self-consistency) combine into the batch loss. row_share: the mean over all rows, so each kind weighs its share of the batch; per_kind: the sum of each kind's mean loss, the paper's sum of three terms (docs/embedded-defaults.md)", choices=("row_share", "per_kind"), added=True)
@@ -122,10 +122,10 @@ class OTConfig:
     cost_resolution: int = _f(0, "average-pool images to this side before computing costs, 0 = full resolution", lo=0)
     prefetch: bool = _f(True, "solve the next pool in a background thread while the current one trains (same pairs)",
                         identity=False)
-    coupling: str = _f("class", "class: one assignment within each label of the pool, so each class's noise stays exactly N(0, I), as at sampling (unconditional runs pair globally); global: one assignment over the whole pool, which biases each class's noise toward its images (train/sample mismatch for conditional sampling)", choices=("class", "global"))
-    solver: str = _f("exact", "assignment solver. exact: scipy's dense LAP, the optimum (0.23 s at 1,024 pairs, 53 s at 8,192 on 2 CPUs); sparse: the exact LAP (OR-Tools) on each row's ot.candidates cheapest reduced costs plus the columns few rows chose, a true permutation within ~0.1 % of the optimum's cost (candidate search in bf16 on the model's device; 8,192 pairs: 0.6-0.9 s, 32,768: 3-11 s on 2 CPU threads); auto: exact up to 1,024 pairs per assignment, sparse above (the GPU presets' choice)", choices=("auto", "exact", "sparse"), added=True)
+    coupling: str = _f("class", "class: one assignment per label, so each class's noise stays N(0, I) as at sampling; global: one over the pool, which biases class noise (docs/method.md#scaling-optimal-transport)", choices=("class", "global"))
+    solver: str = _f("exact", "assignment solver: exact (scipy's dense LAP, the optimum), sparse (an exact LAP on a candidate graph, near the optimum, for big pools) or auto (exact up to 1,024 pairs per assignment); timings: docs/sot-at-scale.md", choices=("auto", "exact", "sparse"), added=True)
     candidates: int = _f(32, "sparse solver: cheapest reduced-cost candidates kept per row, and per column for columns few rows chose (more = closer to the optimum, slower)", lo=1, hi=4096, added=True)
-    pool_scope: str = _f("global", "global: one pool over the whole global batch (on N data-parallel ranks that means gathering the pool to one solver); device: each of ot.devices ranks pools and solves only its own shard (B/N rows of every step), N assignments of K*B/N pairs, no communication", choices=("global", "device"), added=True)
+    pool_scope: str = _f("global", "global: one pool over the global batch (gathered to one solver); device: each of ot.devices ranks pools its own shard, no communication (docs/sot-at-scale.md)", choices=("global", "device"), added=True)
     devices: int = _f(1, "data-parallel ranks the global batch is split over for ot.pool_scope=device (the shards' pairings are computed here exactly as each rank would)", lo=1, hi=4096, added=True)
 
 

@@ -5,7 +5,7 @@ guidance strength off the exact class log-likelihoods (ism.ruler), and tests can
 of a known density to make samples whose guidance scale is known. Any dimension works (a kernel density of real
 images is one), so the same code serves the image-side validation.
 
-Path and target follow the SM code (method notes sec. 1): x_t = a_t x0 + t x1 with a_t = 1 - (1 - 1e-5) t,
+Path and target follow the SM code (docs/method.md#conventions): x_t = a_t x0 + t x1 with a_t = 1 - (1 - 1e-5) t,
 v = x1 - (1 - 1e-5) x0. For one component N(mu, s^2 I), x_t ~ N(t mu, (t^2 s^2 + a_t^2) I) and the regression
 E[v | x_t] = mu + (t s^2 - a_t b) / (t^2 s^2 + a_t^2) (x_t - t mu), b = 1 - 1e-5; a class's (or the whole
 mixture's) velocity is the posterior-weighted mean over its components.

@@ -41,7 +41,13 @@ def test_components_matrix_shares_identical_configs():
     spec = ablate.load_spec(ROOT / "ablations/components.yaml")
     assert spec.seeds == (0, 1, 2) and ablate.plan(spec, "gpu-cifar10").seeds == (0, 1, 2)
     p = ablate.plan(spec, "embedded")
-    assert len(p.variants) == 16 and len(p.trials) == 13 * len(p.seeds)
+    # The oracle, from the YAML itself: a variant is base overrides + its own; equal merged overrides = one trial.
+    raw = yaml.safe_load((ROOT / "ablations/components.yaml").read_text())
+    merged = {n: frozenset({**raw["base"]["overrides"], **(v.get("overrides") or {})}.items())
+              for n, v in raw["variants"].items()}
+    aliases = {frozenset(n for n in merged if merged[n] == m) for m in merged.values()}
+    assert len(p.variants) == len(raw["variants"]) and len(p.trials) == len(aliases) * len(p.seeds)
+    assert {frozenset(t.variants) for t in p.trials if t.seed == 0} == aliases
     names = {t.variants for t in p.trials if t.seed == 0}
     assert ("sm+intrinsic", "cum2_interval") in names
     assert ("cum4_sot", "ism-twin_ema") in names
@@ -233,7 +239,8 @@ def smoke_sweep(tmp_path_factory):
             "plan": ablate.plan(ablate.load_spec(spec), "smoke")}
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.e2e
 def test_smoke_sweep_leaves_parent_and_child_runs_with_params_metrics_artifacts(smoke_sweep):
     from ism import tracking
     uri, p = smoke_sweep["uri"], smoke_sweep["plan"]
@@ -271,7 +278,8 @@ def test_smoke_sweep_leaves_parent_and_child_runs_with_params_metrics_artifacts(
     assert not list((smoke_sweep["root"] / "st").rglob(".ism")), "no cache of its own in a Ray trial's working dir"
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.e2e
 def test_parent_run_carries_the_sweep_summary_and_the_experiment_the_training_view(smoke_sweep):
     """What a user opens first: the parent run's per-variant FID/KID at the headline step counts (a geometric mean
     over finished seeds for FID), a summary table, and an experiment MLflow 3's UI shows as model training."""
@@ -321,7 +329,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.ray
+@pytest.mark.e2e
 def test_ism_ui_renders_runs_and_fid_in_a_real_browser_and_stops_whole_on_sigterm(smoke_sweep):
     """`ism ui` over the smoke sweep's store: headless Chromium renders the experiment in the training view with the
     sweep's runs, and the parent run's page with its FID summary; SIGTERM then stops mlflow, uvicorn and huey."""
@@ -374,7 +384,8 @@ def test_ism_ui_renders_runs_and_fid_in_a_real_browser_and_stops_whole_on_sigter
         s.listen()
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.e2e
 def test_permanent_trial_errors_fail_once_with_their_reason(smoke_sweep):
     _, kids = children(smoke_sweep["uri"], "mini")
     broken = [k for k in kids if k.data.tags["ism.variant"] == "broken"]
@@ -384,7 +395,8 @@ def test_permanent_trial_errors_fail_once_with_their_reason(smoke_sweep):
     assert smoke_sweep["out"].count("FAILED broken seed") == 2 and "4/6 trials finished, 2 failed" in smoke_sweep["out"]
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.e2e
 def test_injected_crash_is_retried_from_its_checkpoint(smoke_sweep):
     _, kids = children(smoke_sweep["uri"], "mini")
     for t in smoke_sweep["plan"].trials[:4]:
@@ -398,7 +410,8 @@ def test_injected_crash_is_retried_from_its_checkpoint(smoke_sweep):
     assert "retry b/s" in smoke_sweep["out"]
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.e2e
 def test_rerunning_a_finished_sweep_reruns_only_failed_trials(smoke_sweep):
     root = smoke_sweep["root"]
     summaries = {p: p.stat().st_mtime_ns for p in (root / "st" / "trials").glob("*/summary.json")}
@@ -411,7 +424,8 @@ def test_rerunning_a_finished_sweep_reruns_only_failed_trials(smoke_sweep):
     assert sorted(k.info.run_id for k in after) == sorted(k.info.run_id for k in before)
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.e2e
 def test_trial_differing_only_in_evaluation_adopts_the_finished_training(smoke_sweep, tmp_path):
     """A spec that re-evaluates a stored trial with other eval settings trains nothing: it evaluates the same weights."""
     from ism import tracking
@@ -477,7 +491,8 @@ def _wait_for(cond, proc, timeout=400):
         time.sleep(0.5)
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.e2e
 def test_sweep_killed_after_first_trial_resumes_without_rerun_or_duplicates(tmp_path):
     """kill -9 of the whole sweep (driver and its Ray) once the short trial finished and the long one checkpointed."""
     spec = write_spec(tmp_path / "kill.yaml", name="killed", seeds=[0],
@@ -574,7 +589,8 @@ def test_bad_reflow_teachers_fail_before_anything_runs(tmp_path, over, match):
         ablate.plan(ablate.load_spec(spec), "smoke", variants=["s"])
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.e2e
 def test_reflow_students_run_after_their_teachers_and_fail_with_a_failed_teacher(tmp_path):
     student = {"data.coupling": "reflow", "data.reflow_steps": 2, "data.reflow_pairs": 48}
     spec = write_spec(tmp_path / "rf.yaml", name="rf", seeds=[0],

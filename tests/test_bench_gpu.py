@@ -9,7 +9,7 @@ import torch
 from benchmarks import bench_gpu
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_bench_gpu_tiny_writes_json_and_markdown(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -184,9 +184,6 @@ def test_prefetch_serves_the_same_pairs_and_solves_ahead():
             # while pool p trains, pool p+1 is already being solved; none is started past run.steps
             assert (on._ahead is not None and on._ahead[0] == step // 4 + 1) == (step < 8)
             assert off._ahead is None
-    from ism.config import run_id
-    assert run_id(on_cfg := from_dict({"ot": {"enabled": True, "prefetch": True}})) == \
-        run_id(from_dict({"ot": {"enabled": True, "prefetch": False}})) and on_cfg.ot.prefetch
 
 
 def _class_projection(coupling: str, tmp_path) -> tuple[dict[int, float], dict[int, int]]:

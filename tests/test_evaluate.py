@@ -157,7 +157,7 @@ def test_cli_rejects_bad_step_counts(capsys):
     assert "nowhere" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_train_then_ism_eval_end_to_end(shared_cache, tmp_path, monkeypatch, capsys):
     from ism.train import train
     monkeypatch.setenv("ISM_CACHE", str(shared_cache))

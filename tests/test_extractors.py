@@ -52,7 +52,7 @@ def test_domain_cnn_is_deterministic_and_cached(tmp_path):
     assert f.mean().abs() < 0.05 and (f.std(0) - 1).abs().max() < 0.05
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_domain_cnn_reaches_97_percent_on_embedded_mnist(shared_cache):
     data = load_dataset(resolve("mnist-cpu").data)
     s = E.setup("mnist-cnn", data, root=shared_cache)
@@ -103,7 +103,7 @@ def test_fid_helper_weights_are_found_in_the_installed_package():
     assert p.name == "default_1.pt" and p.stat().st_size > 80_000_000
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_packaged_inception_runs_through_torch_fidelity_and_matches_the_package():
     torch.set_num_threads(2)
     data = load_dataset(resolve("smoke").data)
@@ -127,7 +127,7 @@ def test_packaged_inception_runs_through_torch_fidelity_and_matches_the_package(
     assert np.abs(ours - ref).max() < 1e-3
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_inception_compat_uses_a_local_weights_file(tmp_path, monkeypatch):
     """eval.weights_path reaches torch-fidelity's own Inception (a randomly initialised stand-in for the real file)."""
     import torch_fidelity.feature_extractor_inceptionv3 as inc

@@ -3,7 +3,7 @@ straightness-FID rank correlation, with the claims check's verdict rules."""
 import pandas as pd
 
 from ism.report import flow_claims as FC
-from ism.report.claims import NOT_REPRODUCED, REPRODUCED, claims_table
+from ism.report.claims import CLAIMS, NOT_REPRODUCED, REPRODUCED, claims_table
 from ism.report.load import Sweep
 
 BASE = {"data.coupling": "independent", "data.reflow_teacher": "", "shortcut.t_density": "uniform"}
@@ -53,11 +53,18 @@ def test_flow_claims_pair_students_with_teachers_and_densities_with_uniform():
 
 def test_claims_table_adds_the_flow_rows_only_when_the_sweep_has_them():
     table, results = claims_table(sweep(), FC.flow_results(sweep()))
-    assert len(results) == 5 + 3 + 4 + 1 and "rectified-flow" in table.title
+    # Expected rows from the fixture's own make-up: every iSM claim, then per reflow student one row per reflow
+    # claim, per density variant one row per FID step count measured at 1 or 4 steps, and one rank correlation.
+    students = sum(p.get("data.coupling") == "reflow" for p, *_ in VARIANTS.values())
+    densities = sum(set(p) == {"shortcut.t_density"} for p, *_ in VARIANTS.values())
+    few_steps = len({1, 4} & {s for s in sweep().scores.query("metric == 'fid'")["steps"]})
+    assert (students, densities, few_steps) == (1, 2, 2)
+    assert len(results) == len(CLAIMS) + students * len(FC.REFLOW_CLAIMS) + densities * few_steps + 1
+    assert "rectified-flow" in table.title
     sw = sweep()
     keep = ["sm", "ism"]
     sw.trials = sw.trials[sw.trials["variant"].isin(keep)]
     sw.scores = sw.scores[sw.scores["variant"].isin(keep)]
     sw.variants = keep
     table, results = claims_table(sw, FC.flow_results(sw))
-    assert len(results) == 5 and "rectified-flow" not in table.title
+    assert FC.flow_results(sw) == [] and len(results) == len(CLAIMS) and "rectified-flow" not in table.title

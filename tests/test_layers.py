@@ -1,10 +1,6 @@
-"""Layering of ism/: no import cycle (function-level imports included), one Ray adapter, run ids pinned."""
+"""Layering of ism/: no import cycle (function-level imports included), one Ray adapter (run ids: test_run_identity)."""
 import ast
 from pathlib import Path
-
-import pytest
-
-from ism.config import from_dict, run_id, training_id
 
 PKG = Path(__file__).resolve().parent.parent / "ism"
 
@@ -87,36 +83,6 @@ def test_no_import_cycle_in_ism():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-# Computed on the code before the refactor (commit e317bf4): the identity of existing stores must not move.
-PINNED = [
-    ({}, "d0b5ebb9e86a", "097d9b7550ea"),
-    ({"guidance": {"mode": "intrinsic"}, "wavelet": {"enabled": True}, "ot": {"enabled": True}, "ema": {"twin": True}},
-     "194182290c03", "fcfd50217148"),
-    ({"run": {"seed": 3, "device": "cpu", "threads": 1, "out_dir": "x", "keep_checkpoints": 5},
-      "eval": {"batch_size": 10, "every_steps": 100}, "ot": {"prefetch": False}}, "b7060b865e86", "2f0c7497c360"),
-    ({"eval": {"w": 1.0, "guidance_sweep": [0.5, 1.0], "num_samples": 500}}, "2174fd297374", "097d9b7550ea"),
-    ({"data": {"name": "toy2d", "conditional": False}, "guidance": {"mode": "none"}, "model": {"name": "mlp2d"}},
-     "b51ee8fd1858", "092eb17cb163"),
-]
-
-
-# The keys left out of the run identity before the refactor (NON_IDENTITY_KEYS): changing them changes no id.
-PINNED.append(({"run": {"checkpoint_every": 7, "log_every": 3, "progress": False, "device": "cpu", "threads": 2,
-                        "out_dir": "elsewhere", "keep_checkpoints": 9},
-                "eval": {"batch_size": 17, "weights_path": "w.pt"}, "ot": {"prefetch": False}},
-               "d0b5ebb9e86a", "097d9b7550ea"))
-
-
-@pytest.mark.parametrize("delta, rid, tid", PINNED)
-def test_run_ids_are_pinned(delta, rid, tid):
-    # The pinned runs cycled their self-consistency levels (the only layout before shortcut.level_allocation):
-    # with that value set they keep their ids; the new default must move every one of them.
-    cfg = from_dict({**delta, "shortcut": {"level_allocation": "cycle"}})
-    assert (run_id(cfg), training_id(cfg)) == (rid, tid)
-    new = from_dict(delta)
-    assert run_id(new) != rid and training_id(new) != tid
-
-
 def _imports_of(path: Path) -> set[str]:
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -146,7 +112,7 @@ LAYERS = [
     ["ism.checkpoint", "ism.run_state", "ism.sample", "ism.extractors", "ism.reflow", "ism.premetric", "ism.train"],
     ["ism.ruler", "ism.evaluate"],
     ["ism.tracking"],
-    ["ism.profiles", "ism.specs", "ism.ablate", "ism.trial_objective", "ism.progress", "ism.trials", "ism.ray_adapter",
+    ["ism.profiles", "ism.specs", "ism.tuning", "ism.ablate", "ism.trial_objective", "ism.progress", "ism.trials", "ism.ray_adapter",
      "ism.sweep", "ism.study"],
     ["ism.report"],
     ["ism.commands", "ism.cli"],

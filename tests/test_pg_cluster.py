@@ -108,16 +108,24 @@ def _ask_until_full(spec: str, url: str) -> list[int]:
         mine.append(ot.number)
 
 
-@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
-def test_drivers_asking_at_once_stop_at_exactly_n_trials(kind, pg, tmp_path):
+def test_drivers_asking_at_once_stop_at_exactly_n_trials_on_postgresql(pg, tmp_path):
     """Four processes open one fresh study at once and ask trials until it is full: exactly n trials, unique numbers
     (without the study lock each count-then-ask races and the total overshoots)."""
+    _race(pg.url("race"), tmp_path)
+
+
+def test_drivers_asking_at_once_stop_at_exactly_n_trials_on_sqlite(tmp_path):
+    """The same race on a SQLite file: no server, so it runs in the fast tier."""
+    _race(f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path)
+
+
+def _race(url: str, tmp_path: Path) -> None:
+    """Four drivers fill one fresh study of n trials at once; checks n unique numbers, all complete."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
-    from ism import study as S  # imported before the fork: the children start in milliseconds
+    from ism import study as S  # noqa: F401 -- imported before the fork: the children start in milliseconds
     n, drivers = 24, 4
     spec = write_spec(tmp_path, with_(TOY, name="race", n_trials=n))
-    url = pg.url("race") if kind == "postgresql" else f"sqlite:///{tmp_path / 'optuna.db'}"
     with ProcessPoolExecutor(drivers, mp_context=multiprocessing.get_context("fork")) as pool:
         got = list(pool.map(_ask_until_full, [str(spec)] * drivers, [url] * drivers))
     numbers = sorted(x for g in got for x in g)
@@ -127,7 +135,8 @@ def test_drivers_asking_at_once_stop_at_exactly_n_trials(kind, pg, tmp_path):
     assert len(study.trials) == n and {t.state.name for t in study.trials} == {"COMPLETE"}
 
 
-@pytest.mark.slow
+@pytest.mark.db
+@pytest.mark.ray
 def test_study_on_postgres_survives_a_killed_driver(stack, tmp_path):
     # Two good points, then two bad ones the median pruner stops at step 10 (a good one has completed by then: at
     # parallelism 2 the third trial starts only when one of the first two ends).
@@ -161,7 +170,8 @@ def test_study_on_postgres_survives_a_killed_driver(stack, tmp_path):
         assert by_number[t.number].info.status == "FINISHED"
 
 
-@pytest.mark.slow
+@pytest.mark.db
+@pytest.mark.ray
 def test_several_drivers_share_one_study_on_postgres(stack, tmp_path):
     """Optuna's distributed pattern: three `ism study` started at once on one study name."""
     n, drivers = 4, 3
@@ -188,7 +198,9 @@ def test_several_drivers_share_one_study_on_postgres(stack, tmp_path):
     assert len(parents) == 1 and sorted(int(r.data.tags["ism.trial_number"]) for r in kids) == list(range(n))
 
 
-@pytest.mark.slow
+@pytest.mark.db
+@pytest.mark.ray
+@pytest.mark.e2e
 def test_smoke_ablation_tracked_by_an_mlflow_server_on_postgres(stack, tmp_path):
     from ism import tracking
     spec = tmp_path / "pgab.yaml"

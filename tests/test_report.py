@@ -355,7 +355,8 @@ def test_unknown_spec_is_a_clear_error(store):
 @pytest.mark.parametrize("every_exponent, bound, verdict", [
     (3.0, 0, "partly (compounding weaker than Prop. 1)"),
     (1.0, 0, "not reproduced (no compounding)"),
-    # below the ruler's range (what few-step MNIST samples read, README): a bound, never 'not reproduced'
+    # below the ruler's range (what few-step MNIST samples read; the ruler's section of docs/results.md): a bound,
+    # never 'not reproduced'
     (0.0, -1, "inconclusive (cfg_every_level's reading lies beyond the ruler's calibrated range: the statistic "
               "does not measure these samples)")])
 def test_guidance_claims_pair_modes_even_with_interval_guidance(store, tmp_path, every_exponent, bound, verdict):

@@ -41,7 +41,8 @@ def sweep(tmp_path_factory):
     return {"uri": uri, "report": rep, "root": root}
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.e2e
 def test_report_of_a_real_smoke_ablation_carries_mlflows_numbers(sweep):
     import pandas as pd
     uri, rep = sweep["uri"], sweep["report"]

@@ -391,7 +391,7 @@ def _mlflow_children(uri: str, name: str):
     return c, parents, [r for r in runs if r.data.tags.get("ism.kind") == "trial"]
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_study_completes_prunes_persists_and_exports(tmp_path, ray_local, capsys):
     # Trial 0 (near-initial net) scores well at step 10; trial 1 (lr 3e-3) is far worse there and must be pruned.
     spec = with_(TOY, enqueue=[{"optim.lr": 1e-6, "guidance.label_dropout": 0.1},
@@ -476,7 +476,7 @@ def _count(db: Path, name: str, state: str) -> int:
         return 0
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_study_resumes_after_kill_without_lost_or_duplicated_trials(tmp_path, ray_local):
     spec = with_(TOY, name="toyk", n_trials=3, parallelism=2, pruner={"type": "none"})
     path = write_spec(tmp_path, spec)

@@ -154,7 +154,7 @@ def class_energy_distance(x, y, ref_x, ref_y):
     return sum(energy_distance(x[y == c], ref_x[ref_y == c]) for c in ref_y.unique().tolist()) / len(ref_y.unique())
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_tiny_2d_run_improves_one_step_samples(tmp_path):
     cfg = resolve("toy2d", [], [f"run.out_dir={tmp_path}", *FAST, "run.steps=400", "run.checkpoint_every=400",
                                 "guidance.mode=intrinsic", "ema.twin=true"])
@@ -173,7 +173,7 @@ def test_tiny_2d_run_improves_one_step_samples(tmp_path):
     assert after < 0.3 * before, (before, after)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_tiny_mnist_run_lowers_its_loss(tmp_path):
     cfg = smoke(tmp_path, "run.steps=60", "run.log_every=10", "run.checkpoint_every=60")
     train(cfg, tmp_path / "m")

@@ -169,7 +169,7 @@ def _preset_wavelet(name: str) -> WaveletConfig:
 @pytest.mark.parametrize("source", ["schema", "mnist-cpu", "cifar10-gpu"])
 @pytest.mark.parametrize("side,levels", [(16, 4), (16, 1), (16, 3), (32, 5), (28, 2), (64, 0)])
 def test_default_weights_every_band_at_least_mse_and_finest_most(side, levels, source):
-    """The loss exists to weight high frequencies MORE than MSE does (method notes 3b): a unit-MSE error placed in
+    """The loss exists to weight high frequencies MORE than MSE does (docs/method.md#multi-level-wavelet-loss): a unit-MSE error placed in
     one band must cost >= 1x MSE in every band, and most in the finest detail band. Fails on the old default
     (band_mean, equal weights: finest band 0.31x, LL 19.7x at 16x16). Checked for the schema's default and the
     presets' (the embedded one carries its tuned finest-level weight)."""

@@ -1,4 +1,4 @@
-"""Noise-data pairing: deterministic batches per step and scaling optimal transport (sOT, method notes sec. 3c).
+"""Noise-data pairing: deterministic batches per step and scaling optimal transport (sOT, docs/method.md#scaling-optimal-transport).
 
 sOT pools K consecutive batches with their noise, solves an assignment on the squared Euclidean cost between the K*B
 noises and images (ot.solver: scipy's exact linear_sum_assignment, or the sparse solver that stays within ~0.1 % of
@@ -7,11 +7,9 @@ permutes the noise only (labels stay with their images), and splits the pool bac
 original data order. With ot.pool_scope=device the pool is split into ot.devices shards (rank r's rows of every
 step) and each shard is solved alone, as each data-parallel rank would. With ot.coupling=class (the default for
 conditional data) the assignment is solved within each label of the pool: one global assignment pairs class-c images
-with noise drawn toward class c (measured on MNIST: mean projection of the assigned noise on its class direction
-0.9-1.35 sigma), while the sampler draws noise independently of the label, so training and sampling disagree
-(sm+sot FID@1/4/128 38.1/21.4/10.3 global vs 30.8/11.1/4.0 per class, one seed; no OT 47.0/17.6/6.3). The price:
-a class holds ~K*B/classes pairs (MNIST 1,024/10 ~ 100; ImageNet at 8,192/1,000 ~ 8), so the transport gain per
-class shrinks with many classes, while the noise marginal stays exact at any class count.
+with noise drawn toward class c, while the sampler draws noise independently of the label, so training and sampling
+disagree (measured: docs/results.md#sot-coupling-per-class). The price: a class holds ~K*B/classes pairs, so the
+transport gain per class shrinks with many classes, while the noise marginal stays exact at any class count.
 
 Everything derives from (seed, step), so a resumed run regenerates the pool it was in and serves the same batches as
 an uninterrupted run.
@@ -23,8 +21,8 @@ per-step solver cost, and "ot/wait_s" = seconds that step actually waited for it
 
 With ot.prefetch the next pool is solved in a background thread while the current one trains (scipy's exact solver
 and torch release the GIL): the pairs are the same, only the wait shrinks. The sparse solver's dense part (bf16 cost
-blocks, top-k) runs on the model's device; its sparse LAP (OR-Tools, ~0.1-0.2 s at K*B = 8,192) holds the GIL, so
-that part is charged to the training thread even when prefetched (exact: 53 s per pool there).
+blocks, top-k) runs on the model's device; its sparse LAP (OR-Tools) holds the GIL, so that part is charged to the
+training thread even when prefetched (timings: docs/sot-at-scale.md).
 """
 from __future__ import annotations
 

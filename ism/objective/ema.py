@@ -1,4 +1,4 @@
-"""Exponential moving averages of the weights: a single EMA (SM) or twin EMAs (iSM, method notes sec. 3d).
+"""Exponential moving averages of the weights: a single EMA (SM) or twin EMAs (iSM, docs/method.md#twin-ema).
 
 Twin EMA: a fast copy ("target") makes the self-consistency targets and a slow copy ("infer") samples. Without twin
 EMA one object serves both roles; build_emas returns it under both keys, so updating it once per step is enough.

@@ -1,6 +1,6 @@
 """Training rows and their regression targets: flow matching, self-consistency and guidance.
 
-Conventions (method notes sec. 1): t = 0 is noise, t = 1 is data, x_t = (1 - (1 - 1e-5) t) x0 + t x1,
+Conventions (docs/method.md#conventions): t = 0 is noise, t = 1 is data, x_t = (1 - (1 - 1e-5) t) x0 + t x1,
 v = x1 - (1 - 1e-5) x0; the network gets the step level k = log2(1/d), k = K (= max_steps_log2) being the
 flow-matching token. One targets function per method, one signature:
     targets_fn(x1, y, x0, nets, cfg, gen, null) -> (Rows, diag)

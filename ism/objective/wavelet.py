@@ -6,11 +6,11 @@ backpropagate into the network. The filters come from `pywt.Wavelet`, and the ou
 
 Periodization keeps every band exactly half the size of its parent and, for an orthogonal wavelet, makes the
 transform orthonormal, so the summed squared coefficients equal the summed squared pixels (Parseval): a summed l2
-with all band weights 1 is exactly MSE, so the loss acts only through its band weights (method notes sec. 3b). The
+with all band weights 1 is exactly MSE, so the loss acts only through its band weights (docs/method.md#multi-level-wavelet-loss). The
 default (reduction=sum, weights ramping from wavelet.finest_weight on the finest level to 1 on the coarsest, LL 1)
 keeps every coefficient at or above MSE's weight and puts the most on the finest details, the loss's stated purpose.
 The per-band mean (reduction=band_mean) is kept as an option; it is coarse-heavy: a band's mean weights each of its
-coefficients by 1/size, so at 16x16 with 4 levels LL costs 19.7x MSE and the finest band 0.31x.
+coefficients by 1/size, so the small coarse bands dominate (docs/results.md#wavelet-loss).
 
 Band names: pywt's (cH, cV, cD) are called LH, HL, HH here (cH = low-pass along the width, high-pass along the
 height), and the coarsest approximation is LL. Levels count from 1 = finest.
@@ -165,9 +165,8 @@ def default_level_weights(levels: int, finest_weight: float) -> list[float]:
 
     Why a ramp under reduction=sum: every coefficient keeps at least MSE's weight (the LL band and the coarsest
     details exactly MSE's) and the finest details, which MSE under-trains relative to their perceptual share, get
-    the most. Measured on MNIST 16x16 (unet-tiny, 1,500 steps, issue 11): the ramp [2, 1.67, 1.33, 1] gave FID@1/4/128
-    44.2/16.1/5.08 and 38.9/14.8/5.86 on seeds 0/1 against MSE's 47.0/17.6/6.27, where the per-band mean with equal
-    weights (finest band at 0.31x MSE) sampled noise (FID@1 748). One level gets finest_weight alone.
+    the most. It beat MSE and the per-band mean on MNIST (docs/results.md#wavelet-loss). One level gets
+    finest_weight alone.
     """
     if levels == 1:
         return [float(finest_weight)]

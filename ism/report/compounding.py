@@ -3,7 +3,7 @@ per sampling step count against what each guidance mode predicts, as a table, a 
 
 Predictions for a model sampled in n steps (level k = log2 n of K = shortcut.max_steps_log2), w = guidance.cfg_scale:
 - cfg_every_level: CFG recombined at every doubling level compounds, w^(K - k) for n < 2^K (w^7 ~ 17 at one step
-  for w = 1.5; method notes sec. 3a); at n = 2^K the sampler's own CFG, eval.cfg_scale;
+  for w = 1.5; docs/method.md#intrinsic-guidance); at n = 2^K the sampler's own CFG, eval.cfg_scale;
 - cfg_finest: CFG enters once at the finest level and is propagated: w at every n < 2^K, eval.cfg_scale at 2^K;
 - intrinsic: 1 + eval.w at every n (its guidance target is CFG at 1 + w).
 
@@ -143,7 +143,7 @@ def verdict(sw: Sweep) -> tuple[str, str, str] | None:
                      + (f" ± {fmt(ex.half, 2)}" if ex.has_ci else "") + f", predicted {fmt(want, 2)})")
         if m.mode == "cfg_every_level":
             if _bounded(sw, v, s):  # a bound, not a reading: e.g. few-step image samples whose blur or saturation
-                kinds.append("bound")  # puts the classifier margin below the unguided 128-step end (README)
+                kinds.append("bound")  # puts the classifier margin below the unguided 128-step end (docs/results.md)
             elif not ex.has_ci:
                 kinds.append("n<2")
             elif ex.lo <= 1 and ex.hi >= want:

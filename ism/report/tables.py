@@ -13,7 +13,7 @@ from ism.report.ci import Interval, delta_ci, log_mean_ci, mean_ci, positive, ra
 from ism.report.load import Sweep
 
 # The paper's cumulative ablation (ImageNet-256, 250K iterations, FID 1-step / 4-step), quoted from
-# docs (shared ism-method.md, sec. 5, source [N]): a reference column, never one of our results.
+# docs/method.md#paper-numbers: a reference column, never one of our results.
 PAPER_CUMULATIVE = (("intrinsic guidance", 9.62, 3.17), ("+ interval guidance", 8.49, 2.81),
                     ("+ wavelet loss", 8.12, 2.64), ("+ sOT", 7.97, 2.23), ("+ twin EMA", 6.56, 2.16))
 DIAGNOSTICS = ("effective_guidance", "spectrum_top_err", "sc_gap", "straightness", "pairing_cost")
