@@ -1,7 +1,7 @@
 """Equal-budget tuning in ablation specs: the `tune:` block, and the record of tuned values with their provenance.
 
 A comparison is fair by construction only when every arm gets the same tuning budget for its own knobs, the baseline
-included (docs/method.md, "Fair comparisons"). The block names, per arm (a variant of the spec), the knobs it tunes as
+included (docs/method.md#fair-comparisons). The block names, per arm (a variant of the spec), the knobs it tunes as
 a grid of exactly `budget` points, and the variants that carry the arm's tuned values; one held-out training seed
 (never a seed the sweep reports) and one objective for all arms. ism.study.tune runs each arm as a study and writes
 the record this module reads; ism.ablate.plan applies it. The record is the one home of the tuned values: a YAML

@@ -164,8 +164,8 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
                            "below 0."),
                       Heading("Summary")]
     b += [Para(x) for x in _summary(sw, m1)]
-    b.append(Heading("Tuning"))
-    b.append(t("tuning") or Para("No arm was tuned in this sweep (the spec has no tune: block)."))
+    if t("tuning"):
+        b += [Heading("Tuning"), tables["tuning"]]
     b.append(Heading("Missing and failed trials"))
     b.append(t("missing") or Para("None: every planned trial finished with its metrics."))
     b += [Heading("Claims check"), tables["claims"]]
@@ -199,8 +199,9 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
     b.append(_fig(figs, "guidance_sweep", "Guidance sweep"))
     if t(f"{m1}_selected"):
         b.append(tables[f"{m1}_selected"])
-    b.append(_fig(figs, "guidance_response", "Guidance response: RMS displacement from unguided samples against the "
-                  "CFG-equivalent scale (solid: the learned or configured guidance; dotted: two-pass CFG)"))
+    if isinstance(figs["guidance_response"], Path):
+        b.append(_fig(figs, "guidance_response", "Guidance response: RMS displacement from unguided samples against the "
+                      "CFG-equivalent scale (solid: the learned or configured guidance; dotted: two-pass CFG)"))
     b += [Heading("Training losses"), _fig(figs, "losses", "Training losses per row kind")]
     b.append(Heading("Samples"))
     b += [_fig(figs, f"samples_{s}", f"Samples at {s} step{'s' * (s > 1)}") for s in (1, 4, 128)]

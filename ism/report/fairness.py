@@ -82,7 +82,7 @@ def tuning_table(sw: Sweep) -> Table | None:
                     "budget": prov.get("budget"), "trials": prov.get("trials"), "seed": prov.get("seed"),
                     "objective": prov.get("objective"), "chosen": chosen, "objective_value": e.get("objective_value")})
     objective = next(iter(rec.values())).get("provenance", {}).get("objective", "?")
-    note = (f"Equal-budget tuning (docs/method.md, 'Fair comparisons'): every arm, the baseline included, got the same "
+    note = (f"Equal-budget tuning (docs/method.md#fair-comparisons): every arm, the baseline included, got the same "
             f"number of trials for its own knobs, on a training seed the sweep does not report, judged by one "
             f"objective ({objective}); the best point is carried by the arm and the variants listed. Values are "
             "reused from the record while their provenance (config identity, grid, budget, objective, seed) matches.")
