@@ -58,6 +58,8 @@ def estimate_parts(cfg: Config, profile: str) -> tuple[float, float, float]:
     p = PROFILES[profile]
     e = cfg.eval
     nfe = sum(e.steps) + (len(e.guidance_sweep) * sum(e.sweep_steps) if e.guidance_sweep else 0)
+    if e.guidance_sweep and e.select_guidance:  # the selected value re-scored on the evaluation noise
+        nfe += sum(e.sweep_steps)
     # step-cost shares of the components on the embedded preset (bench_train in benchmarks/results.md)
     extra = 1.0 + 0.08 * (cfg.guidance.mode == "intrinsic") + 0.04 * cfg.ot.enabled + 0.03 * cfg.wavelet.enabled
     evals = (1 if e.at_end else 0) + (cfg.run.steps // e.every_steps if e.every_steps else 0)
