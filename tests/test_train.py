@@ -75,10 +75,14 @@ def test_finished_run_is_not_retrained(tmp_path):
 def test_a_run_stored_before_a_changed_default_is_never_reused(tmp_path):
     # Stored runs cycled their self-consistency levels; the default is now SM's layout. The old run must not be
     # found (nor adopted) under the new default, and must still be found when its old behaviour is asked for.
+    from ism import config as C
     old_cfg = smoke(tmp_path, "shortcut.level_allocation=cycle")
+    # what the code before the key computed: the same identity without the key
+    before_the_key = C._hash({k: v for k, v in C.identity_dict(old_cfg).items() if k != "shortcut.level_allocation"})
     old = train(old_cfg)
+    assert old["run_id"] == before_the_key   # so this is the run a store from before the change holds
     new = train(smoke(tmp_path))
-    assert new["run_id"] != old["run_id"] and new.get("resumed_from") in (None, 0)
+    assert new["run_id"] != before_the_key and new.get("resumed_from") in (None, 0)
     assert losses_of(tmp_path / new["run_id"]) != losses_of(tmp_path / old["run_id"])
     assert train(old_cfg) == old   # asked for explicitly, the stored run is the same run
 
