@@ -1,7 +1,8 @@
 """Networks: DiT (adaLN-Zero), a small FiLM conv U-Net for CPU, and an MLP for 2-D points.
 
 Every model is `forward(x, t, k, y, w) -> Tensor` shaped like x, conditioned on c = E_t(t) + E_k(k) + E_y(y)
-[+ E_w(w) when built for intrinsic guidance], with a zero-initialised output layer (initial output 0).
+[+ E_w(w) when built for intrinsic guidance], with a zero-initialised output layer (initial output 0). Built for
+method.name=meanflow, k carries the continuous step size d (float) and E_d replaces E_k.
 `MODELS` is the registry (its keys are the CLI choices of model.name); `build_model(cfg, data)` builds one.
 """
 from __future__ import annotations
@@ -41,18 +42,27 @@ class ScalarEmbedder(nn.Module):
 
 
 class Conditioning(nn.Module):
-    """c = E_t(t) + E_k(k) + E_y(y) [+ E_w(w)]; the label table has num_classes + 1 rows (last = null)."""
+    """c = E_t(t) + E_k(k) + E_y(y) [+ E_w(w)]; the label table has num_classes + 1 rows (last = null).
 
-    def __init__(self, width: int, num_classes: int, use_w: bool):
+    continuous_step: the step input is a continuous step size d in [0, 1] (MeanFlow's t - r) embedded by E_d in
+    place of the level embedding E_k; built only then, so level-conditioned models keep their weights and outputs.
+    """
+
+    def __init__(self, width: int, num_classes: int, use_w: bool, continuous_step: bool = False):
         super().__init__()
         self.t_embed = ScalarEmbedder(width, scale=1000.0)   # t in [0, 1], resolution 1/128 must be visible
-        self.k_embed = ScalarEmbedder(width, scale=1.0)      # integer level: unit spacing is already distinct
+        if continuous_step:
+            self.d_embed = ScalarEmbedder(width, scale=1000.0)  # d in [0, 1], as fine as t
+        else:
+            self.k_embed = ScalarEmbedder(width, scale=1.0)  # integer level: unit spacing is already distinct
+        self.continuous_step = continuous_step
         self.y_embed = nn.Embedding(num_classes + 1, width)
         nn.init.normal_(self.y_embed.weight, std=0.02)
         self.w_embed = ScalarEmbedder(width, scale=100.0) if use_w else None  # w grid spacing 0.25
 
     def forward(self, t, k, y, w=None) -> torch.Tensor:
-        c = self.t_embed(t) + self.k_embed(k) + self.y_embed(y)
+        step = self.d_embed(k) if self.continuous_step else self.k_embed(k)
+        c = self.t_embed(t) + step + self.y_embed(y)
         if self.w_embed is not None:
             if w is None:
                 raise ValueError("this model was built for intrinsic guidance (use_w): pass w")
@@ -106,11 +116,12 @@ class DiTBlock(nn.Module):
 class DiT(nn.Module):
     """Patchify -> adaLN-Zero blocks -> final adaLN layer -> unpatchify."""
 
-    def __init__(self, shape, num_classes, use_w, width, depth, heads, patch, mlp_ratio=4.0, dropout=0.0):
+    def __init__(self, shape, num_classes, use_w, width, depth, heads, patch, mlp_ratio=4.0, dropout=0.0,
+                 continuous_step=False):
         super().__init__()
         c, h, w = shape
         self.patch, self.channels = patch, c
-        self.cond = Conditioning(width, num_classes, use_w)
+        self.cond = Conditioning(width, num_classes, use_w, continuous_step)
         self.embed = nn.Conv2d(c, width, patch, stride=patch)
         self.register_buffer("pos", pos_embed_2d(width, h // patch, w // patch), persistent=False)
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, dropout) for _ in range(depth))
@@ -160,11 +171,11 @@ class UNet(nn.Module):
     """
 
     def __init__(self, shape, num_classes, use_w, channels=(32, 64), blocks=1, emb=128, norm_groups=0, patch=1,
-                 dropout=0.0):
+                 dropout=0.0, continuous_step=False):
         super().__init__()
         c, n = shape[0], len(channels)
         self.levels, self.blocks, self.patch = n, blocks, patch
-        self.cond = Conditioning(emb, num_classes, use_w)
+        self.cond = Conditioning(emb, num_classes, use_w, continuous_step)
         # patch > 1: space-to-depth stem (cheaper); no registered variant uses it: on MNIST its samples speckle
         self.inp = nn.Conv2d(c * patch * patch, channels[0], 3, padding=1)
         res = lambda ci, co: ResBlock(ci, co, emb, norm_groups, dropout)
@@ -214,10 +225,10 @@ class MLPBlock(nn.Module):
 class PointMLP(nn.Module):
     """An MLP for points [B, D] conditioned like the image models."""
 
-    def __init__(self, shape, num_classes, use_w, width=128, depth=4, dropout=0.0):
+    def __init__(self, shape, num_classes, use_w, width=128, depth=4, dropout=0.0, continuous_step=False):
         super().__init__()
         d = shape[0]
-        self.cond = Conditioning(width, num_classes, use_w)
+        self.cond = Conditioning(width, num_classes, use_w, continuous_step)
         self.inp = nn.Linear(d, width)
         self.blocks = nn.ModuleList(MLPBlock(width, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width, elementwise_affine=False)
@@ -257,7 +268,7 @@ def build_model(cfg: Config, data) -> nn.Module:
     check_fits(name, spec, data)
     cls = {"dit": DiT, "unet": UNet, "mlp": PointMLP}[spec.family]
     return cls(tuple(data.shape), data.num_classes, cfg.guidance.mode == "intrinsic", dropout=cfg.model.dropout,
-               **dict(spec.kwargs))
+               continuous_step=cfg.method.name == "meanflow", **dict(spec.kwargs))
 
 
 def count_params(model: nn.Module) -> int:
