@@ -23,8 +23,9 @@ from ism.model_registry import IMAGE_KINDS, MODELS, ModelSpec
 def sincos_features(v: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
     """[B] -> [B, dim] cos/sin features at geometrically spaced frequencies (DiT convention)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=v.device, dtype=torch.float32) / half)
-    arg = v.float()[:, None] * freqs[None]
+    dtype = torch.float64 if v.dtype == torch.float64 else torch.float32  # float64 for derivative checks in tests
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=v.device, dtype=dtype) / half)
+    arg = v.to(dtype)[:, None] * freqs[None]
     return torch.cat([torch.cos(arg), torch.sin(arg)], dim=-1)
 
 
@@ -48,11 +49,14 @@ class Conditioning(nn.Module):
     place of the level embedding E_k; built only then, so level-conditioned models keep their weights and outputs.
     """
 
-    def __init__(self, width: int, num_classes: int, use_w: bool, continuous_step: bool = False):
+    def __init__(self, width: int, num_classes: int, use_w: bool, continuous_step: bool = False,
+                 time_scale: float = 1000.0):
         super().__init__()
-        self.t_embed = ScalarEmbedder(width, scale=1000.0)   # t in [0, 1], resolution 1/128 must be visible
+        # t in [0, 1], resolution 1/128 must be visible. MeanFlow differentiates the network in t and d (a JVP), and
+        # at scale 1000 the top channels turn over every few 1e-3 of t, so its models take a smaller time_scale.
+        self.t_embed = ScalarEmbedder(width, scale=time_scale)
         if continuous_step:
-            self.d_embed = ScalarEmbedder(width, scale=1000.0)  # d in [0, 1], as fine as t
+            self.d_embed = ScalarEmbedder(width, scale=time_scale)  # d in [0, 1], embedded like t
         else:
             self.k_embed = ScalarEmbedder(width, scale=1.0)  # integer level: unit spacing is already distinct
         self.continuous_step = continuous_step
@@ -117,11 +121,11 @@ class DiT(nn.Module):
     """Patchify -> adaLN-Zero blocks -> final adaLN layer -> unpatchify."""
 
     def __init__(self, shape, num_classes, use_w, width, depth, heads, patch, mlp_ratio=4.0, dropout=0.0,
-                 continuous_step=False):
+                 continuous_step=False, time_scale=1000.0):
         super().__init__()
         c, h, w = shape
         self.patch, self.channels = patch, c
-        self.cond = Conditioning(width, num_classes, use_w, continuous_step)
+        self.cond = Conditioning(width, num_classes, use_w, continuous_step, time_scale)
         self.embed = nn.Conv2d(c, width, patch, stride=patch)
         self.register_buffer("pos", pos_embed_2d(width, h // patch, w // patch), persistent=False)
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, dropout) for _ in range(depth))
@@ -171,11 +175,11 @@ class UNet(nn.Module):
     """
 
     def __init__(self, shape, num_classes, use_w, channels=(32, 64), blocks=1, emb=128, norm_groups=0, patch=1,
-                 dropout=0.0, continuous_step=False):
+                 dropout=0.0, continuous_step=False, time_scale=1000.0):
         super().__init__()
         c, n = shape[0], len(channels)
         self.levels, self.blocks, self.patch = n, blocks, patch
-        self.cond = Conditioning(emb, num_classes, use_w, continuous_step)
+        self.cond = Conditioning(emb, num_classes, use_w, continuous_step, time_scale)
         # patch > 1: space-to-depth stem (cheaper); no registered variant uses it: on MNIST its samples speckle
         self.inp = nn.Conv2d(c * patch * patch, channels[0], 3, padding=1)
         res = lambda ci, co: ResBlock(ci, co, emb, norm_groups, dropout)
@@ -225,10 +229,11 @@ class MLPBlock(nn.Module):
 class PointMLP(nn.Module):
     """An MLP for points [B, D] conditioned like the image models."""
 
-    def __init__(self, shape, num_classes, use_w, width=128, depth=4, dropout=0.0, continuous_step=False):
+    def __init__(self, shape, num_classes, use_w, width=128, depth=4, dropout=0.0, continuous_step=False,
+                 time_scale=1000.0):
         super().__init__()
         d = shape[0]
-        self.cond = Conditioning(width, num_classes, use_w, continuous_step)
+        self.cond = Conditioning(width, num_classes, use_w, continuous_step, time_scale)
         self.inp = nn.Linear(d, width)
         self.blocks = nn.ModuleList(MLPBlock(width, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width, elementwise_affine=False)
@@ -267,8 +272,9 @@ def build_model(cfg: Config, data) -> nn.Module:
     spec = MODELS[name]
     check_fits(name, spec, data)
     cls = {"dit": DiT, "unet": UNet, "mlp": PointMLP}[spec.family]
+    meanflow = cfg.method.name == "meanflow"
     return cls(tuple(data.shape), data.num_classes, cfg.guidance.mode == "intrinsic", dropout=cfg.model.dropout,
-               continuous_step=cfg.method.name == "meanflow", **dict(spec.kwargs))
+               continuous_step=meanflow, time_scale=cfg.method.mf_time_scale if meanflow else 1000.0, **dict(spec.kwargs))
 
 
 def count_params(model: nn.Module) -> int:

@@ -78,6 +78,7 @@ class MethodConfig:
     mf_fraction: float = _f(0.25, "meanflow: share of rows with d > 0 (r != t in the paper); the rest are plain flow-matching rows (d = 0)", lo=0.0, hi=1.0, added=True)
     mf_t_m: float = _f(0.4, "meanflow: logit-normal location of the two times drawn per row (t = 0 is noise here, so the paper's -0.4 is +0.4)", lo=-5.0, hi=5.0, added=True)
     mf_t_s: float = _f(1.0, "meanflow: logit-normal scale of the two times drawn per row", lo=0.0, hi=10.0, lo_open=True, added=True)
+    mf_time_scale: float = _f(1.0, "meanflow: scale of t and d before their sin/cos features, 1 = the raw times as the paper; the shortcut models' 1000 makes u steep in t and d, which the JVP target differentiates, and learned far worse on a 2-D toy", lo=0.0, lo_open=True, added=True)
     ct_s0: int = _f(10, "ct: discretisation steps N at the start of the curriculum (iCT's s0); N doubles in equal stages up to ct_s1", lo=1, added=True)
     ct_s1: int = _f(1280, "ct: discretisation steps N at the end of the curriculum (iCT's s1)", lo=1, added=True)
     ct_p_mean: float = _f(-1.1, "ct: lognormal time sampler location on log sigma, sigma = (1 - t) / t (iCT's P_mean)", lo=-10.0, hi=10.0, added=True)
