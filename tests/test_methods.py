@@ -235,3 +235,42 @@ def test_meanflow_sampler_jumps_with_the_continuous_step():
     net = lambda x, t, k, y, w: seen.append(k.clone()) or torch.ones_like(x)
     out = sample(net, torch.zeros(8, 2), torch.zeros(8, dtype=torch.long), 4, cfg)
     assert torch.allclose(out, torch.ones(8, 2)) and all(torch.equal(k, torch.full((8,), 0.25)) for k in seen)
+
+
+# ------------------------------------------------------------------------------------------------ report additions
+def _sweep(fids: dict, walls: dict, steps: int = 100):
+    """A Sweep from {(variant, steps): {seed: fid}} and {variant: {seed: wall seconds}}."""
+    import pandas as pd
+    from ism.report.load import Sweep
+    variants = list(dict.fromkeys([v for v, _ in fids] + list(walls)))
+    scores = pd.DataFrame([{"variant": v, "seed": s, "mlflow_id": f"{v}-{s}", "metric": "fid", "steps": n,
+                            "guidance": math.nan, "sweep": False, "value": x}
+                           for (v, n), by in fids.items() for s, x in by.items()])
+    scalars = pd.DataFrame([{"variant": v, "seed": s, "mlflow_id": f"{v}-{s}", "key": "wall_time_s", "value": x}
+                            for v, by in walls.items() for s, x in by.items()])
+    trials = pd.DataFrame([{"variant": v, "seed": s, "mlflow_id": f"{v}-{s}", "status": "FINISHED",
+                            "components": frozenset(), "run_id": f"{v}-{s}"} for v in variants for s in (0, 1, 2)])
+    params = {f"{v}-{s}": {"run.steps": str(steps)} for v in variants for s in (0, 1, 2)}
+    return Sweep("", "methods", "", {}, {}, [], "", trials, scores, scalars, params, variants, [0, 1, 2], "sm",
+                 pd.DataFrame())
+
+
+def test_method_report_tables_follow_the_numbers():
+    from ism.report import method_claims as M
+    sm1, mf1, mf2 = {0: 40.0, 1: 44.0, 2: 38.0}, {0: 20.0, 1: 25.0, 2: 19.0}, {0: 15.0, 1: 18.0, 2: 16.0}
+    sot1 = {0: 10.0, 1: 12.5, 2: 9.5}   # exactly half of meanflow's, seed by seed
+    sw = _sweep({("sm", 1): sm1, ("meanflow", 1): mf1, ("meanflow", 2): mf2, ("meanflow+sot", 1): sot1,
+                 ("ct", 1): {0: 30.0, 1: 31.0, 2: 29.0}, ("ct", 2): {0: 33.0, 1: 34.0, 2: 32.0}},
+                {"sm": {0: 10.0, 1: 11.0, 2: 12.0}, "meanflow": {0: 30.0, 1: 33.0, 2: 36.0}})
+    res = {r.claim.problem: r for r in M.method_results(sw)}
+    assert res["MeanFlow beats SM at 1 NFE"].verdict == "reproduced"
+    geo = lambda d: math.exp(sum(math.log(x) for x in d.values()) / len(d))  # noqa: E731
+    assert res["MeanFlow beats SM at 1 NFE"].ratio.mean == pytest.approx(geo(mf1) / geo(sm1))
+    assert res["MeanFlow improves from 1 to 2 NFE"].verdict == "reproduced"
+    assert res["consistency training improves from 1 to 2 steps"].verdict == "not reproduced"
+    assert "iSM beats MeanFlow at 1 step" not in res  # no ism variant in this sweep
+    tr = M.transfer_table(sw)
+    row = tr.data[(tr.data["method"] == "meanflow") & (tr.data["fix"] == "sot") & (tr.data["steps"] == 1)].iloc[0]
+    assert row["ratio"] == pytest.approx(0.5) and row["n"] == 3
+    st = M.step_time_table(sw).data.set_index("variant")
+    assert st.loc["sm", "sec_per_step"] == pytest.approx(0.11) and st.loc["meanflow", "ratio_to_baseline"] == pytest.approx(3.0)
