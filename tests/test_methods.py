@@ -274,3 +274,18 @@ def test_method_report_tables_follow_the_numbers():
     assert row["ratio"] == pytest.approx(0.5) and row["n"] == 3
     st = M.step_time_table(sw).data.set_index("variant")
     assert st.loc["sm", "sec_per_step"] == pytest.approx(0.11) and st.loc["meanflow", "ratio_to_baseline"] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("name", ["dit-tiny/4", "unet-smoke"])
+def test_meanflow_targets_run_through_attention_and_bf16_autocast(name):
+    """Fused attention kernels have no forward-mode derivative, and a bf16-autocast convolution's tangent
+    mismatched its weights: the JVP runs on the math kernel in float32 and gives finite targets."""
+    cfg = resolve("smoke", [], ["method.name=meanflow", f"model.name={name}", "shortcut.target=online"])
+    torch.manual_seed(0)
+    net = _perturbed(build_model(cfg, _data((1, 16, 16), 10)))
+    g = torch.Generator().manual_seed(0)
+    x1, x0 = torch.randn(8, 1, 16, 16, generator=g), torch.randn(8, 1, 16, 16, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rows, diag = build_rows(x1, torch.arange(8) % 10, x0, {"online": net, "target": net, "infer": net}, cfg,
+                                generator(0, 0, "rows"), 10)
+    assert diag["rows_sc"] == 2 and torch.isfinite(rows.target).all() and rows.target.dtype == torch.float32

@@ -18,6 +18,7 @@ whose average velocity is learned.
 from __future__ import annotations
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ism.config import Config
 from ism.objective.targets import FM, GUID, SC, Rows, _b, _drop_labels, interpolate, sc_network, velocity, w_grid
@@ -38,7 +39,11 @@ def meanflow_target(net, x, t, d, y, w, v) -> tuple[torch.Tensor, torch.Tensor]:
     def u_of(x_, t_, d_):
         return net(x_, t_, d_, y, w)
     ones = torch.ones_like(t)
-    u, dudt = torch.func.jvp(u_of, (x, t, d), (v.to(x.dtype), ones, -ones))
+    # The fused attention kernels (flash, memory-efficient) have no forward-mode derivative; the math kernel does.
+    # Autocast is off: under bf16 autocast a convolution's forward-mode tangent kept float32 against bf16 weights
+    # (a dtype error on CPU), so the JVP runs in float32.
+    with sdpa_kernel(SDPBackend.MATH), torch.autocast(x.device.type, enabled=False):
+        u, dudt = torch.func.jvp(u_of, (x, t, d), (v, ones, -ones))
     return u.detach(), (v + _b(d, v) * dudt).detach()
 
 
