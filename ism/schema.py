@@ -273,6 +273,11 @@ def _validate_method(cfg: Config) -> None:
         raise ConfigError(f"guidance.mode: '{cfg.guidance.mode}' with method.name=ct; consistency training has no "
                           "velocity field to guide, so use guidance.mode=none (labels stay a network input when "
                           "data.conditional is true)")
+    if m.name == "meanflow" and cfg.guidance.mode != "intrinsic" and cfg.eval.guidance_sweep:
+        raise ConfigError(f"eval.guidance_sweep: {list(cfg.eval.guidance_sweep)} with method.name=meanflow and "
+                          f"guidance.mode={cfg.guidance.mode}; MeanFlow folds its CFG into the target at "
+                          "guidance.cfg_scale, so inference has no scale to sweep (use guidance.mode=intrinsic, "
+                          "or leave eval.guidance_sweep empty)")
     if m.name == "ct" and m.ct_s1 < m.ct_s0:
         raise ConfigError(f"method.ct_s1: {m.ct_s1} is below method.ct_s0={m.ct_s0}; the curriculum only doubles N")
     if m.name == "ct" and m.ct_sigma_max <= m.ct_sigma_min:

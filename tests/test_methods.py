@@ -40,6 +40,9 @@ def test_method_key_is_added_and_ct_refuses_guidance():
         from_dict({"method": {"name": "ct"}, "guidance": {"mode": "cfg_finest"}})
     with pytest.raises(ConfigError, match="method.name"):
         from_dict({"method": {"name": "rectified"}})
+    with pytest.raises(ConfigError, match="eval.guidance_sweep.*folds its CFG"):
+        from_dict({"method": {"name": "meanflow"}, "eval": {"guidance_sweep": [1.0, 2.0]}})
+    from_dict({"method": {"name": "meanflow"}, "guidance": {"mode": "intrinsic"}, "eval": {"guidance_sweep": [1.0]}})
 
 
 # Outputs of the level-conditioned models at commit 5c105b7 (before the continuous step input), same weights and
