@@ -274,7 +274,8 @@ def build_model(cfg: Config, data) -> nn.Module:
     cls = {"dit": DiT, "unet": UNet, "mlp": PointMLP}[spec.family]
     meanflow = cfg.method.name == "meanflow"
     return cls(tuple(data.shape), data.num_classes, cfg.guidance.mode == "intrinsic", dropout=cfg.model.dropout,
-               continuous_step=meanflow, time_scale=cfg.method.mf_time_scale if meanflow else 1000.0, **dict(spec.kwargs))
+               continuous_step=meanflow, time_scale=cfg.method.mf_time_scale if meanflow else 1000.0,
+               **dict(spec.kwargs))
 
 
 def count_params(model: nn.Module) -> int:

@@ -47,12 +47,14 @@ def test_method_key_is_added_and_ct_refuses_guidance():
 
 # Outputs of the level-conditioned models at commit 5c105b7 (before the continuous step input), same weights and
 # inputs as below: the new embedding must leave them as they were.
-BEFORE = {"unet-smoke": (-139.6859396888758, 214.35021136462456), "mlp2d-small": (-1.1575046852231026, 1.7754328325390816),
+BEFORE = {"unet-smoke": (-139.6859396888758, 214.35021136462456),
+          "mlp2d-small": (-1.1575046852231026, 1.7754328325390816),
           "dit-tiny/4": (-73.88702637981623, 507.6501637576148)}
 
 
 @pytest.mark.parametrize("name, shape, mode", [("unet-smoke", (1, 16, 16), "cfg_finest"),
-                                               ("mlp2d-small", (2,), "intrinsic"), ("dit-tiny/4", (1, 16, 16), "intrinsic")])
+                                               ("mlp2d-small", (2,), "intrinsic"),
+                                               ("dit-tiny/4", (1, 16, 16), "intrinsic")])
 def test_level_models_keep_their_outputs_and_meanflow_models_take_a_continuous_step(name, shape, mode):
     def build(method):
         torch.manual_seed(0)
@@ -104,7 +106,8 @@ def test_meanflow_jvp_matches_finite_differences_on_a_network():
     net = _perturbed(build_model(cfg, _data()).double(), 0.02)
     g = torch.Generator().manual_seed(3)
     x, v = torch.randn(16, 2, generator=g, dtype=torch.float64), torch.randn(16, 2, generator=g, dtype=torch.float64)
-    t, d = torch.rand(16, generator=g, dtype=torch.float64) * 0.5, torch.rand(16, generator=g, dtype=torch.float64) * 0.4
+    t = torch.rand(16, generator=g, dtype=torch.float64) * 0.5
+    d = torch.rand(16, generator=g, dtype=torch.float64) * 0.4
     y, w = torch.randint(0, 3, (16,), generator=g), torch.zeros(16, dtype=torch.float64)
     u, target = MF.meanflow_target(net, x, t, d, y, w, v)
     eps = 1e-6
@@ -276,7 +279,8 @@ def test_method_report_tables_follow_the_numbers():
     row = tr.data[(tr.data["method"] == "meanflow") & (tr.data["fix"] == "sot") & (tr.data["steps"] == 1)].iloc[0]
     assert row["ratio"] == pytest.approx(0.5) and row["n"] == 3
     st = M.step_time_table(sw).data.set_index("variant")
-    assert st.loc["sm", "sec_per_step"] == pytest.approx(0.11) and st.loc["meanflow", "ratio_to_baseline"] == pytest.approx(3.0)
+    assert st.loc["sm", "sec_per_step"] == pytest.approx(0.11)
+    assert st.loc["meanflow", "ratio_to_baseline"] == pytest.approx(3.0)
 
 
 @pytest.mark.parametrize("name", ["dit-tiny/4", "unet-smoke"])

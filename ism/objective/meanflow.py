@@ -99,4 +99,5 @@ def targets_meanflow(x1, y, x0, nets: dict, cfg: Config, gen: torch.Generator, n
     kind = torch.where(torch.arange(B, device=dev) < nj, torch.full((B,), SC, device=dev),
                        torch.where(w > 0, torch.full((B,), GUID, device=dev), torch.full((B,), FM, device=dev)))
     rows = Rows(xt, t, d, y, w, target, kind)
-    return rows, {"rows_sc": float(nj), "rows_fm": float((kind == FM).sum()), "d_mean": float(d[:nj].mean()) if nj else 0.0}
+    return rows, {"rows_sc": float(nj), "rows_fm": float((kind == FM).sum()),
+                  "d_mean": float(d[:nj].mean()) if nj else 0.0}
