@@ -18,7 +18,8 @@ import yaml
 from ism.errors import ConfigError, suggest
 from ism.presets import DEFAULT_PRESET, PRESETS
 from ism.schema import (GUIDANCE_MODES, Config, DataConfig, EMAConfig, EvalConfig, GuidanceConfig,  # noqa: F401
-                        LossConfig, ModelConfig, OptimConfig, OTConfig, RunConfig, ShortcutConfig, WaveletConfig, dwt_levels,
+                        LossConfig, MethodConfig, ModelConfig, OptimConfig, OTConfig, RunConfig, ShortcutConfig,
+                        WaveletConfig, dwt_levels,
                         step_level, validate)
 from ism.schema import _NO_LEGACY
 

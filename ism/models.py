@@ -1,7 +1,8 @@
 """Networks: DiT (adaLN-Zero), a small FiLM conv U-Net for CPU, and an MLP for 2-D points.
 
 Every model is `forward(x, t, k, y, w) -> Tensor` shaped like x, conditioned on c = E_t(t) + E_k(k) + E_y(y)
-[+ E_w(w) when built for intrinsic guidance], with a zero-initialised output layer (initial output 0).
+[+ E_w(w) when built for intrinsic guidance], with a zero-initialised output layer (initial output 0). Built for
+method.name=meanflow, k carries the continuous step size d (float) and E_d replaces E_k.
 `MODELS` is the registry (its keys are the CLI choices of model.name); `build_model(cfg, data)` builds one.
 """
 from __future__ import annotations
@@ -22,8 +23,9 @@ from ism.model_registry import IMAGE_KINDS, MODELS, ModelSpec
 def sincos_features(v: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
     """[B] -> [B, dim] cos/sin features at geometrically spaced frequencies (DiT convention)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=v.device, dtype=torch.float32) / half)
-    arg = v.float()[:, None] * freqs[None]
+    dtype = torch.float64 if v.dtype == torch.float64 else torch.float32  # float64 for derivative checks in tests
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=v.device, dtype=dtype) / half)
+    arg = v.to(dtype)[:, None] * freqs[None]
     return torch.cat([torch.cos(arg), torch.sin(arg)], dim=-1)
 
 
@@ -41,19 +43,31 @@ class ScalarEmbedder(nn.Module):
 
 
 class Conditioning(nn.Module):
-    """c = E_t(t) + E_k(k) + E_y(y) [+ E_w(w)]; the label table has num_classes + 1 rows (last = null)."""
+    """c = E_t(t) + E_k(k) + E_y(y) [+ E_w(w)]; the label table has num_classes + 1 rows (last = null).
 
-    def __init__(self, width: int, num_classes: int, use_w: bool, w_scale: float = 100.0):
+    continuous_step: the step input is a continuous step size d in [0, 1] (MeanFlow's t - r) embedded by E_d in
+    place of the level embedding E_k; built only then, so level-conditioned models keep their weights and outputs.
+    """
+
+    def __init__(self, width: int, num_classes: int, use_w: bool, continuous_step: bool = False,
+                 time_scale: float = 1000.0, w_scale: float = 100.0):
         super().__init__()
-        self.t_embed = ScalarEmbedder(width, scale=1000.0)   # t in [0, 1], resolution 1/128 must be visible
-        self.k_embed = ScalarEmbedder(width, scale=1.0)      # integer level: unit spacing is already distinct
+        # t in [0, 1], resolution 1/128 must be visible. MeanFlow differentiates the network in t and d (a JVP), and
+        # at scale 1000 the top channels turn over every few 1e-3 of t, so its models take a smaller time_scale.
+        self.t_embed = ScalarEmbedder(width, scale=time_scale)
+        if continuous_step:
+            self.d_embed = ScalarEmbedder(width, scale=time_scale)  # d in [0, 1], embedded like t
+        else:
+            self.k_embed = ScalarEmbedder(width, scale=1.0)  # integer level: unit spacing is already distinct
+        self.continuous_step = continuous_step
         self.y_embed = nn.Embedding(num_classes + 1, width)
         nn.init.normal_(self.y_embed.weight, std=0.02)
         # w_scale: model.w_embed_scale (why it is a key: docs/embedded-defaults.md, "w-embedding scale")
         self.w_embed = ScalarEmbedder(width, scale=w_scale) if use_w else None
 
     def forward(self, t, k, y, w=None) -> torch.Tensor:
-        c = self.t_embed(t) + self.k_embed(k) + self.y_embed(y)
+        step = self.d_embed(k) if self.continuous_step else self.k_embed(k)
+        c = self.t_embed(t) + step + self.y_embed(y)
         if self.w_embed is not None:
             if w is None:
                 raise ValueError("this model was built for intrinsic guidance (use_w): pass w")
@@ -108,11 +122,11 @@ class DiT(nn.Module):
     """Patchify -> adaLN-Zero blocks -> final adaLN layer -> unpatchify."""
 
     def __init__(self, shape, num_classes, use_w, width, depth, heads, patch, mlp_ratio=4.0, dropout=0.0,
-                 w_scale=100.0):
+                 continuous_step=False, time_scale=1000.0, w_scale=100.0):
         super().__init__()
         c, h, w = shape
         self.patch, self.channels = patch, c
-        self.cond = Conditioning(width, num_classes, use_w, w_scale)
+        self.cond = Conditioning(width, num_classes, use_w, continuous_step, time_scale, w_scale)
         self.embed = nn.Conv2d(c, width, patch, stride=patch)
         self.register_buffer("pos", pos_embed_2d(width, h // patch, w // patch), persistent=False)
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, dropout) for _ in range(depth))
@@ -162,11 +176,11 @@ class UNet(nn.Module):
     """
 
     def __init__(self, shape, num_classes, use_w, channels=(32, 64), blocks=1, emb=128, norm_groups=0, patch=1,
-                 dropout=0.0, w_scale=100.0):
+                 dropout=0.0, continuous_step=False, time_scale=1000.0, w_scale=100.0):
         super().__init__()
         c, n = shape[0], len(channels)
         self.levels, self.blocks, self.patch = n, blocks, patch
-        self.cond = Conditioning(emb, num_classes, use_w, w_scale)
+        self.cond = Conditioning(emb, num_classes, use_w, continuous_step, time_scale, w_scale)
         # patch > 1: space-to-depth stem (cheaper); no registered variant uses it: on MNIST its samples speckle
         self.inp = nn.Conv2d(c * patch * patch, channels[0], 3, padding=1)
         res = lambda ci, co: ResBlock(ci, co, emb, norm_groups, dropout)
@@ -216,10 +230,11 @@ class MLPBlock(nn.Module):
 class PointMLP(nn.Module):
     """An MLP for points [B, D] conditioned like the image models."""
 
-    def __init__(self, shape, num_classes, use_w, width=128, depth=4, dropout=0.0, w_scale=100.0):
+    def __init__(self, shape, num_classes, use_w, width=128, depth=4, dropout=0.0, continuous_step=False,
+                 time_scale=1000.0, w_scale=100.0):
         super().__init__()
         d = shape[0]
-        self.cond = Conditioning(width, num_classes, use_w, w_scale)
+        self.cond = Conditioning(width, num_classes, use_w, continuous_step, time_scale, w_scale)
         self.inp = nn.Linear(d, width)
         self.blocks = nn.ModuleList(MLPBlock(width, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width, elementwise_affine=False)
@@ -258,7 +273,9 @@ def build_model(cfg: Config, data) -> nn.Module:
     spec = MODELS[name]
     check_fits(name, spec, data)
     cls = {"dit": DiT, "unet": UNet, "mlp": PointMLP}[spec.family]
+    meanflow = cfg.method.name == "meanflow"
     return cls(tuple(data.shape), data.num_classes, cfg.guidance.mode == "intrinsic", dropout=cfg.model.dropout,
+               continuous_step=meanflow, time_scale=cfg.method.mf_time_scale if meanflow else 1000.0,
                w_scale=cfg.model.w_embed_scale, **dict(spec.kwargs))
 
 

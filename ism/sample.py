@@ -1,11 +1,18 @@
-"""The Euler shortcut sampler (d = 1/N, N a power of two <= 2^max_steps_log2), guidance at inference, PNG grids."""
+"""The Euler shortcut sampler (d = 1/N, N a power of two <= 2^max_steps_log2), guidance at inference, PNG grids.
+
+method.name=meanflow takes the same jumps x + d u(x, t, d) with the continuous step d = 1/N as the network's step
+input; method.name=ct has its own multistep consistency sampler (sample_ct).
+"""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
 
 from ism.config import Config, step_level
+from ism.objective.consistency import consistency_fn
+from ism.objective.targets import interpolate
 from ism.rng import generator
 
 
@@ -36,11 +43,17 @@ def sample(model, x0: torch.Tensor, y: torch.Tensor, num_steps: int, cfg: Config
     1 for steps wholly below t_interval), the guidance ruler's reference samples (ism.ruler).
     """
     level = step_level(num_steps, cfg.shortcut.max_steps_log2)
+    if cfg.method.name == "ct":
+        if cfg_calibration:
+            raise ValueError("sample(): cfg_calibration needs a guided mode; method.name=ct trains none")
+        return sample_ct(model, x0, y, num_steps, cfg, trajectory)
     g = cfg.guidance
     w = scale = default_guidance(cfg) if guidance is None else guidance
     n, dev = x0.shape[0], x0.device
     d = 1.0 / num_steps
-    k = torch.full((n,), level, dtype=torch.long, device=dev)
+    meanflow = cfg.method.name == "meanflow"
+    # MeanFlow's step input is the continuous jump d; shortcut models take the level k = log2(N).
+    k = torch.full((n,), d, device=dev) if meanflow else torch.full((n,), level, dtype=torch.long, device=dev)
     y = y.to(dev)
     if null is None and g.mode in ("cfg_finest", "cfg_every_level"):
         raise ValueError("sample(): pass null=<number of classes> (the null class index) for CFG sampling")
@@ -49,8 +62,9 @@ def sample(model, x0: torch.Tensor, y: torch.Tensor, num_steps: int, cfg: Config
     path = [x.clone()] if trajectory else None
     if cfg_calibration and (level != cfg.shortcut.max_steps_log2 or g.mode == "none" or null is None):
         raise ValueError("sample(): cfg_calibration needs 2^K steps, a guided mode and null=")
+    # MeanFlow folds its CFG into the training target at every d, so its samples take one pass per step.
     use_cfg = (g.mode in ("cfg_finest", "cfg_every_level") and level == cfg.shortcut.max_steps_log2 and scale != 1.0
-               or cfg_calibration)
+               and not meanflow or cfg_calibration)
     interval = g.mode == "intrinsic" and g.interval_at_inference
     for i in range(num_steps):
         t_val = i * d
@@ -66,6 +80,35 @@ def sample(model, x0: torch.Tensor, y: torch.Tensor, num_steps: int, cfg: Config
         else:
             v = model(x, t, k, y, torch.zeros(n, device=dev))
         x = x + d * v.float()
+        if trajectory:
+            path.append(x.clone())
+    return (x, path) if trajectory else x
+
+
+def _renoise_generator(x0: torch.Tensor, i: int) -> torch.Generator:
+    """Fresh noise for step i of the consistency sampler, a function of the batch's own starting noise (so every
+    batch of an evaluation draws its own, and a rerun draws the same)."""
+    digest = hashlib.sha256(x0.detach().float().cpu().numpy().tobytes()).digest()
+    return generator(int.from_bytes(digest[:4], "little"), i, "ct-renoise")
+
+
+@torch.no_grad()
+def sample_ct(model, x0: torch.Tensor, y: torch.Tensor, num_steps: int, cfg: Config, trajectory: bool = False):
+    """Multistep consistency sampling (Song et al. 2023, alg. 1) at t_i = i / N: x^ = f(x, t_i), then back onto
+    the path at t_{i+1} with fresh noise, x = (1 - t_{i+1}) z + t_{i+1} x^ (the training path)."""
+    n, dev = x0.shape[0], x0.device
+    k = torch.full((n,), cfg.shortcut.max_steps_log2, dtype=torch.long, device=dev)
+    w, y = torch.zeros(n, device=dev), y.to(dev)
+    x = x0.clone()
+    path = [x.clone()] if trajectory else None
+    for i in range(num_steps):
+        t = torch.full((n,), i / num_steps, device=dev)
+        x_hat = consistency_fn(model, x, t, k, y, w).float()
+        if i + 1 < num_steps:
+            z = torch.randn(x.shape, generator=_renoise_generator(x0, i)).to(dev)
+            x = interpolate(z, x_hat, torch.full((n,), (i + 1) / num_steps, device=dev))
+        else:
+            x = x_hat
         if trajectory:
             path.append(x.clone())
     return (x, path) if trajectory else x

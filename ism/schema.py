@@ -78,6 +78,25 @@ class ShortcutConfig:
     clip: float = _f(4.0, "clip of the intermediate point and the bootstrap target as in the SM code; 0 = off", lo=0.0)
 
 
+METHODS = ("sm", "meanflow", "ct")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = _f("sm", "few-step method trained on the shared core: sm (shortcut models: the self-consistency and guidance rows of shortcut.* and guidance.*), meanflow (MeanFlow: the average velocity u(x_t, t, d) over [t, t + d] regressed onto sg(v + d du/dt), du/dt from one JVP; the network's step input is the continuous d), ct (consistency training in the iCT style: f(x_t, t) = x_t + (1 - t) net pulled to sg f(x_t', t') one discretisation step closer to data along the same path)", choices=METHODS, added=True)
+    mf_fraction: float = _f(0.25, "meanflow: share of rows with d > 0 (r != t in the paper); the rest are plain flow-matching rows (d = 0)", lo=0.0, hi=1.0, added=True)
+    mf_t_m: float = _f(0.4, "meanflow: logit-normal location of the two times drawn per row (t = 0 is noise here, so the paper's -0.4 is +0.4)", lo=-5.0, hi=5.0, added=True)
+    mf_t_s: float = _f(1.0, "meanflow: logit-normal scale of the two times drawn per row", lo=0.0, hi=10.0, lo_open=True, added=True)
+    mf_time_scale: float = _f(1.0, "meanflow: scale of t and d before their sin/cos features, 1 = the raw times as the paper; the shortcut models' 1000 makes u steep in t and d, which the JVP target differentiates, and learned far worse on a 2-D toy", lo=0.0, lo_open=True, added=True)
+    ct_s0: int = _f(10, "ct: discretisation steps N at the start of the curriculum (iCT's s0); N doubles in equal stages up to ct_s1", lo=1, added=True)
+    ct_s1: int = _f(1280, "ct: discretisation steps N at the end of the curriculum (iCT's s1)", lo=1, added=True)
+    ct_p_mean: float = _f(-1.1, "ct: lognormal time sampler location on log sigma, sigma = (1 - t) / t (iCT's P_mean)", lo=-10.0, hi=10.0, added=True)
+    ct_p_std: float = _f(2.0, "ct: lognormal time sampler scale on log sigma (iCT's P_std)", lo=0.0, hi=10.0, lo_open=True, added=True)
+    ct_sigma_min: float = _f(0.002, "ct: smallest sigma of the Karras grid (the step nearest data; t = 1 / (1 + sigma))", lo=0.0, lo_open=True, added=True)
+    ct_sigma_max: float = _f(80.0, "ct: largest finite sigma of the Karras grid; the grid's first point is t = 0 (pure noise, where the samplers start)", lo=0.0, lo_open=True, added=True)
+    ct_rho: float = _f(7.0, "ct: Karras grid exponent rho", lo=0.0, lo_open=True, added=True)
+
+
 @dataclass(frozen=True)
 class GuidanceConfig:
     mode: str = _f("cfg_finest", "none | cfg_finest (code-faithful SM) | cfg_every_level (compounding form) | intrinsic (iSM)", choices=GUIDANCE_MODES)
@@ -187,6 +206,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     wavelet: WaveletConfig = field(default_factory=WaveletConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -207,6 +227,7 @@ def validate(cfg: Config) -> None:
                           "set guidance.mode=none for unconditional data")
     if cfg.guidance.mode == "intrinsic" and cfg.guidance.w_step > cfg.guidance.w_max > 0:
         raise ConfigError(f"guidance.w_step: {cfg.guidance.w_step} is larger than guidance.w_max={cfg.guidance.w_max}")
+    _validate_method(cfg)
     if cfg.ot.enabled and cfg.ot.pool_scope == "device" and cfg.optim.batch_size % cfg.ot.devices:
         raise ConfigError(f"ot.devices: {cfg.ot.devices} does not divide optim.batch_size={cfg.optim.batch_size}; "
                           "with ot.pool_scope=device every rank takes an equal shard of the global batch")
@@ -254,6 +275,24 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"shortcut.bootstrap_fraction: {cfg.shortcut.bootstrap_fraction} x optim.batch_size="
                           f"{cfg.optim.batch_size} leaves no self-consistency row; raise either")
 
+
+def _validate_method(cfg: Config) -> None:
+    """Guidance modes each method can train: MeanFlow folds CFG into its target (cfg_* modes, at
+    guidance.cfg_scale) or takes w as an input (intrinsic); consistency training has no velocity to guide."""
+    m = cfg.method
+    if m.name == "ct" and cfg.guidance.mode != "none":
+        raise ConfigError(f"guidance.mode: '{cfg.guidance.mode}' with method.name=ct; consistency training has no "
+                          "velocity field to guide, so use guidance.mode=none (labels stay a network input when "
+                          "data.conditional is true)")
+    if m.name == "meanflow" and cfg.guidance.mode != "intrinsic" and cfg.eval.guidance_sweep:
+        raise ConfigError(f"eval.guidance_sweep: {list(cfg.eval.guidance_sweep)} with method.name=meanflow and "
+                          f"guidance.mode={cfg.guidance.mode}; MeanFlow folds its CFG into the target at "
+                          "guidance.cfg_scale, so inference has no scale to sweep (use guidance.mode=intrinsic, "
+                          "or leave eval.guidance_sweep empty)")
+    if m.name == "ct" and m.ct_s1 < m.ct_s0:
+        raise ConfigError(f"method.ct_s1: {m.ct_s1} is below method.ct_s0={m.ct_s0}; the curriculum only doubles N")
+    if m.name == "ct" and m.ct_sigma_max <= m.ct_sigma_min:
+        raise ConfigError(f"method.ct_sigma_max: {m.ct_sigma_max} must exceed method.ct_sigma_min={m.ct_sigma_min}")
 
 def _validate_loss(cfg: Config) -> None:
     """loss.distance needs a squared norm to act on (wavelet reduction=sum, l2) and, for the feature premetrics,

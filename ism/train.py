@@ -22,7 +22,8 @@ from ism.data import Dataset, load_dataset
 from ism.models import count_params
 from ism.objective.coupling import PairSource
 from ism.objective.losses import batch_loss, row_loss
-from ism.objective.targets import KIND_NAMES, build_rows
+from ism.objective.methods import build_rows
+from ism.objective.targets import KIND_NAMES
 from ism.premetric import feature_distance
 from ism.reflow import reflow_pairs
 from ism.rng import derive_seed, generator
@@ -149,7 +150,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
         for group in state.optim.param_groups:
             group["lr"] = _lr(cfg, step)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            rows, tdiag = build_rows(x1, y, x0, nets, cfg, generator(cfg.run.seed, step, "rows"), null)
+            rows, tdiag = build_rows(x1, y, x0, nets, cfg, generator(cfg.run.seed, step, "rows"), null, step)
             pred = state.model(rows.xt, rows.t, rows.k, rows.y, rows.w)
         per_row, ldiag = row_loss(pred.float(), rows.target.float(), cfg, rows, features)
         loss = batch_loss(per_row, rows.kind, cfg)

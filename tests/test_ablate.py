@@ -620,3 +620,25 @@ def test_cost_estimate_counts_the_reflow_pairs():
     by = {t.variants[0]: t for t in p.trials if t.seed == 0}
     extra = profiles.estimate_s(by["sm+reflow"].cfg, "embedded") - profiles.estimate_s(by["sm"].cfg, "embedded")
     assert extra == pytest.approx(4096 * 32 * profiles.PROFILES["embedded"].sample_nfe_s)
+
+
+def test_methods_spec_shares_sm_and_ism_training_with_components_and_configures_each_method():
+    from ism.config import training_id
+    comp = {training_id(t.cfg) for t in ablate.plan(ablate.load_spec(ROOT / "ablations/components.yaml"),
+                                                     "embedded").trials}
+    p = ablate.plan(ablate.load_spec(ROOT / "ablations/methods.yaml"), "embedded")
+    assert p.seeds == (0, 1, 2) and set(t.cfg.eval.steps for t in p.trials) == {(1, 2, 4, 128)}
+    # evaluated at other step counts (other run ids), trained as the components trials (same training ids)
+    shared = {v for t in p.trials if training_id(t.cfg) in comp for v in t.variants}
+    assert shared == {"sm", "sm+sot", "sm+wavelet", "sm+twin_ema", "ism"}
+    cfg = {v: t.cfg for t in p.trials if t.seed == 0 for v in t.variants}
+    assert {v: c.method.name for v, c in cfg.items() if v.startswith(("meanflow", "ct"))} == {
+        **dict.fromkeys(["meanflow", "meanflow+intrinsic", "meanflow+sot", "meanflow+wavelet", "meanflow+twin_ema"],
+                        "meanflow"), **dict.fromkeys(["ct", "ct+sot", "ct+wavelet", "ct+twin_ema"], "ct")}
+    for m in ("meanflow", "ct"):  # each fix arm is its method plus exactly that fix
+        base = cfg[m]
+        assert (base.shortcut.target, base.ema.twin, base.ot.enabled, base.wavelet.enabled) == ("online", False, False, False)
+        assert cfg[f"{m}+sot"].ot.enabled and cfg[f"{m}+wavelet"].wavelet.enabled
+        assert (cfg[f"{m}+twin_ema"].shortcut.target, cfg[f"{m}+twin_ema"].ema.twin) == ("ema", True)
+    assert cfg["ct"].loss.distance == "pseudo_huber" and cfg["ct"].guidance.mode == "none"
+    assert cfg["meanflow+intrinsic"].guidance.mode == "intrinsic"

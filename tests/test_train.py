@@ -30,6 +30,11 @@ def final_params(run_dir):
 
 
 ALL_ON = ["guidance.mode=intrinsic", "wavelet.enabled=true", "ot.enabled=true", "ot.pool_batches=3", "ema.twin=true"]
+# The other methods on the same core: MeanFlow (JVP targets from the fast EMA) and consistency training (its
+# discretisation curriculum moves every step of a 10-step run, so a resume must pick up the step's N).
+MEANFLOW_ON = ["method.name=meanflow", *ALL_ON]
+CT_ON = ["method.name=ct", "guidance.mode=none", "wavelet.enabled=true", "loss.distance=pseudo_huber", "ot.enabled=true",
+         "ot.pool_batches=3", "shortcut.target=online"]
 
 
 @pytest.mark.parametrize("over", [[], ALL_ON], ids=["sm", "ism"])
@@ -43,7 +48,7 @@ def test_same_config_and_seed_give_identical_curves(tmp_path, over):
     assert losses_of(tmp_path / "a") != losses_of(tmp_path / "c")
 
 
-@pytest.mark.parametrize("over", [[], ALL_ON], ids=["sm", "ism"])
+@pytest.mark.parametrize("over", [[], ALL_ON, MEANFLOW_ON, CT_ON], ids=["sm", "ism", "meanflow", "ct"])
 def test_resume_after_crash_ends_where_uninterrupted_run_ends(tmp_path, monkeypatch, over):
     cfg = smoke(tmp_path, "run.steps=10", "run.checkpoint_every=4", "run.log_every=1", *over)
     ref = train(cfg, tmp_path / "ref")

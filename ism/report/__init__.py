@@ -20,6 +20,7 @@ from ism.report import figures as F
 from ism.report import load as L
 from ism.report.claims import Result, claims_table
 from ism.report.flow_claims import flow_results
+from ism.report.method_claims import method_results, step_time_table, transfer_table
 from ism.report.meta import metadata_table
 from ism.report.render import Block, Figure, Heading, Para, latex_table, render_markdown, render_pdf
 from ism.report.tables import (Table, center_ci, compare_cell, compare_ci, config_diff_table, cumulative_table,
@@ -99,12 +100,13 @@ def build_report(target: str, tracking_uri: str | None = None, out: str | Path |
         grids = L.sample_grids(sw, work)
         m1, m2 = sw.primary
         tables: dict[str, Table] = {}
-        claims, results = claims_table(sw, flow_results(sw))
+        claims, results = claims_table(sw, flow_results(sw) + method_results(sw))
         for t in (metadata_table(sw, files, hist), claims, metric_table(sw, m1, f"{m1.upper()} per variant and step count"),
                   metric_table(sw, m2, f"{m2.upper()} per variant and step count"), delta_table(sw, m1),
                   delta_table(sw, m2), cumulative_table(sw, m1), diagnostics_table(sw), sweep_table(sw, m1),
-                  config_diff_table(sw), missing_table(sw), C.compounding_table(sw), *group_tables(sw, m1),
-                  FR.tuning_table(sw), FR.selected_table(sw, m1)):
+                  config_diff_table(sw), missing_table(sw), C.compounding_table(sw), transfer_table(sw, m1),
+                  step_time_table(sw, m1), *group_tables(sw, m1), FR.tuning_table(sw),
+                  FR.selected_table(sw, m1)):
             if t is not None:
                 tables[t.name] = t
         figs: dict[str, Path | str] = {
@@ -173,6 +175,9 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
         b += [Heading("Compounding guidance (Prop. 1)")] + [Para(x) for x in C.summary(sw)]
         b += [tables["compounding"], _fig(figs, "compounding", "Effective CFG-equivalent scale versus sampling steps "
                                           "(log2 axes; dashed: each mode's prediction)")]
+    if t("transfer") or t("step_time"):
+        b.append(Heading("Few-step methods: transfer of iSM's fixes and training cost"))
+        b += [x for x in (t("transfer"), t("step_time")) if x]
     b.append(Heading(f"{m1.upper()} and {sw.primary[1].upper()} versus sampling steps"))
     b += [x for x in (t(f"{m1}_by_steps"), t(f"{sw.primary[1]}_by_steps")) if x] or [Para("No FID/KID was logged.")]
     scale = lambda m: "log y axis, " if log_metric(sw, m) else ""  # noqa: E731

@@ -231,7 +231,9 @@ def claims_table(sw: Sweep, extra: list[Result] = ()) -> tuple[Table, list[Resul
     if len(results) > len(CLAIMS):
         note += (" Rows after the five iSM problems: the rectified-flow papers' claims (ism.report.flow_claims): "
                  "reflow students against their teachers, timestep densities against uniform t, and the rank "
-                 "correlation of straightness and 1-step FID across variants (Spearman, Fisher-z interval).")
+                 "correlation of straightness and 1-step FID across variants (Spearman, Fisher-z interval); the "
+                 "few-step methods' papers (ism.report.method_claims): MeanFlow, consistency training and iSM, each "
+                 "paper's number beside ours.")
     return Table("claims", "Claims check: the five problems iSM names" + (" and the rectified-flow papers' claims"
                  if len(results) > len(CLAIMS) else ""), ["problem", "diagnostic", "pair (without → with)",
                  "paper", "ours", "verdict"], rows, bold, note, raw), results
