@@ -28,6 +28,46 @@ def test_train_ends_with_a_short_summary_not_a_json_dump(tmp_path, capsys):
     # stderr is not a terminal here: progress comes as one line per log_every steps, never tqdm's bar
     progress = [ln for ln in out.err.splitlines() if ln.startswith("train ")]
     assert [ln.split()[3] for ln in progress] == ["2/4", "4/4"] and "it/s" not in out.err
+    assert lines[-2:] == ["next:", f"  samples:   ism sample {run}   (PNG grids -> {run / 'samples'})"]
+
+
+def test_train_on_a_finished_run_says_already_complete(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--preset", "smoke", "--run-dir", str(run), "run.steps=2", "--no-eval"]) == 0
+    first = capsys.readouterr()
+    assert "already complete" not in first.err
+    assert f"  evaluate:  ism eval {run}" in first.out, "an unevaluated run's next step is its evaluation"
+    stamp = (run / "summary.json").stat().st_mtime_ns
+    assert train_main(["--preset", "smoke", "--run-dir", str(run), "run.steps=2", "--no-eval"]) == 0
+    again = capsys.readouterr()
+    assert f"is already complete in {run}" in again.err
+    assert again.out == first.out, "the same summary and next step as when it finished"
+    assert (run / "summary.json").stat().st_mtime_ns == stamp
+
+
+HEAVY = ("torch", "torch_fidelity", "mlflow", "ray", "optuna", "pandas", "matplotlib", "sqlalchemy")
+
+
+def test_help_of_every_command_imports_no_heavy_library():
+    """`ism CMD --help` must not pay for torch, MLflow, Ray or Optuna (seconds each; benchmarks/results.md, CLI
+    start-up): each command's --help runs in a fresh interpreter and lists what it imported."""
+    from ism.commands import COMMANDS
+    probe = ("import sys\nfrom ism.commands import main\ntry:\n    main([sys.argv[1], '--help'])\n"
+             "except SystemExit:\n    pass\nprint(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    for name in ["--help", *COMMANDS]:
+        proc = subprocess.run([sys.executable, "-c", probe, name], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        *text, loaded = proc.stdout.strip().splitlines()
+        assert "usage: ism" in "\n".join(text), (name, proc.stdout)
+        assert "ism" in loaded.split(), "the probe saw its own imports"
+        assert not set(HEAVY) & set(loaded.split()), (name, sorted(set(HEAVY) & set(loaded.split())))
+
+
+def test_eval_offers_the_extractors_the_library_has():
+    from ism import extractors
+    from ism.commands.eval import EXTRACTORS
+    assert tuple(EXTRACTORS) == tuple(extractors.EXTRACTORS)
 
 
 def test_bad_data_path_leaves_nothing_behind(tmp_path):

@@ -11,7 +11,6 @@ import yaml
 
 from ism.commands import env
 from ism.profiles import DEFAULT_PROFILE
-from ism.report import build_report
 from ism.commands.listing import update_index
 
 
@@ -71,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                             args.tracking_uri, log=not args.no_log)
     # mlflow draws a tqdm bar per downloaded file; a report downloads dozens, so keep the terminal readable.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from ism.report import build_report  # MLflow, pandas and matplotlib load only once the command runs
     r = build_report(args.target, env.tracking_uri(args.tracking_uri), args.out, args.profile, args.sweep,
                      log=not args.no_log)
     verdicts = ", ".join(f"{c.claim.problem}: {c.verdict}" for c in r.claims)

@@ -5,23 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ism.commands import env
 from ism.commands.listing import fmt_s, fmt_v, ui_hint, update_index
 from ism.config import IDENTITY_KEYS, ConfigError, diff, from_dict, preset_delta, run_id
 from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, estimate_s
-from ism.report.study_section import write_study_report
-from ism.study.driver import run_study
-from ism.study.export import best_line, export_best
-from ism.study.plan import StudyPlan, plan
-from ism.study.spec import load_spec
-from ism.study.storage import FINISHED, counts, open_study, storage_url
+
+if TYPE_CHECKING:
+    from ism.study.plan import StudyPlan
 
 DEFAULT_STORAGE = "runs/study"
 
 
 def describe_study(p: StudyPlan, url: str) -> str:
     """`ism study --dry-run`: base, space, objective, budget, pruning, the study's state and an estimated cost."""
+    from ism.study.storage import FINISHED, counts, open_study
     preset_cfg = from_dict(preset_delta(p.preset))
     lines = [f"study {p.study_name} ({p.spec.path}) - preset {p.preset} - storage {url}"]
     if p.spec.description:
@@ -73,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.n_trials is not None and args.n_trials < 1:
         raise ConfigError(f"--n-trials: expected an integer >= 1, got {args.n_trials}")
+    # Optuna, MLflow and pandas (seconds to import) load only once the command runs, so --help answers at once.
+    from ism.study.driver import run_study
+    from ism.study.export import best_line, export_best
+    from ism.study.plan import plan
+    from ism.study.spec import load_spec
+    from ism.study.storage import storage_url
     p = plan(load_spec(args.spec), args.profile, args.n_trials)
     root = env.storage(args.storage, DEFAULT_STORAGE)
     url = storage_url(env.optuna_url(args.optuna_storage), root)
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_report(p: StudyPlan, url: str, root: Path, out: str | None, tracking_uri: str) -> int:
     """The study report after a run (ism.report.study_section); 1 with a message if it could not be written."""
+    from ism.report.study_section import write_study_report
     try:
         r = write_study_report(p, url, out, root, tracking_uri, default_root=env.storage(None, DEFAULT_STORAGE),
                                default_url=env.optuna_url(None))

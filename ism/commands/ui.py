@@ -9,7 +9,6 @@ import sys
 import time
 import urllib.request
 
-from ism import tracking
 from ism.commands import env
 
 
@@ -46,6 +45,7 @@ def _interrupt(signum, frame) -> None:
 
 def links(uri: str, base_url: str) -> list[str]:
     """One line per ism experiment in the store: its name and its deep link."""
+    from ism import tracking
     return [f"  {name:<28} {tracking.ui_link(base_url, eid)}" for eid, name in tracking.ism_experiments(uri)]
 
 
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="port on 127.0.0.1 (default $ISM_UI_PORT, else 5000)")
     ap.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlruns/mlflow.db")
     args = ap.parse_args(argv)
+    from ism import tracking  # mlflow (seconds to import) loads only once the command runs
     uri = env.tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
         print(f"ism ui: the tracking URI {uri} is a server already; its experiments:")
