@@ -115,3 +115,26 @@ def test_sample_reports_progress_per_step_count(tmp_path, capsys):
     assert sample_main([str(run), "--steps", "1,4", "--per-class", "2"]) == 0
     err = capsys.readouterr().err
     assert "[1/2] 1 steps:" in err and "[2/2] 4 steps:" in err
+
+
+def test_a_spec_of_the_other_kind_is_named_and_the_hint_keeps_the_flags(capsys):
+    from ism.commands import main
+    assert main(["study", "ablations/ema.yaml", "--profile", "smoke", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "ablations/ema.yaml is an ablation spec" in err and "unknown key" not in err
+    assert err.rstrip().endswith("run it with `ism ablate ablations/ema.yaml --profile smoke`"), err
+    assert main(["ablate", "studies/wavelet.yaml", "--profile", "smoke", "--storage", "st", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "studies/wavelet.yaml is a study spec" in err and "unknown key" not in err
+    assert err.rstrip().endswith("run it with `ism study studies/wavelet.yaml --profile smoke --storage st`"), err
+
+
+def test_report_of_a_missing_sweep_suggests_the_ablate_command_with_its_flags(tmp_path, monkeypatch, capsys):
+    from ism.commands import main
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["report", "ablations/ema.yaml", "--profile", "smoke"]) == 2
+    assert "run `ism ablate ablations/ema.yaml --profile smoke` first" in capsys.readouterr().err
+    store = f"sqlite:///{tmp_path}/other/mlflow.db"
+    assert main(["report", "ablations/ema.yaml", "--profile", "smoke", "--tracking-uri", store]) == 2
+    assert f"run `ism ablate ablations/ema.yaml --profile smoke --tracking-uri {store}` first" in capsys.readouterr().err

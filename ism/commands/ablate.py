@@ -9,8 +9,9 @@ from typing import Mapping
 
 from ism.ablate import Plan, finished_trials, load_spec, plan, reused_training
 from ism.commands import env
-from ism.commands.listing import fmt_resources, fmt_s, fmt_v, ui_hint
+from ism.commands.listing import flags, fmt_resources, fmt_s, fmt_v, ui_hint
 from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, estimate_parts
+from ism.specs import SpecKindError
 
 
 def csv(kind):
@@ -67,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
     ap.add_argument("--max-failures", type=int, default=None, help="retries per trial (default from the spec)")
     args = ap.parse_args(argv)
-    p = plan(load_spec(args.spec), args.profile, args.variants, args.seeds)
+    try:
+        spec = load_spec(args.spec)
+    except SpecKindError as e:  # a study spec: the hint keeps what ablate and study share
+        raise e.with_flags(flags(profile=args.profile, storage=args.storage, tracking_uri=args.tracking_uri)) from None
+    p = plan(spec, args.profile, args.variants, args.seeds)
     if args.max_failures is not None:
         p = dataclasses.replace(p, max_failures=args.max_failures)
     storage = env.storage(args.storage, "runs/ablate")
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     rc = run_sweep(p, storage, uri, env.eval_cache_root(), crash=env.crash_target())
     if rc != 130:  # interrupted: run_sweep said to rerun
         from ism.report import default_out
-        print(f"next:\n  report:  ism report {args.spec} --profile {p.profile}   "
+        print(f"next:\n  report:  ism report {args.spec}{flags(profile=p.profile, tracking_uri=args.tracking_uri)}   "
               f"(-> {default_out(p.spec.name, p.profile)}/report.md and .pdf)\n"
-              + ui_hint(uri, f"ism/{p.spec.name}", env.ui_port()), file=sys.stderr)
+              + ui_hint(uri, f"ism/{p.spec.name}", env.ui_port(), args.tracking_uri), file=sys.stderr)
     return rc
