@@ -138,3 +138,24 @@ def test_report_of_a_missing_sweep_suggests_the_ablate_command_with_its_flags(tm
     store = f"sqlite:///{tmp_path}/other/mlflow.db"
     assert main(["report", "ablations/ema.yaml", "--profile", "smoke", "--tracking-uri", store]) == 2
     assert f"run `ism ablate ablations/ema.yaml --profile smoke --tracking-uri {store}` first" in capsys.readouterr().err
+
+
+def _stderr_of(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+def test_mlflow_creates_its_store_quietly_unless_verbose(tmp_path):
+    code = ("from ism.commands import env\nenv.quiet_libraries({v})\nfrom ism import tracking\n"
+            "assert tracking.ism_experiments('sqlite:///{db}') == []")
+    assert "Creating initial MLflow database tables" in _stderr_of(code.format(v=True, db=tmp_path / "a.db"))
+    assert _stderr_of(code.format(v=False, db=tmp_path / "b.db")) == ""
+
+
+def test_reopening_a_study_says_nothing(tmp_path):
+    """Optuna's "Using an existing study" came once per opening (twice a run); the study's state is ism's to say."""
+    code = ("from ism.study.plan import plan\nfrom ism.study.spec import load_spec\nfrom ism.study.storage import "
+            f"open_study\np = plan(load_spec('studies/wavelet.yaml'), 'smoke')\nurl = 'sqlite:///{tmp_path}/o.db'\n"
+            "a = open_study(p, url)\nb = open_study(p, url)\nassert a._study_id == b._study_id")
+    assert "Using an existing study" not in _stderr_of(code)

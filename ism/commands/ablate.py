@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storage", default=None, help="root of trial run dirs and Ray results (default runs/ablate; env ISM_STORAGE)")
     ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
     ap.add_argument("--max-failures", type=int, default=None, help="retries per trial (default from the spec)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")
     args = ap.parse_args(argv)
+    env.quiet_libraries(args.verbose)
     try:
         spec = load_spec(args.spec)
     except SpecKindError as e:  # a study spec: the hint keeps what ablate and study share

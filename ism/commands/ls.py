@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storage", default=None, help="root of the study storage (default runs/study; env ISM_STORAGE)")
     ap.add_argument("--optuna-storage", default=None, help="Optuna RDB URL (default $OPTUNA_STORAGE or sqlite "
                     "<storage>/optuna.db)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")
     args = ap.parse_args(argv)
+    env.quiet_libraries(args.verbose)
     from ism.commands.study import DEFAULT_STORAGE
     from ism.study.storage import storage_url  # optuna loads only once the command runs
     url = storage_url(env.optuna_url(args.optuna_storage), env.storage(args.storage, DEFAULT_STORAGE))

@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-out", default=None, help="folder of the study report written when the study finishes "
                     "(default reports/studies/<name>/ on the embedded profile, reports/studies/<name>-<profile>/ otherwise)")
     ap.add_argument("--no-report", action="store_true", help="do not write the study report")
+    ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")
     args = ap.parse_args(argv)
+    env.quiet_libraries(args.verbose)
     if args.n_trials is not None and args.n_trials < 1:
         raise ConfigError(f"--n-trials: expected an integer >= 1, got {args.n_trials}")
     # Optuna, MLflow and pandas (seconds to import) load only once the command runs, so --help answers at once.

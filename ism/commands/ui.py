@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=env.ui_port(),
                     help="port on 127.0.0.1 (default $ISM_UI_PORT, else 5000)")
     ap.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlruns/mlflow.db")
+    ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")
     args = ap.parse_args(argv)
+    env.quiet_libraries(args.verbose)
     from ism import tracking  # mlflow (seconds to import) loads only once the command runs
     uri = env.tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
