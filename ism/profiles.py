@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
+from ism import store
 from ism.config import Config, ConfigError
 from ism.errors import suggest
 
@@ -72,6 +74,36 @@ def estimate_parts(cfg: Config, profile: str) -> tuple[float, float, float]:
 def estimate_s(cfg: Config, profile: str) -> float:
     """Rough wall seconds of one trial."""
     return sum(estimate_parts(cfg, profile))
+
+
+# The cost model's rates are a machine's; the trials a sweep has run on this machine say how far off they are here.
+# Each finished trial adds (measured wall s, estimated s) under its profile in <storage>/timings.json; the dry run and
+# the live ETA scale the model by measured / estimated (a ratio of sums: long trials weigh more, as in a sweep's wall).
+TIMINGS = "timings.json"
+
+
+def record_timing(storage: str | Path, profile: str, measured_s: float, estimated_s: float) -> None:
+    """Add one finished trial's measured and estimated seconds to the storage's timings (the sweep driver only)."""
+    if estimated_s <= 0 or measured_s <= 0:
+        return
+    path = Path(storage) / TIMINGS
+    data = store.read_json(path)
+    row = data.setdefault(profile, {"measured_s": 0.0, "estimated_s": 0.0, "trials": 0})
+    row["measured_s"] += measured_s
+    row["estimated_s"] += estimated_s
+    row["trials"] += 1
+    store.write_json(path, data)
+
+
+def measured_scale(storage: str | Path, profile: str) -> tuple[float, int] | None:
+    """(measured / estimated seconds, trials) over the profile's trials timed in this storage, None before any."""
+    try:
+        row = store.read_json(Path(storage) / TIMINGS).get(profile)
+    except (OSError, ValueError):  # unreadable timings only lose the calibration
+        return None
+    if not row or row.get("estimated_s", 0) <= 0 or row.get("trials", 0) < 1:
+        return None
+    return row["measured_s"] / row["estimated_s"], int(row["trials"])
 
 
 def concurrency(profile: str, resources: Mapping[str, float], cap: int | None = None) -> int:

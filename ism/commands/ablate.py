@@ -10,7 +10,7 @@ from typing import Mapping
 from ism.ablate import Plan, finished_trials, load_spec, plan, reused_training
 from ism.commands import env
 from ism.commands.listing import flags, fmt_resources, fmt_s, fmt_v, ui_hint
-from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, estimate_parts
+from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, estimate_parts, measured_scale
 from ism.specs import SpecKindError
 
 
@@ -19,8 +19,10 @@ def csv(kind):
     return lambda s: [kind(x) for x in s.split(",") if x.strip()]
 
 
-def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, str] | None = None) -> str:
-    """`ism ablate --dry-run`: trials grouped by config, their diff to the base, resources and estimated cost."""
+def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, str] | None = None,
+                  measured: tuple[float, int] | None = None) -> str:
+    """`ism ablate --dry-run`: trials grouped by config, their diff to the base, resources and estimated cost;
+    measured: (measured / estimated seconds, trials) of the profile's trials timed on this machine, which scales it."""
     n_cfg = len({t.variants for t in p.trials})
     lines = [f"spec {p.spec.name} ({p.spec.path}) - profile {p.profile} (preset {p.preset}) - sweep {p.sweep_id}",
              f"{len(p.variants)} variants -> {n_cfg} distinct configs x {len(p.seeds)} seeds {list(p.seeds)} = "
@@ -30,7 +32,8 @@ def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, st
     seen: set[tuple[str, ...]] = set()
     reused = reused or {}
     parts = {t.run_id: estimate_parts(t.cfg, p.profile) for t in p.trials}
-    cost = {rid: sum(pt[1:]) if rid in reused else sum(pt) for rid, pt in parts.items()}  # adopted: no training
+    scale = measured[0] if measured else 1.0
+    cost = {rid: scale * (sum(pt[1:]) if rid in reused else sum(pt)) for rid, pt in parts.items()}  # adopted: no training
     for t in p.trials:
         est = cost[t.run_id]
         total += est
@@ -51,6 +54,10 @@ def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, st
     lines.append(f"\nestimated cost: {len(p.trials)} trials, {total * share / 3600:.2f} {unit}-hours in all; "
                  f"{len(p.trials) - len(done & {t.run_id for t in p.trials})} pending, ~{fmt_s(pending / k)} wall at "
                  f"{k} trial(s) at once" + ("" if unit == "CPU" else " per GPU"))
+    lines.append(f"  (the cost model's rates x {scale:.2f}, measured on {measured[1]} {p.profile} trial(s) run on this "
+                 "machine; timings.json in the storage)" if measured else
+                 f"  (the cost model's rates for {p.profile}; not yet measured on this machine: a sweep's finished "
+                 "trials calibrate it)")
     return "\n".join(lines)
 
 
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         p = dataclasses.replace(p, max_failures=args.max_failures)
     storage = env.storage(args.storage, "runs/ablate")
     if args.dry_run:
-        print(describe_plan(p, finished_trials(p, storage), reused_training(p, storage)))
+        print(describe_plan(p, finished_trials(p, storage), reused_training(p, storage), measured_scale(storage, p.profile)))
         return 0
     from ism.sweep import run_sweep  # Ray, MLflow and the trial code load only when a sweep runs
     uri = env.tracking_uri(args.tracking_uri)
