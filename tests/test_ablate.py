@@ -255,9 +255,9 @@ def test_smoke_sweep_leaves_parent_and_child_runs_with_params_metrics_artifacts(
                                  for key, v in flatten(t.cfg).items()}
         m = k.data.metrics
         for key in ("loss", "loss_fm", "loss_sc", "wall_time_s", "peak_mem_mb", "fid_steps_1", "fid_steps_2",
-                    "kid_steps_1", "fid/vs_steps"):
+                    "kid_steps_1", "fid/vs_log2_steps"):
             assert key in m, key
-        assert [h.step for h in c.get_metric_history(k.info.run_id, "fid/vs_steps")] == [1, 2]
+        assert [h.step for h in c.get_metric_history(k.info.run_id, "fid/vs_log2_steps")] == [0, 1]  # 1, 2 steps
         assert k.data.tags["ism.hardware"] and k.data.tags["ism.node_ip"]
         steps = [h.step for h in c.get_metric_history(k.info.run_id, "loss")]
         assert steps == sorted(set(steps)) and steps[-1] == t.cfg.run.steps, "each logged step once"
