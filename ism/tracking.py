@@ -473,7 +473,7 @@ def run_summary(run: Any) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- ism ui
 # The server's job runner (GenAI scorers, trace rollups: nothing ism logs) starts eight more processes that each
-# import mlflow; on a 2-core machine they tripled the time to the first answer (benchmarks/results.md, ism ui).
+# import mlflow, competing with the server's own start-up on a small machine.
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
