@@ -604,3 +604,52 @@ def test_cost_estimate_counts_the_reflow_pairs():
     by = {t.variants[0]: t for t in p.trials if t.seed == 0}
     extra = profiles.estimate_s(by["sm+reflow"].cfg, "embedded") - profiles.estimate_s(by["sm"].cfg, "embedded")
     assert extra == pytest.approx(4096 * 32 * profiles.PROFILES["embedded"].sample_nfe_s)
+
+
+# ----------------------------------------------------------------------------------------------- inline sweeps
+INLINE = ["--base", "mnist-cpu", "--vary", "guidance.w_max=1,2,3", "--seeds", "0,1,2", "--profile", "smoke"]
+
+
+def test_inline_sweep_is_the_spec_it_writes_beside_its_report(tmp_path, monkeypatch, capsys):
+    """`--vary` plans what the same spec written by hand plans (same trials, same sweep id, so the same MLflow
+    experiment and report), and leaves that spec beside the report, where rerunning it gives the same dry run."""
+    monkeypatch.chdir(tmp_path)
+    st = ["--storage", str(tmp_path / "st"), "--dry-run"]
+    assert ablate_cmd.main(INLINE + st) == 0
+    inline_out = capsys.readouterr().out
+    written = Path("reports/mnist-cpu-vary-guidance_w_max-smoke/spec.yaml")
+    assert written.is_file() and f"({written})" in inline_out.splitlines()[0]
+    by_hand = write_spec(tmp_path / "by_hand.yaml", name="mnist-cpu-vary-guidance_w_max", base={"preset": "mnist-cpu"},
+                         seeds=[0, 1, 2], variants={f"w_max_{w}": {"reason": f"w_max {w}",
+                                                                   "overrides": {"guidance.w_max": float(w)}}
+                                                    for w in (1, 2, 3)})
+    a, b = ablate.plan(ablate.load_spec(written), "smoke"), ablate.plan(ablate.load_spec(by_hand), "smoke")
+    assert [(t.run_id, t.variants, t.seed) for t in a.trials] == [(t.run_id, t.variants, t.seed) for t in b.trials]
+    assert a.sweep_id == b.sweep_id and len(a.trials) == 9
+    assert ablate_cmd.main([str(written), "--profile", "smoke", *st]) == 0
+    assert capsys.readouterr().out == inline_out, "rerunning the written spec is the same sweep"
+
+
+def test_inline_sweep_crosses_its_axes_and_refuses_bad_keys_as_a_spec_does(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    st = ["--storage", str(tmp_path / "st"), "--dry-run", "--profile", "smoke"]
+    assert ablate_cmd.main(["--vary", "guidance.w_max=1,2", "--vary", "optim.lr=0.001,0.002", *st]) == 0
+    spec = ablate.load_spec(next(Path("reports").glob("*/spec.yaml")))
+    assert [v.name for v in spec.variants] == ["w_max_1-lr_0_001", "w_max_1-lr_0_002", "w_max_2-lr_0_001",
+                                               "w_max_2-lr_0_002"]
+    assert dict(spec.variants[1].overrides) == {"guidance.w_max": 1, "optim.lr": 0.002}
+    capsys.readouterr()
+    bad = write_spec(tmp_path / "bad.yaml", variants={"wmax_1": {"reason": "r", "overrides": {"guidance.wmax": 1}}})
+    with pytest.raises(ConfigError) as from_spec:
+        ablate.plan(ablate.load_spec(bad), "smoke")
+    with pytest.raises(ConfigError) as inline:
+        ablate_cmd.main(["--base", "mnist-cpu", "--vary", "guidance.wmax=1,2", "--name", "bad", *st])
+    said = lambda e: str(e.value).split(": ", 1)[1].split("\n")[0]  # the message after the file's name
+    assert said(inline) == said(from_spec), (str(inline.value), str(from_spec.value))
+    assert "Did you mean 'w_max'" in str(inline.value) and not Path("reports/bad-smoke").exists()
+    for flags, match in ((["--vary", "guidance.w_max"], "expected KEY=VALUE"),
+                         (["--vary", "a=1", "--vary", "a=2"], "given twice"),
+                         (["ablations/ema.yaml", "--vary", "guidance.w_max=1"], "not both"),
+                         (["--base", "mnist-cpu"], "--vary KEY=A,B")):
+        with pytest.raises(ConfigError, match=match):
+            ablate_cmd.main(flags + st)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
+from pathlib import Path
 
 from typing import Mapping
 
@@ -11,6 +13,7 @@ from ism.ablate import Plan, finished_trials, load_spec, plan, reused_training
 from ism.commands import env
 from ism.commands.listing import flags, fmt_resources, fmt_s, fmt_v, ui_hint
 from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, estimate_parts, measured_scale
+from ism.errors import ConfigError
 from ism.specs import SpecKindError
 
 
@@ -61,11 +64,22 @@ def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, st
     return "\n".join(lines)
 
 
+def inline_spec(args: argparse.Namespace, argv: list[str]) -> Path:
+    """The spec of --vary/--base/--seeds, written beside its report and checked as any spec (ism.commands.vary)."""
+    from ism.commands import vary
+    from ism.report import default_out
+    if args.spec:
+        raise ConfigError(f"give a spec ({args.spec}) or --vary, not both")
+    name, text = vary.spec_text(args.vary, args.base, args.seeds, args.name, "ism ablate " + shlex.join(a for a in argv if a != "--dry-run"))
+    path = default_out(name, args.profile) / "spec.yaml"
+    return vary.write_spec(path, text, lambda p: plan(load_spec(p), args.profile, args.variants, None))
+
+
 def main(argv: list[str] | None = None) -> int:
     """`ism ablate`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
     ap = argparse.ArgumentParser(prog="ism ablate", description="Run an ablation spec as Ray Tune trials tracked in MLflow. "
                                  "Rerunning the same command resumes an interrupted sweep.")
-    ap.add_argument("spec", help="ablation spec, e.g. ablations/components.yaml")
+    ap.add_argument("spec", nargs="?", help="ablation spec, e.g. ablations/components.yaml (or --vary instead)")
     ap.add_argument("--profile", default=env.profile(),
                     help=f"one of {', '.join(PROFILES)} (default {DEFAULT_PROFILE}; env PROFILE)")
     ap.add_argument("--dry-run", action="store_true", help="list the trials, their config diff, resources and cost; run nothing")
@@ -74,9 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storage", default=None, help="root of trial run dirs and Ray results (default runs/ablate; env ISM_STORAGE)")
     ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
     ap.add_argument("--max-failures", type=int, default=None, help="retries per trial (default from the spec)")
+    ap.add_argument("--vary", action="append", metavar="KEY=A,B,...", help="inline sweep instead of a spec: one variant "
+                    "per value (several --vary are crossed); the generated spec is written beside its report, "
+                    "reports/<name>[-<profile>]/spec.yaml, to rerun it")
+    ap.add_argument("--base", default=None, help="inline sweep: the preset the --vary values change (default the "
+                    "profile's preset)")
+    ap.add_argument("--name", default=None, help="inline sweep: its name (default [<base>-]vary-<keys>)")
     ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")
     args = ap.parse_args(argv)
     env.quiet_libraries(args.verbose)
+    if args.vary:
+        args.spec = str(inline_spec(args, argv or []))
+    elif args.base or args.name or not args.spec:
+        raise ConfigError("give an ablation spec (e.g. ablations/components.yaml), or an inline sweep: --vary KEY=A,B "
+                          "[--vary KEY2=C,D] [--base PRESET] [--seeds 0,1] [--name NAME]")
     try:
         spec = load_spec(args.spec)
     except SpecKindError as e:  # a study spec: the hint keeps what ablate and study share
