@@ -291,7 +291,14 @@ def test_parent_run_carries_the_sweep_summary_and_the_experiment_the_training_vi
     arts = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"summary.json", "summary.csv"} <= arts
     assert "| a | 2 |" in parent.data.tags["mlflow.note.content"], "the Overview's description holds the summary"
-    assert "next:" in smoke_sweep["out"] and "ism report" in smoke_sweep["out"] and "workflowType" in smoke_sweep["out"]
+    out = smoke_sweep["out"]
+    assert "next:" in out and "ism report" in out and "workflowType" in out
+    # quiet: ism's own lines, not the libraries' (they come back with --verbose)
+    for noise in ("Token authentication is enabled", "Creating initial MLflow database tables", "Downloading artifacts",
+                  "INFO mlflow"):
+        assert noise not in out, noise
+    etas = [ln for ln in out.splitlines() if ", ETA " in ln]
+    assert etas and all(re.search(r"ETA \d+\.\d min \((cost model|from \d+ (earlier )?trial)", ln) for ln in etas), etas
     from ism.commands.ls import sweep_lines
     line = next(ln for ln in sweep_lines(uri) if ln.split()[:2] == ["mini", "smoke"])
     assert "FAILED" in line and "6 trials: 4 finished, 2 failed" in line, line
@@ -357,7 +364,9 @@ def test_ism_ui_renders_runs_and_fid_in_a_real_browser_and_stops_whole_on_sigter
             return " ".join(re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", dom, flags=re.S)).split())
 
         runs = render(link)
-        assert "Model training" in runs and "mini-smoke" in runs, runs[:2000]
+        # the shared view ism's link opens: trials grouped by variant (open), FID columns, no click needed
+        assert "Model training" in runs and "Group by: ism.variant" in runs and "fid_steps_1" in runs, runs[:2000]
+        assert all(k.info.run_name in runs for k in kids if k.data.tags["ism.variant"] in ("a", "b")), runs[:2000]
         page = render(link.replace("/runs?", f"/runs/{parent.info.run_id}?"))
         assert "a/fid_steps_1" in page and "b/kid_steps_1" in page, page[:2000]
         assert any(k.info.run_name in page for k in kids), "the parent's page lists its child runs"
