@@ -128,7 +128,8 @@ class Progress:
             record_timing(self.timings, self.plan.profile, took, work)
 
     def scale(self) -> float:
-        """Measured seconds per estimated second: this sweep's finished trials, else the machine's earlier ones, else 1."""
+        """Measured seconds per estimated second: this sweep's finished trials, else this machine's earlier ones,
+        else 1 (the cost model as it is)."""
         return self.measured_s / self.measured_work if self.measured_work > 0 else self.prior
 
     def eta_source(self) -> str:

@@ -166,7 +166,8 @@ def experiment_id(c: MlflowClient, name: str) -> str:
     root = artifact_root(c.tracking_uri)
     loc = f"{root}/{name.replace('/', '_')}" if root else None
     try:
-        return c.create_experiment(name, artifact_location=loc, tags={EXPERIMENT_KIND: TRAINING_KIND, VIEW_TAG: VIEW_STATE})
+        return c.create_experiment(name, artifact_location=loc,
+                                   tags={EXPERIMENT_KIND: TRAINING_KIND, VIEW_TAG: VIEW_STATE})
     except MlflowException:  # created concurrently by another process
         return c.get_experiment_by_name(name).experiment_id
 

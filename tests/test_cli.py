@@ -137,11 +137,17 @@ def test_report_of_a_missing_sweep_suggests_the_ablate_command_with_its_flags(tm
     assert "run `ism ablate ablations/ema.yaml --profile smoke` first" in capsys.readouterr().err
     store = f"sqlite:///{tmp_path}/other/mlflow.db"
     assert main(["report", "ablations/ema.yaml", "--profile", "smoke", "--tracking-uri", store]) == 2
-    assert f"run `ism ablate ablations/ema.yaml --profile smoke --tracking-uri {store}` first" in capsys.readouterr().err
+    hint = f"run `ism ablate ablations/ema.yaml --profile smoke --tracking-uri {store}` first"
+    assert hint in capsys.readouterr().err
 
 
 def _stderr_of(code: str) -> str:
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    """What a fresh interpreter prints on stderr, in an environment without ism's quieting (commands run in-process
+    by other tests set it in this one)."""
+    from ism.commands.env import QUIET_ENV
+    clean = {k: v for k, v in os.environ.items() if k not in dict(QUIET_ENV)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=clean)
     assert proc.returncode == 0, proc.stderr
     return proc.stderr
 

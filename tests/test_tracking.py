@@ -273,7 +273,8 @@ def test_links_open_the_training_view_and_the_trials_view_is_stored_on_the_exper
     assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "ism.variant"}]
     assert {f"metrics.`fid_steps_{n}`" for n in (1, 4, 128)} <= set(view["selectedColumns"])
     exp_link, run_link = tracking.ui_link("http://h:1/", exp), tracking.ui_link("http://h:1", exp, parent)
-    assert exp_link == f"http://h:1/#/experiments/{exp}/runs?viewStateShareKey={tracking.VIEW_KEY}&workflowType=machine_learning"
+    view = f"viewStateShareKey={tracking.VIEW_KEY}&workflowType=machine_learning"
+    assert exp_link == f"http://h:1/#/experiments/{exp}/runs?{view}"
     assert run_link == f"http://h:1/#/experiments/{exp}/runs/{parent}?workflowType=machine_learning"
 
 
@@ -297,8 +298,8 @@ def test_experiment_page_shows_every_trials_fid_in_a_real_browser(store, tmp_pat
     c, exp, parent = _sweep(store, "view")
     fids = {}
     for i, (variant, seed) in enumerate((v, s) for v in ("sm", "ism") for s in (0, 1)):
-        rid = tracking.child_run(c, exp, parent, tmp_path / f"t{i}", f"{variant}-seed{seed}",
-                                 {"ism.kind": "trial", "ism.variant": variant, "ism.seed": str(seed)}, {"run.seed": seed})
+        tags = {"ism.kind": "trial", "ism.variant": variant, "ism.seed": str(seed)}
+        rid = tracking.child_run(c, exp, parent, tmp_path / f"t{i}", f"{variant}-seed{seed}", tags, {"run.seed": seed})
         fids[rid] = {n: round(300.0 / n + 7.25 * i + 0.5, 2) for n in (1, 4, 128)}  # distinct, exactly printable
         log = tracking.TrialLog(store, rid)
         log.eval_metrics(8, {f"fid_steps_{n}": v for n, v in fids[rid].items()})

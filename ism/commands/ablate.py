@@ -70,7 +70,8 @@ def inline_spec(args: argparse.Namespace, argv: list[str]) -> Path:
     from ism.report import default_out
     if args.spec:
         raise ConfigError(f"give a spec ({args.spec}) or --vary, not both")
-    name, text = vary.spec_text(args.vary, args.base, args.seeds, args.name, "ism ablate " + shlex.join(a for a in argv if a != "--dry-run"))
+    command = "ism ablate " + shlex.join(a for a in argv if a != "--dry-run")
+    name, text = vary.spec_text(args.vary, args.base, args.seeds, args.name, command)
     path = default_out(name, args.profile) / "spec.yaml"
     return vary.write_spec(path, text, lambda p: plan(load_spec(p), args.profile, args.variants, None))
 
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         p = dataclasses.replace(p, max_failures=args.max_failures)
     storage = env.storage(args.storage, "runs/ablate")
     if args.dry_run:
-        print(describe_plan(p, finished_trials(p, storage), reused_training(p, storage), measured_scale(storage, p.profile)))
+        print(describe_plan(p, finished_trials(p, storage), reused_training(p, storage),
+                            measured_scale(storage, p.profile)))
         return 0
     from ism.sweep import run_sweep  # Ray, MLflow and the trial code load only when a sweep runs
     uri = env.tracking_uri(args.tracking_uri)

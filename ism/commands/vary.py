@@ -78,5 +78,6 @@ def write_spec(path: Path, text: str, check) -> Path:
             path.unlink()
             if new_dir:
                 path.parent.rmdir()
-        raise ConfigError(f"{str(e).replace(str(path), '--vary')}\n(checked as the spec {path} would be; not written)") from None
+        said = str(e).replace(str(path), "--vary")  # the file is gone: name the flag instead
+        raise ConfigError(f"{said}\n(checked as the spec {path} would be; not written)") from None
     return path
