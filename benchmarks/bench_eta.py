@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,11 +42,13 @@ def run() -> list[dict]:
         wall = time.perf_counter() - t0
         assert done.returncode == 0, done.stderr[-3000:]
         timings = json.loads((storage / "timings.json").read_text())[PROFILE]
-        # the dry run of the same trials, now calibrated (they are done, so ask for the cost of all of them)
-        calibrated = _ablate(storage, uri, "--dry-run")
+        # the dry run of the same trials on a machine that timed them: a fresh storage holding only the timings
+        fresh = Path(tmp) / "fresh"
+        fresh.mkdir()
+        shutil.copy2(storage / "timings.json", fresh / "timings.json")
+        calibrated = _ablate(fresh, uri, "--dry-run")
         scale = timings["measured_s"] / timings["estimated_s"]
-        est_model = _wall_s(model.stdout)
-        total = re.search(r"([\d.]+) CPU-hours in all", calibrated.stdout)
+        est_model, est_calibrated = _wall_s(model.stdout), _wall_s(calibrated.stdout)
         rows = [
             {"case": "smoke dry run, cost model only", "value": round(est_model, 1), "unit": "s wall",
              "note": f"{SPEC} --variants {VARIANTS} --seeds 0"},
@@ -54,8 +57,10 @@ def run() -> list[dict]:
             {"case": "smoke trials, measured / estimated", "value": round(scale, 2), "unit": "x",
              "note": f"{timings['trials']} trials: {timings['measured_s']:.0f} s measured, "
                      f"{timings['estimated_s']:.0f} s estimated"},
-            {"case": "smoke dry run, calibrated, / real", "value": round(est_model * scale / wall, 2), "unit": "x",
-             "goal": "0.5-2", "note": f"calibrated dry run: {total.group(1) if total else '?'} CPU-hours in all"},
+            {"case": "smoke dry run, cost model only, / real", "value": round(est_model / wall, 2), "unit": "x",
+             "goal": "0.5-2", "note": "the profile's rates as committed"},
+            {"case": "smoke dry run, calibrated, / real", "value": round(est_calibrated / wall, 2), "unit": "x",
+             "goal": "0.5-2", "note": f"{est_calibrated:.0f} s: the rates x {scale:.2f} from timings.json"},
         ]
     return rows
 

@@ -23,18 +23,21 @@ class Profile:
     train_step_s: float = 0.0       # seconds per training step per trial (cost estimate; measured here for CPU)
     sample_nfe_s: float = 0.0       # seconds per network evaluation per generated sample at eval
     overhead_s: float = 0.0         # per-trial start-up (worker, imports, data, MLflow) and FID feature cost
+    sweep_overhead_s: float = 0.0   # once per sweep: the driver's imports, starting or joining Ray, the MLflow parent
 
 
 # Rates for the CPU profiles were measured on this project's 2-core machine (1 torch thread per trial; mnist-cpu:
 # 74 ms per step at batch 32 (docs/embedded-model.md); benchmarks/bench_tune.py measured a whole SM trial at
 # ~220 s: ~100 s of training, ~105 s of evaluation (500 samples at 1 ... 128 steps, diagnostics), ~15 s start-up);
-# GPU rates are order-of-magnitude guesses for one A100-class GPU per trial.
+# GPU rates are order-of-magnitude guesses for one A100-class GPU per trial. The smoke trial's start-up and every
+# sweep's own start were measured by benchmarks/bench_eta.py (benchmarks/results.md, "dry run against the real cost").
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", {"cpu": 1}, {"run.device": "cpu", "run.progress": False},
-                     "seconds per trial, for tests", cpus=2, train_step_s=0.01, sample_nfe_s=2e-5, overhead_s=8.0),
+                     "seconds per trial, for tests", cpus=2, train_step_s=0.01, sample_nfe_s=2e-5, overhead_s=30.0,
+                     sweep_overhead_s=40.0),
     "embedded": Profile("mnist-cpu", {"cpu": 1}, {"run.device": "cpu", "run.progress": False},
                         "MNIST-5k on 2 CPU cores, 1 CPU and 1 torch thread per trial (two trials at once)",
-                        cpus=2, train_step_s=0.074, sample_nfe_s=8e-4, overhead_s=15.0),
+                        cpus=2, train_step_s=0.074, sample_nfe_s=8e-4, overhead_s=15.0, sweep_overhead_s=40.0),
     "gpu-fashion": Profile("fashion-gpu", {"gpu": 1, "cpu": 8}, {"run.device": "cuda", "run.progress": False},
                            "Fashion-MNIST 32x32, DiT-S/2, 1 GPU per trial", train_step_s=0.05, sample_nfe_s=2e-5,
                            overhead_s=120.0),

@@ -269,6 +269,9 @@ def test_smoke_sweep_leaves_parent_and_child_runs_with_params_metrics_artifacts(
     cache = smoke_sweep["root"] / ".ism" / "cache"
     assert any((cache / "fidelity").iterdir()), "the trials wrote their reference statistics to the driver's cache"
     assert not list((smoke_sweep["root"] / "st").rglob(".ism")), "no cache of its own in a Ray trial's working dir"
+    # the trials that ran to their end here, without a retry, calibrate the next dry run on this machine
+    timed = profiles.measured_scale(smoke_sweep["root"] / "st", "smoke")
+    assert timed is not None and timed[1] == 2 and timed[0] > 0, timed  # a/s0, a/s1: b's crashed once, broken failed
 
 
 @pytest.mark.slow

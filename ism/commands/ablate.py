@@ -54,9 +54,11 @@ def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, st
     pending = sum(cost[t.run_id] for t in p.trials if t.run_id not in done)
     unit = "GPU" if p.resources.get("gpu") else "CPU"
     share = p.resources.get("gpu") or p.resources.get("cpu", 1)
+    start = PROFILES[p.profile].sweep_overhead_s if pending else 0.0  # Ray, MLflow and imports, once per sweep
     lines.append(f"\nestimated cost: {len(p.trials)} trials, {total * share / 3600:.2f} {unit}-hours in all; "
-                 f"{len(p.trials) - len(done & {t.run_id for t in p.trials})} pending, ~{fmt_s(pending / k)} wall at "
-                 f"{k} trial(s) at once" + ("" if unit == "CPU" else " per GPU"))
+                 f"{len(p.trials) - len(done & {t.run_id for t in p.trials})} pending, ~{fmt_s(pending / k + start)} "
+                 f"wall at {k} trial(s) at once" + ("" if unit == "CPU" else " per GPU")
+                 + (f", ~{fmt_s(start)} of it to start Ray and MLflow" if start else ""))
     lines.append(f"  (the cost model's rates x {scale:.2f}, measured on {measured[1]} {p.profile} trial(s) run on this "
                  "machine; timings.json in the storage)" if measured else
                  f"  (the cost model's rates for {p.profile}; not yet measured on this machine: a sweep's finished "
