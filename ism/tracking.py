@@ -332,6 +332,26 @@ class TrialLog:
         for name, points in curves.items():
             for n, value in sorted(points.items()):
                 log_metrics(self.c, self.run_id, {name: value}, n, skip)
+        self.note(metrics, names)
+
+    def note(self, metrics: Mapping[str, float], names: Iterable[str] = ("fid", "kid")) -> None:
+        """The final FID/KID by step count as the run's Description, the first thing its Overview shows (the metrics
+        table below it lists dozens of keys, the losses first)."""
+        by: dict[int, dict[str, float]] = {}
+        for key, value in metrics.items():
+            k = metric_keys.parse(key)
+            if k is not None and k.w is None and k.metric in names and isinstance(value, (int, float)):
+                by.setdefault(k.steps, {})[k.metric] = value
+        cols = [m for m in names if any(m in row for row in by.values())]
+        if not cols:
+            return
+        md = ["| sampling steps | " + " | ".join(m.upper() for m in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        md += [f"| {n} | " + " | ".join(f"{by[n][m]:.4g}" if m in by[n] else "" for m in cols) + " |" for n in sorted(by)]
+        # one line first: the Overview folds a long Description after two or three lines
+        line = "; ".join(f"{m.upper()} " + ", ".join(f"{by[n][m]:.4g} at {n}" for n in sorted(by) if m in by[n])
+                         for m in cols)
+        set_tag(self.c, self.run_id, "mlflow.note.content", f"**{line}** (steps).\n\nFinal evaluation (all rows: "
+                "eval/eval.csv in the artifacts):\n\n" + "\n".join(md))
 
     def artifacts(self, run_dir: Path, names: Iterable[str] = ("config.yaml", "stats.jsonl", "summary.json", "eval",
                                                                "samples")) -> None:

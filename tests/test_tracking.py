@@ -90,6 +90,9 @@ def test_trial_log_skips_replayed_steps_and_logs_eval_once(store, tmp_path):
     # log2 of the step count as MLflow's step, so 1, 2, 4, 8 do not bunch at the left of its linear axis
     assert [(m.step, m.value) for m in c.get_metric_history(rid, "fid/vs_log2_steps")] == [(0, 50.0), (7, 20.0)]
     assert not {"sc_gap/vs_log2_steps", "fid/vs_steps"} & set(c.get_run(rid).data.metrics)
+    note = c.get_run(rid).data.tags["mlflow.note.content"]  # the run page's Description: FID by step count
+    assert note.startswith("**FID 50 at 1, 20 at 128** (steps).")
+    assert "| sampling steps | FID |" in note and "| 1 | 50 |" in note and "| 128 | 20 |" in note and "9" not in note
     hist = c.get_metric_history(rid, "loss")
     assert sorted(m.step for m in hist) == [2, 4, 6, 8, 10]
     assert [m.step for m in c.get_metric_history(rid, "fid_steps_1")] == [10]
