@@ -106,6 +106,7 @@ def load_spec(path: str | Path) -> Spec:
     """Parse and shape-check a spec file (configs are resolved and validated by plan())."""
     p = Path(path)
     raw, text = read_yaml_mapping(p, "ablation spec", f"a mapping with keys {', '.join(SPEC_KEYS)}")
+    S.check_kind(p, raw, "ablation")
     S.check_keys(str(p), raw, SPEC_KEYS)
     name = str(raw.get("name") or p.stem)
     base = S.mapping(f"{p}: base", raw.get("base"))

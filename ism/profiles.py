@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
+from ism import store
 from ism.config import Config, ConfigError
 from ism.errors import suggest
 
@@ -21,17 +23,20 @@ class Profile:
     train_step_s: float = 0.0       # seconds per training step per trial (cost estimate; measured here for CPU)
     sample_nfe_s: float = 0.0       # seconds per network evaluation per generated sample at eval
     overhead_s: float = 0.0         # per-trial start-up (worker, imports, data, MLflow) and FID feature cost
+    sweep_overhead_s: float = 0.0   # once per sweep: the driver's imports, starting or joining Ray, the MLflow parent
 
 
 # Rates for the CPU profiles come from this project's 2-core machine at 1 torch thread per trial, so that dry runs
 # and ETAs are in real seconds (the measurements and their commands: docs/results.md#per-trial-cost); GPU rates are
 # order-of-magnitude guesses for one A100-class GPU per trial.
+# The smoke trial's start-up and every sweep's own start: benchmarks/bench_eta.py (benchmarks/results.md).
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", {"cpu": 1}, {"run.device": "cpu", "run.progress": False},
-                     "seconds per trial, for tests", cpus=2, train_step_s=0.01, sample_nfe_s=2e-5, overhead_s=8.0),
+                     "seconds per trial, for tests", cpus=2, train_step_s=0.01, sample_nfe_s=2e-5, overhead_s=30.0,
+                     sweep_overhead_s=40.0),
     "embedded": Profile("mnist-cpu", {"cpu": 1}, {"run.device": "cpu", "run.progress": False},
                         "MNIST-5k on 2 CPU cores, 1 CPU and 1 torch thread per trial (two trials at once)",
-                        cpus=2, train_step_s=0.074, sample_nfe_s=8e-4, overhead_s=15.0),
+                        cpus=2, train_step_s=0.074, sample_nfe_s=8e-4, overhead_s=15.0, sweep_overhead_s=40.0),
     "gpu-fashion": Profile("fashion-gpu", {"gpu": 1, "cpu": 8}, {"run.device": "cuda", "run.progress": False},
                            "Fashion-MNIST 32x32, DiT-S/2, 1 GPU per trial", train_step_s=0.05, sample_nfe_s=2e-5,
                            overhead_s=120.0),
@@ -73,6 +78,36 @@ def estimate_parts(cfg: Config, profile: str) -> tuple[float, float, float]:
 def estimate_s(cfg: Config, profile: str) -> float:
     """Rough wall seconds of one trial."""
     return sum(estimate_parts(cfg, profile))
+
+
+# The cost model's rates are a machine's; the trials a sweep has run on this machine say how far off they are here.
+# Each finished trial adds (measured wall s, estimated s) under its profile in <storage>/timings.json; the dry run and
+# the live ETA scale the model by measured / estimated (a ratio of sums: long trials weigh more, as in a sweep's wall).
+TIMINGS = "timings.json"
+
+
+def record_timing(storage: str | Path, profile: str, measured_s: float, estimated_s: float) -> None:
+    """Add one finished trial's measured and estimated seconds to the storage's timings (the sweep driver only)."""
+    if estimated_s <= 0 or measured_s <= 0:
+        return
+    path = Path(storage) / TIMINGS
+    data = store.read_json(path)
+    row = data.setdefault(profile, {"measured_s": 0.0, "estimated_s": 0.0, "trials": 0})
+    row["measured_s"] += measured_s
+    row["estimated_s"] += estimated_s
+    row["trials"] += 1
+    store.write_json(path, data)
+
+
+def measured_scale(storage: str | Path, profile: str) -> tuple[float, int] | None:
+    """(measured / estimated seconds, trials) over the profile's trials timed in this storage, None before any."""
+    try:
+        row = store.read_json(Path(storage) / TIMINGS).get(profile)
+    except (OSError, ValueError):  # unreadable timings only lose the calibration
+        return None
+    if not row or row.get("estimated_s", 0) <= 0 or row.get("trials", 0) < 1:
+        return None
+    return row["measured_s"] / row["estimated_s"], int(row["trials"])
 
 
 def concurrency(profile: str, resources: Mapping[str, float], cap: int | None = None) -> int:

@@ -1,13 +1,16 @@
 """A sweep's terminal progress: trials done / running / failed, each running trial's step, loss and FIDs, and an ETA
-from the cost model (ism.profiles) scaled by how fast estimated work has been getting done."""
+from the cost model (ism.profiles) scaled by measured trial times: this sweep's finished trials, else the trials this
+machine ran before (<storage>/timings.json), else the model as it is."""
 from __future__ import annotations
 
+import heapq
 import sys
 import time
+from pathlib import Path
 
 from ism import metric_keys
 from ism.ablate import Plan, Trial
-from ism.profiles import estimate_parts
+from ism.profiles import concurrency, estimate_parts, measured_scale, record_timing
 
 
 def _fids(result: dict) -> str:
@@ -23,7 +26,8 @@ class Progress:
     Its on_* methods take Tune's callback arguments; the Ray adapter forwards a sweep's trial events to them."""
 
     def __init__(self, plan: Plan, pending: list[Trial], done_before: int, every_s: float = 20.0, out=sys.stderr,
-                 reused: frozenset[str] = frozenset(), stored: frozenset[str] = frozenset()):
+                 reused: frozenset[str] = frozenset(), stored: frozenset[str] = frozenset(),
+                 timings: Path | None = None):
         self.plan, self.out, self.every = plan, out, every_s
         self.by_id = {t.run_id: t for t in pending}
         self.total = len(plan.trials)
@@ -39,8 +43,17 @@ class Progress:
         self.work = {rid: sum(p) for rid, p in parts.items()}
         # share of a trial's estimated time spent training (evaluation follows; a guidance sweep makes it long)
         self.train_share = {rid: p[0] / max(sum(p), 1e-9) for rid, p in parts.items()}
-        self.finished_work = 0.0
         self.base: dict[str, int] = {}  # run id -> the step a resumed trial picked up at
+        # The ETA: estimated work left times measured seconds per estimated second, spread over the trials at once.
+        self.timings = timings  # the storage root whose timings.json calibrates the model and records each trial
+        prior = measured_scale(timings, plan.profile) if timings else None
+        self.prior, self.prior_trials = prior if prior else (1.0, 0)
+        self.measured_s = self.measured_work = 0.0
+        self.measured_trials = 0
+        self.started: dict[str, float] = {}
+        self.retries_of: dict[str, int] = {}
+        self.closed: set[str] = set()
+        self.slots = concurrency(plan.profile, plan.resources)
 
     def _label(self, trial) -> str:
         t = self.by_id.get(trial.config.get("run_id"))
@@ -48,6 +61,7 @@ class Progress:
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running[trial.config["run_id"]] = {}
+        self.started[trial.config["run_id"]] = time.time()
         self._print(force=True, event=f"start {self._label(trial)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -73,16 +87,18 @@ class Progress:
     def on_trial_complete(self, iteration, trials, trial, **info):
         rid = trial.config["run_id"]
         self.running.pop(rid, None)
-        self.finished_work += self.work.get(rid, 0.0)
+        self.closed.add(rid)
         if (trial.last_result or {}).get("failed"):
             self.failed += 1
             self._print(force=True, event=f"FAILED {self._label(trial)} (not retried: the same error would recur)")
             return
         self.done += 1
+        self._measured(rid)
         self._print(force=True, event=f"done {self._label(trial)}{_fids(trial.last_result or {})}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.retries += 1
+        self.retries_of[trial.config["run_id"]] = self.retries_of.get(trial.config["run_id"], 0) + 1
         self.running.pop(trial.config["run_id"], None)
         self._print(force=True, event=f"retry {self._label(trial)} (failure {trial.num_failures} of at most "
                                       f"{self.plan.max_failures}; resumes from its last checkpoint)")
@@ -90,27 +106,55 @@ class Progress:
     def on_trial_error(self, iteration, trials, trial, **info):
         rid = trial.config["run_id"]
         self.running.pop(rid, None)
+        self.closed.add(rid)
         self.failed += 1
-        self.finished_work += self.work.get(rid, 0.0)
         self._print(force=True, event=f"FAILED {self._label(trial)}")
 
     def on_step_end(self, iteration, trials, **info):
         self._print()
 
+    def _measured(self, rid: str) -> None:
+        """A trial that ran here to its end: its wall time against its estimate calibrates the ETA (and this
+        machine's timings, which the next dry run reads). Trials that did no work here (stored, finished before,
+        retried after a failure) say nothing about speed."""
+        work, began = self.work.get(rid, 0.0), self.started.get(rid)
+        if work <= 0 or began is None or self.retries_of.get(rid):
+            return
+        took = time.time() - began
+        self.measured_s += took
+        self.measured_work += work
+        self.measured_trials += 1
+        if self.timings is not None:
+            record_timing(self.timings, self.plan.profile, took, work)
+
+    def scale(self) -> float:
+        """Measured seconds per estimated second: this sweep's finished trials, else this machine's earlier ones,
+        else 1 (the cost model as it is)."""
+        return self.measured_s / self.measured_work if self.measured_work > 0 else self.prior
+
+    def eta_source(self) -> str:
+        """What the ETA's scale rests on, in a few words."""
+        if self.measured_trials:
+            return f"from {self.measured_trials} trial(s) timed here"
+        if self.prior_trials:
+            return f"from {self.prior_trials} earlier trial(s) on this machine"
+        return "cost model"
+
     def eta_s(self) -> float | None:
-        """Remaining seconds: estimated work left scaled by how fast estimated work has been getting done."""
-        part = 0.0
-        for rid, res in self.running.items():
-            t = self.by_id.get(rid)
-            if t and res.get("step") and t.cfg.run.steps:
-                s0 = self.base.get(rid, 0)
-                frac = (res["step"] - s0) / max(t.cfg.run.steps - s0, 1)
-                part += self.work[rid] * self.train_share[rid] * min(1.0, max(frac, 0.0))
-        done_work = self.finished_work + part
-        left = sum(self.work.values()) - done_work
-        if done_work <= 0:
+        """Remaining wall seconds: the running trials' scaled estimates less the time each has run (never below 0, so
+        a trial running long stalls the ETA rather than growing it), then the waiting trials in order, each on the
+        first slot to free up; None when nothing is left. Starting a waiting trial leaves this schedule as it was."""
+        now, r = time.time(), self.scale()
+        running = [max(r * self.work[rid] - (now - self.started.get(rid, now)), 0.0)
+                   for rid in self.running if rid in self.work]
+        waiting = [r * w for rid, w in self.work.items() if rid not in self.running and rid not in self.closed]
+        if not running and not waiting:
             return None
-        return left * (time.time() - self.start) / done_work
+        slots = running + [0.0] * max(self.slots - len(running), 0)
+        heapq.heapify(slots)
+        for w in waiting:
+            heapq.heappush(slots, heapq.heappop(slots) + w)
+        return max(slots)
 
     def _print(self, force: bool = False, event: str = "") -> None:
         now = time.time()
@@ -120,7 +164,8 @@ class Progress:
         eta = self.eta_s()
         head = (f"[{self.plan.spec.name}/{self.plan.profile}] {self.done}/{self.total} done, {len(self.running)} running, "
                 f"{self.failed} failed" + (f", {self.retries} retried" if self.retries else "")
-                + f" | {(now - self.start) / 60:.1f} min" + (f", ETA {eta / 60:.1f} min" if eta is not None else ""))
+                + f" | {(now - self.start) / 60:.1f} min"
+                + (f", ETA {eta / 60:.1f} min ({self.eta_source()})" if eta is not None else ""))
         parts = []
         for rid, res in self.running.items():
             t = self.by_id.get(rid)

@@ -17,6 +17,29 @@ def check_keys(where: str, d: Mapping[str, Any], allowed) -> None:
             raise ConfigError(f"{where}: unknown key '{k}'; allowed: {', '.join(allowed)}." + suggest(str(k), allowed))
 
 
+class SpecKindError(ConfigError):
+    """A spec of the other kind: `command` runs it (a command adds its own flags to the hint)."""
+
+    def __init__(self, what: str, command: str, flags: str = ""):
+        super().__init__(f"{what}; run it with `{command}{flags}`")
+        self.what, self.command = what, command
+
+    def with_flags(self, flags: str) -> "SpecKindError":
+        """The same error whose hint carries the flags of the command that printed it."""
+        return SpecKindError(self.what, self.command, flags)
+
+
+def check_kind(path, raw: Mapping[str, Any], kind: str) -> None:
+    """A spec of the other kind (an ablation spec given to `ism study`, or the reverse) is named as such, rather
+    than reported as an unknown key of this kind."""
+    study = "space" in raw or "objective" in raw
+    if kind == "study" and "variants" in raw and not study:
+        raise SpecKindError(f"{path} is an ablation spec (it lists variants), not a study spec", f"ism ablate {path}")
+    if kind == "ablation" and study and "variants" not in raw:
+        raise SpecKindError(f"{path} is a study spec (it has a search space and an objective), not an ablation spec",
+                            f"ism study {path}")
+
+
 def mapping(where: str, v: Any) -> dict[str, Any]:
     """A mapping (None = empty)."""
     if v is None:

@@ -95,7 +95,7 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str, cache_root: Path, cr
                                "crash_at_step": crash[1] if crash and crash[0] in (t.run_id, *t.variants) else None}
                     for t in pending}
         progress = Progress(plan, pending, len(plan.trials) - len(pending), every_s=progress_every_s,
-                            reused=frozenset(reused_training(plan, storage)), stored=stored)
+                            reused=frozenset(reused_training(plan, storage)), stored=stored, timings=storage)
         errors: dict[str, str] = {}
         interrupted = False
         labels = {t.run_id: f"{t.label.replace('/', '-')}-{t.run_id}" for t in pending}

@@ -138,6 +138,18 @@ def git_commit() -> str:
 # MLflow 3's UI reads this experiment tag to pick its view; without it, it guesses (and guessed GenAI for ism's
 # experiments: traces, token usage, runs labelled "Evaluations"). "custom_model_development" is the training view.
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+# The view ism's links open, stored as the UI's shared view state (an experiment tag read for ?viewStateShareKey=).
+# MLflow 3.17's runs table folds child runs under their collapsed parent, and a shared view cannot unfold them
+# (runsExpanded is left out of what it shares; a search filter still fetches the parent). Grouped by variant, the
+# trials show as rows under open groups (the parent run under "Additional runs"), with FID and KID at 1, 4 and 128
+# steps as columns and each group's mean beside its name; every trial is drawn in the charts.
+VIEW_KEY = "ism-trials"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_STATE = json.dumps({"runsHiddenMode": "SHOW_ALL",
+                         "groupBy": {"aggregateFunction": "average",
+                                     "groupByKeys": [{"mode": "tag", "groupByData": "ism.variant"}]},
+                         "selectedColumns": ["tags.`ism.seed`"]
+                         + [f"metrics.`{metric_keys.key(m, n)}`" for m in ("fid", "kid") for n in (1, 4, 128)]})
 
 
 def experiment_id(c: MlflowClient, name: str) -> str:
@@ -147,20 +159,24 @@ def experiment_id(c: MlflowClient, name: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
-        if exp.tags.get(EXPERIMENT_KIND) != TRAINING_KIND:  # made by an older ism, or by hand
-            _retry(c.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
+        for key, value in ((EXPERIMENT_KIND, TRAINING_KIND), (VIEW_TAG, VIEW_STATE)):
+            if exp.tags.get(key) != value:  # made by an older ism, or by hand
+                _retry(c.set_experiment_tag, exp.experiment_id, key, value)
         return exp.experiment_id
     root = artifact_root(c.tracking_uri)
     loc = f"{root}/{name.replace('/', '_')}" if root else None
     try:
-        return c.create_experiment(name, artifact_location=loc, tags={EXPERIMENT_KIND: TRAINING_KIND})
+        return c.create_experiment(name, artifact_location=loc,
+                                   tags={EXPERIMENT_KIND: TRAINING_KIND, VIEW_TAG: VIEW_STATE})
     except MlflowException:  # created concurrently by another process
         return c.get_experiment_by_name(name).experiment_id
 
 
-def ui_link(base_url: str, experiment_id: str) -> str:
-    """The deep link that opens an experiment's runs in the UI's model-training view."""
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+def ui_link(base_url: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The deep link into the UI's model-training view (workflowType; without it MLflow 3 may open the GenAI view):
+    an experiment's trials with their FIDs (VIEW_STATE), or one run's page."""
+    page = f"runs/{run_id}?" if run_id else f"runs?viewStateShareKey={VIEW_KEY}&"
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/{page}workflowType=machine_learning"
 
 
 def _param_value(v: Any) -> str:
@@ -302,7 +318,8 @@ class TrialLog:
         log_metrics(self.c, self.run_id, metrics, step, skip)
 
     def steps_curves(self, metrics: Mapping[str, float], names: Iterable[str] = ("fid", "kid")) -> None:
-        """FID/KID against the sampling step count as MLflow series (`fid/vs_steps` at step N), for the UI's charts.
+        """FID/KID against the sampling step count as MLflow series for the UI's charts: `fid/vs_log2_steps` at step
+        log2(N), since the UI's step axis is linear and 1, 2, 4, 8 would bunch at its left end (N is a power of two).
 
         The UI shows one chart section per name prefix, sorted by name, with unprefixed metrics last: the prefixes
         `fid/`, `kid/` put these curves first on a run's metrics tab, above the `ot/` and `wavelet/` internals."""
@@ -310,11 +327,31 @@ class TrialLog:
         for key, value in metrics.items():
             k = metric_keys.parse(key)
             if k is not None and k.w is None and k.metric in names:
-                curves.setdefault(f"{k.metric}/vs_steps", {})[k.steps] = value
+                curves.setdefault(f"{k.metric}/vs_log2_steps", {})[int(math.log2(k.steps))] = value
         skip = logged_steps(self.c, self.run_id, curves)
         for name, points in curves.items():
             for n, value in sorted(points.items()):
                 log_metrics(self.c, self.run_id, {name: value}, n, skip)
+        self.note(metrics, names)
+
+    def note(self, metrics: Mapping[str, float], names: Iterable[str] = ("fid", "kid")) -> None:
+        """The final FID/KID by step count as the run's Description, the first thing its Overview shows (the metrics
+        table below it lists dozens of keys, the losses first)."""
+        by: dict[int, dict[str, float]] = {}
+        for key, value in metrics.items():
+            k = metric_keys.parse(key)
+            if k is not None and k.w is None and k.metric in names and isinstance(value, (int, float)):
+                by.setdefault(k.steps, {})[k.metric] = value
+        cols = [m for m in names if any(m in row for row in by.values())]
+        if not cols:
+            return
+        md = ["| sampling steps | " + " | ".join(m.upper() for m in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        md += [f"| {n} | " + " | ".join(f"{by[n][m]:.4g}" if m in by[n] else "" for m in cols) + " |" for n in sorted(by)]
+        # one line first: the Overview folds a long Description after two or three lines
+        line = "; ".join(f"{m.upper()} " + ", ".join(f"{by[n][m]:.4g} at {n}" for n in sorted(by) if m in by[n])
+                         for m in cols)
+        set_tag(self.c, self.run_id, "mlflow.note.content", f"**{line}** (steps).\n\nFinal evaluation (all rows: "
+                "eval/eval.csv in the artifacts):\n\n" + "\n".join(md))
 
     def artifacts(self, run_dir: Path, names: Iterable[str] = ("config.yaml", "stats.jsonl", "summary.json", "eval",
                                                                "samples")) -> None:
@@ -402,6 +439,19 @@ def ism_experiments(uri: str | None = None) -> list[tuple[str, str]]:
     return sorted(((e.experiment_id, e.name) for e in exps), key=lambda x: x[1])
 
 
+def trial_runs(experiment_id: str, uri: str | None = None) -> list[dict[str, Any]]:
+    """The trials (child runs) of an experiment, by variant and seed: run id, name, status and FID by step count."""
+    runs = client(uri).search_runs([experiment_id], "tags.`ism.kind` = 'trial'", max_results=5000)
+    out = []
+    for r in runs:
+        keys = {k: metric_keys.parse(k) for k in r.data.metrics}
+        fid = {mk.steps: r.data.metrics[k] for k, mk in keys.items() if mk and mk.metric == "fid" and mk.w is None}
+        seed = r.data.tags.get("ism.seed", "")
+        out.append({"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "fid": fid,
+                    "variant": r.data.tags.get("ism.variant", "?"), "seed": int(seed) if seed.isdigit() else -1})
+    return sorted(out, key=lambda t: (t["variant"], t["seed"]))
+
+
 def experiment_name(experiment_id: str, uri: str | None = None) -> str:
     """The name of an experiment."""
     return client(uri).get_experiment(experiment_id).name
@@ -443,6 +493,11 @@ def run_summary(run: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- ism ui
+# The server's job runner (GenAI scorers, trace rollups: nothing ism logs) starts eight more processes that each
+# import mlflow, competing with the server's own start-up on a small machine.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def server_command(uri: str, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> list[str]:
     """`mlflow server` over a sqlite store with its artifact root beside it, bound to one host."""
     root = artifact_root(uri)

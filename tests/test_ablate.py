@@ -43,7 +43,7 @@ def test_components_matrix_shares_identical_configs():
     p = ablate.plan(spec, "embedded")
     # The oracle, from the YAML itself: a variant is base overrides + its own; equal merged overrides = one trial.
     raw = yaml.safe_load((ROOT / "ablations/components.yaml").read_text())
-    merged = {n: frozenset({**raw["base"]["overrides"], **(v.get("overrides") or {})}.items())
+    merged = {n: frozenset((k, json.dumps(x)) for k, x in {**raw["base"]["overrides"], **(v.get("overrides") or {})}.items())
               for n, v in raw["variants"].items()}
     aliases = {frozenset(n for n in merged if merged[n] == m) for m in merged.values()}
     assert len(p.variants) == len(raw["variants"]) and len(p.trials) == len(aliases) * len(p.seeds)
@@ -66,13 +66,17 @@ def test_components_matrix_shares_identical_configs():
 
 
 def test_side_specs_record_fewer_seeds_on_embedded_and_reuse_components_trials():
-    comp = {t.run_id for t in ablate.plan(ablate.load_spec(ROOT / "ablations/components.yaml"), "embedded").trials}
+    # components evaluates with a held-out guidance selection the side specs skip: their trainings are shared
+    # (adopted, ism.store.trained_donor), not their run ids
+    from ism.config import training_id
+    comp = {training_id(t.cfg) for t in ablate.plan(ablate.load_spec(ROOT / "ablations/components.yaml"),
+                                                    "embedded").trials}
     for name, shared in (("sot-pool", {"K0", "K32"}), ("wavelet-levels", {"L0", "Lmax"}), ("ema", {"paper", "none"})):
         spec = ablate.load_spec(ROOT / f"ablations/{name}.yaml")
         p = ablate.plan(spec, "embedded")
         assert p.seeds == (0,) and spec.seeds == (0, 1, 2)
         assert any("seeds [0]" in n for n in p.notes)
-        assert {v for t in p.trials if t.run_id in comp for v in t.variants} == shared
+        assert {v for t in p.trials if training_id(t.cfg) in comp for v in t.variants} == shared
         assert ablate.plan(spec, "gpu-cifar10").seeds == (0, 1, 2)
 
 
@@ -262,9 +266,9 @@ def test_smoke_sweep_leaves_parent_and_child_runs_with_params_metrics_artifacts(
                                  for key, v in flatten(t.cfg).items()}
         m = k.data.metrics
         for key in ("loss", "loss_fm", "loss_sc", "wall_time_s", "peak_mem_mb", "fid_steps_1", "fid_steps_2",
-                    "kid_steps_1", "fid/vs_steps"):
+                    "kid_steps_1", "fid/vs_log2_steps"):
             assert key in m, key
-        assert [h.step for h in c.get_metric_history(k.info.run_id, "fid/vs_steps")] == [1, 2]
+        assert [h.step for h in c.get_metric_history(k.info.run_id, "fid/vs_log2_steps")] == [0, 1]  # 1, 2 steps
         assert k.data.tags["ism.hardware"] and k.data.tags["ism.node_ip"]
         steps = [h.step for h in c.get_metric_history(k.info.run_id, "loss")]
         assert steps == sorted(set(steps)) and steps[-1] == t.cfg.run.steps, "each logged step once"
@@ -276,6 +280,9 @@ def test_smoke_sweep_leaves_parent_and_child_runs_with_params_metrics_artifacts(
     cache = smoke_sweep["root"] / ".ism" / "cache"
     assert any((cache / "fidelity").iterdir()), "the trials wrote their reference statistics to the driver's cache"
     assert not list((smoke_sweep["root"] / "st").rglob(".ism")), "no cache of its own in a Ray trial's working dir"
+    # the trials that ran to their end here, without a retry, calibrate the next dry run on this machine
+    timed = profiles.measured_scale(smoke_sweep["root"] / "st", "smoke")
+    assert timed is not None and timed[1] == 2 and timed[0] > 0, timed  # a/s0, a/s1: b's crashed once, broken failed
 
 
 @pytest.mark.ray
@@ -299,7 +306,14 @@ def test_parent_run_carries_the_sweep_summary_and_the_experiment_the_training_vi
     arts = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"summary.json", "summary.csv"} <= arts
     assert "| a | 2 |" in parent.data.tags["mlflow.note.content"], "the Overview's description holds the summary"
-    assert "next:" in smoke_sweep["out"] and "ism report" in smoke_sweep["out"] and "workflowType" in smoke_sweep["out"]
+    out = smoke_sweep["out"]
+    assert "next:" in out and "ism report" in out and "workflowType" in out
+    # quiet: ism's own lines, not the libraries' (they come back with --verbose)
+    for noise in ("Token authentication is enabled", "Creating initial MLflow database tables", "Downloading artifacts",
+                  "INFO mlflow"):
+        assert noise not in out, noise
+    etas = [ln for ln in out.splitlines() if ", ETA " in ln]
+    assert etas and all(re.search(r"ETA \d+\.\d min \((cost model|from \d+ (earlier )?trial)", ln) for ln in etas), etas
     from ism.commands.ls import sweep_lines
     line = next(ln for ln in sweep_lines(uri) if ln.split()[:2] == ["mini", "smoke"])
     assert "FAILED" in line and "6 trials: 4 finished, 2 failed" in line, line
@@ -367,7 +381,9 @@ def test_ism_ui_renders_runs_and_fid_in_a_real_browser_and_stops_whole_on_sigter
             return " ".join(re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", dom, flags=re.S)).split())
 
         runs = render(link)
-        assert "Model training" in runs and "mini-smoke" in runs, runs[:2000]
+        # the shared view ism's link opens: trials grouped by variant (open), FID columns, no click needed
+        assert "Model training" in runs and "Group by: ism.variant" in runs and "fid_steps_1" in runs, runs[:2000]
+        assert all(k.info.run_name in runs for k in kids if k.data.tags["ism.variant"] in ("a", "b")), runs[:2000]
         page = render(link.replace("/runs?", f"/runs/{parent.info.run_id}?"))
         assert "a/fid_steps_1" in page and "b/kid_steps_1" in page, page[:2000]
         assert any(k.info.run_name in page for k in kids), "the parent's page lists its child runs"
@@ -564,7 +580,9 @@ def test_reflow_teacher_variant_resolves_to_the_same_seed_trial_and_runs_first()
             s = by[student, seed].cfg
             assert s.data.coupling == "reflow" and s.data.reflow_teacher == by[teacher, seed].run_id
             assert not s.ot.enabled and (s.data.reflow_steps, s.data.reflow_pairs) == (32, 4096)
-    assert by["sm", 0].run_id == ablate.plan(ablate.load_spec(ROOT / "ablations/components.yaml"), "embedded").trials[0].run_id
+    from ism.config import training_id   # the same training as components' sm (evaluated differently)
+    assert training_id(by["sm", 0].cfg) == training_id(
+        ablate.plan(ablate.load_spec(ROOT / "ablations/components.yaml"), "embedded").trials[0].cfg)
     first, second = ablate.phases(list(p.trials), p.trials)
     assert {t.variants[0] for t in second} == {"sm+reflow", "ism+reflow"}
     assert [t.run_id for t in first] == [t.run_id for t in p.trials if t not in second]
@@ -642,3 +660,52 @@ def test_methods_spec_shares_sm_and_ism_training_with_components_and_configures_
         assert (cfg[f"{m}+twin_ema"].shortcut.target, cfg[f"{m}+twin_ema"].ema.twin) == ("ema", True)
     assert cfg["ct"].loss.distance == "pseudo_huber" and cfg["ct"].guidance.mode == "none"
     assert cfg["meanflow+intrinsic"].guidance.mode == "intrinsic"
+
+
+# ----------------------------------------------------------------------------------------------- inline sweeps
+INLINE = ["--base", "mnist-cpu", "--vary", "guidance.w_max=1,2,3", "--seeds", "0,1,2", "--profile", "smoke"]
+
+
+def test_inline_sweep_is_the_spec_it_writes_beside_its_report(tmp_path, monkeypatch, capsys):
+    """`--vary` plans what the same spec written by hand plans (same trials, same sweep id, so the same MLflow
+    experiment and report), and leaves that spec beside the report, where rerunning it gives the same dry run."""
+    monkeypatch.chdir(tmp_path)
+    st = ["--storage", str(tmp_path / "st"), "--dry-run"]
+    assert ablate_cmd.main(INLINE + st) == 0
+    inline_out = capsys.readouterr().out
+    written = Path("reports/mnist-cpu-vary-guidance_w_max-smoke/spec.yaml")
+    assert written.is_file() and f"({written})" in inline_out.splitlines()[0]
+    by_hand = write_spec(tmp_path / "by_hand.yaml", name="mnist-cpu-vary-guidance_w_max", base={"preset": "mnist-cpu"},
+                         seeds=[0, 1, 2], variants={f"w_max_{w}": {"reason": f"w_max {w}",
+                                                                   "overrides": {"guidance.w_max": float(w)}}
+                                                    for w in (1, 2, 3)})
+    a, b = ablate.plan(ablate.load_spec(written), "smoke"), ablate.plan(ablate.load_spec(by_hand), "smoke")
+    assert [(t.run_id, t.variants, t.seed) for t in a.trials] == [(t.run_id, t.variants, t.seed) for t in b.trials]
+    assert a.sweep_id == b.sweep_id and len(a.trials) == 9
+    assert ablate_cmd.main([str(written), "--profile", "smoke", *st]) == 0
+    assert capsys.readouterr().out == inline_out, "rerunning the written spec is the same sweep"
+
+
+def test_inline_sweep_crosses_its_axes_and_refuses_bad_keys_as_a_spec_does(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    st = ["--storage", str(tmp_path / "st"), "--dry-run", "--profile", "smoke"]
+    assert ablate_cmd.main(["--vary", "guidance.w_max=1,2", "--vary", "optim.lr=0.001,0.002", *st]) == 0
+    spec = ablate.load_spec(next(Path("reports").glob("*/spec.yaml")))
+    assert [v.name for v in spec.variants] == ["w_max_1-lr_0_001", "w_max_1-lr_0_002", "w_max_2-lr_0_001",
+                                               "w_max_2-lr_0_002"]
+    assert dict(spec.variants[1].overrides) == {"guidance.w_max": 1, "optim.lr": 0.002}
+    capsys.readouterr()
+    bad = write_spec(tmp_path / "bad.yaml", variants={"wmax_1": {"reason": "r", "overrides": {"guidance.wmax": 1}}})
+    with pytest.raises(ConfigError) as from_spec:
+        ablate.plan(ablate.load_spec(bad), "smoke")
+    with pytest.raises(ConfigError) as inline:
+        ablate_cmd.main(["--base", "mnist-cpu", "--vary", "guidance.wmax=1,2", "--name", "bad", *st])
+    said = lambda e: str(e.value).split(": ", 1)[1].split("\n")[0]  # the message after the file's name
+    assert said(inline) == said(from_spec), (str(inline.value), str(from_spec.value))
+    assert "Did you mean 'w_max'" in str(inline.value) and not Path("reports/bad-smoke").exists()
+    for flags, match in ((["--vary", "guidance.w_max"], "expected KEY=VALUE"),
+                         (["--vary", "a=1", "--vary", "a=2"], "given twice"),
+                         (["ablations/ema.yaml", "--vary", "guidance.w_max=1"], "not both"),
+                         (["--base", "mnist-cpu"], "--vary KEY=A,B")):
+        with pytest.raises(ConfigError, match=match):
+            ablate_cmd.main(flags + st)

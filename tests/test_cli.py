@@ -28,6 +28,46 @@ def test_train_ends_with_a_short_summary_not_a_json_dump(tmp_path, capsys):
     # stderr is not a terminal here: progress comes as one line per log_every steps, never tqdm's bar
     progress = [ln for ln in out.err.splitlines() if ln.startswith("train ")]
     assert [ln.split()[3] for ln in progress] == ["2/4", "4/4"] and "it/s" not in out.err
+    assert lines[-2:] == ["next:", f"  samples:   ism sample {run}   (PNG grids -> {run / 'samples'})"]
+
+
+def test_train_on_a_finished_run_says_already_complete(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--preset", "smoke", "--run-dir", str(run), "run.steps=2", "--no-eval"]) == 0
+    first = capsys.readouterr()
+    assert "already complete" not in first.err
+    assert f"  evaluate:  ism eval {run}" in first.out, "an unevaluated run's next step is its evaluation"
+    stamp = (run / "summary.json").stat().st_mtime_ns
+    assert train_main(["--preset", "smoke", "--run-dir", str(run), "run.steps=2", "--no-eval"]) == 0
+    again = capsys.readouterr()
+    assert f"is already complete in {run}" in again.err
+    assert again.out == first.out, "the same summary and next step as when it finished"
+    assert (run / "summary.json").stat().st_mtime_ns == stamp
+
+
+HEAVY = ("torch", "torch_fidelity", "mlflow", "ray", "optuna", "pandas", "matplotlib", "sqlalchemy")
+
+
+def test_help_of_every_command_imports_no_heavy_library():
+    """`ism CMD --help` must not pay for torch, MLflow, Ray or Optuna (seconds each; benchmarks/results.md, CLI
+    start-up): each command's --help runs in a fresh interpreter and lists what it imported."""
+    from ism.commands import COMMANDS
+    probe = ("import sys\nfrom ism.commands import main\ntry:\n    main([sys.argv[1], '--help'])\n"
+             "except SystemExit:\n    pass\nprint(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    for name in ["--help", *COMMANDS]:
+        proc = subprocess.run([sys.executable, "-c", probe, name], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        *text, loaded = proc.stdout.strip().splitlines()
+        assert "usage: ism" in "\n".join(text), (name, proc.stdout)
+        assert "ism" in loaded.split(), "the probe saw its own imports"
+        assert not set(HEAVY) & set(loaded.split()), (name, sorted(set(HEAVY) & set(loaded.split())))
+
+
+def test_eval_offers_the_extractors_the_library_has():
+    from ism import extractors
+    from ism.commands.eval import EXTRACTORS
+    assert tuple(EXTRACTORS) == tuple(extractors.EXTRACTORS)
 
 
 def test_bad_data_path_leaves_nothing_behind(tmp_path):
@@ -75,3 +115,53 @@ def test_sample_reports_progress_per_step_count(tmp_path, capsys):
     assert sample_main([str(run), "--steps", "1,4", "--per-class", "2"]) == 0
     err = capsys.readouterr().err
     assert "[1/2] 1 steps:" in err and "[2/2] 4 steps:" in err
+
+
+def test_a_spec_of_the_other_kind_is_named_and_the_hint_keeps_the_flags(capsys):
+    from ism.commands import main
+    assert main(["study", "ablations/ema.yaml", "--profile", "smoke", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "ablations/ema.yaml is an ablation spec" in err and "unknown key" not in err
+    assert err.rstrip().endswith("run it with `ism ablate ablations/ema.yaml --profile smoke`"), err
+    assert main(["ablate", "studies/wavelet.yaml", "--profile", "smoke", "--storage", "st", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "studies/wavelet.yaml is a study spec" in err and "unknown key" not in err
+    assert err.rstrip().endswith("run it with `ism study studies/wavelet.yaml --profile smoke --storage st`"), err
+
+
+def test_report_of_a_missing_sweep_suggests_the_ablate_command_with_its_flags(tmp_path, monkeypatch, capsys):
+    from ism.commands import main
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["report", "ablations/ema.yaml", "--profile", "smoke"]) == 2
+    assert "run `ism ablate ablations/ema.yaml --profile smoke` first" in capsys.readouterr().err
+    store = f"sqlite:///{tmp_path}/other/mlflow.db"
+    assert main(["report", "ablations/ema.yaml", "--profile", "smoke", "--tracking-uri", store]) == 2
+    hint = f"run `ism ablate ablations/ema.yaml --profile smoke --tracking-uri {store}` first"
+    assert hint in capsys.readouterr().err
+
+
+def _stderr_of(code: str) -> str:
+    """What a fresh interpreter prints on stderr, in an environment without ism's quieting (commands run in-process
+    by other tests set it in this one)."""
+    from ism.commands.env import QUIET_ENV
+    clean = {k: v for k, v in os.environ.items() if k not in dict(QUIET_ENV)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=clean)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+def test_mlflow_creates_its_store_quietly_unless_verbose(tmp_path):
+    code = ("from ism.commands import env\nenv.quiet_libraries({v})\nfrom ism import tracking\n"
+            "assert tracking.ism_experiments('sqlite:///{db}') == []")
+    assert "Creating initial MLflow database tables" in _stderr_of(code.format(v=True, db=tmp_path / "a.db"))
+    assert _stderr_of(code.format(v=False, db=tmp_path / "b.db")) == ""
+
+
+def test_reopening_a_study_says_nothing(tmp_path):
+    """Optuna's "Using an existing study" came once per opening (twice a run); the study's state is ism's to say."""
+    code = ("from ism.study.plan import plan\nfrom ism.study.spec import load_spec\nfrom ism.study.storage import "
+            f"open_study\np = plan(load_spec('studies/wavelet.yaml'), 'smoke')\nurl = 'sqlite:///{tmp_path}/o.db'\n"
+            "a = open_study(p, url)\nb = open_study(p, url)\nassert a._study_id == b._study_id")
+    assert "Using an existing study" not in _stderr_of(code)

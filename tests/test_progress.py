@@ -3,6 +3,8 @@ import io
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from ism import ablate, progress, trials
 
 
@@ -38,58 +40,118 @@ def test_resumed_trial_reports_its_last_logged_step(tmp_path):
     assert trials.resumed_at(stats) == {}
 
 
-def test_eta_follows_training_progress_and_skips_adopted_training():
-    """The ETA shrinks as a running trial trains; a trial that adopts a finished training has only evaluation left."""
-    plan = ablate.plan(ablate.load_spec("ablations/guidance.yaml"), "smoke", seeds=[0])
+class Clock:
+    """time.time for Progress, moved by hand."""
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _guidance_plan():
+    return ablate.plan(ablate.load_spec("ablations/guidance.yaml"), "smoke", seeds=[0])
+
+
+def test_eta_shrinks_as_a_trial_runs_and_skips_adopted_training(monkeypatch):
+    """Before any trial finished, the ETA is the cost model's; it shrinks as the running trial runs; a trial that adopts
+    a finished training has only its evaluation left."""
+    clock = Clock()
+    monkeypatch.setattr(progress.time, "time", clock)
+    plan = _guidance_plan()
     a = plan.trials[0]
-    steps = a.cfg.run.steps
+    p = progress.Progress(plan, list(plan.trials), done_before=0, every_s=1e9, out=io.StringIO())
+    k = p.slots
+    total = sum(p.work.values())
+    assert total / k <= p.eta_s() <= total and p.eta_source() == "cost model"
+    p.on_trial_start(0, [], _trial(a.run_id))
     etas = []
-    for step in (0, steps // 2, steps):
-        p = progress.Progress(plan, list(plan.trials), done_before=0, every_s=1e9, out=io.StringIO())
-        p.start -= 100.0  # 100 s into the sweep
-        p.on_trial_start(0, [], _trial(a.run_id))
-        p.on_trial_result(0, [], _trial(a.run_id), {"step": step})
+    for _ in range(3):
         etas.append(p.eta_s())
-    assert etas[0] is None and etas[1] > etas[2] > 0
+        clock.now += p.work[a.run_id] / 4
+    assert etas[0] > etas[1] > etas[2] > 0
     reused = progress.Progress(plan, list(plan.trials), done_before=0, every_s=1e9, out=io.StringIO(),
-                           reused=frozenset({a.run_id}))
+                               reused=frozenset({a.run_id}))
     assert reused.train_share[a.run_id] == 0.0 and reused.work[a.run_id] < p.work[a.run_id]
-    reused.on_trial_start(0, [], _trial(a.run_id))
-    reused.on_trial_result(0, [], _trial(a.run_id), {"step": steps})
-    assert reused.eta_s() is None, "an adopted training is no progress: only its evaluation counts"
 
 
-def test_trials_finished_by_another_sweep_do_not_speed_up_the_eta():
+def test_eta_comes_from_measured_trial_times_and_never_grows_while_trials_run_normally(monkeypatch, tmp_path):
+    """Trials take 10x the cost model (as smoke trials did: Ray workers, imports, evaluation set-up). From the first
+    finished trial on, the ETA rests on measured times: it never grows while the rest run, it reaches the real end,
+    and the timings it recorded calibrate the next dry run and the next sweep's ETA from its first second."""
+    clock = Clock()
+    monkeypatch.setattr(progress.time, "time", clock)
+    plan = _guidance_plan()
+    todo = list(plan.trials)
+
+    def sweep(p):
+        """Run every trial, `slots` at a time, each for 10x its estimate; return (time, ETA) seen every second."""
+        seen, queue, running = [], list(todo), {}
+        t0 = clock.now
+        while queue or running:
+            while queue and len(running) < p.slots:
+                t = queue.pop(0)
+                running[t.run_id] = clock.now + 10 * p.work[t.run_id]
+                p.on_trial_start(0, [], _trial(t.run_id))
+            clock.now += 1.0
+            for rid, end in list(running.items()):
+                if end <= clock.now:
+                    running.pop(rid)
+                    p.on_trial_complete(0, [], _trial(rid, {"done": 1}))
+            seen.append((clock.now - t0, p.eta_s(), p.measured_trials))
+        return seen, clock.now - t0
+
+    seen, wall = sweep(progress.Progress(plan, todo, done_before=0, every_s=1e9, out=io.StringIO(), timings=tmp_path))
+    measured = [(t, eta or 0.0) for t, eta, n in seen if n]
+    etas = [eta for _, eta in measured]
+    assert etas and all(b <= a + 1e-9 for a, b in zip(etas, etas[1:])), "the ETA never grows on measured times"
+    first_t, first_eta = measured[0]
+    assert first_t + first_eta == pytest.approx(wall, rel=0.25), "it predicts the real end"
+    scale, n = progress.measured_scale(tmp_path, "smoke")
+    assert n == len(todo) and scale == pytest.approx(10.0, rel=0.15)
+    # The next sweep on this machine starts calibrated: right from its first second, and never growing.
+    nxt = progress.Progress(plan, todo, done_before=0, every_s=1e9, out=io.StringIO(), timings=tmp_path)
+    assert nxt.eta_source().startswith(f"from {n} earlier trial(s)")
+    seen2, wall2 = sweep(nxt)
+    etas = [seen2[0][1] + 1.0] + [e or 0.0 for _, e, _ in seen2]
+    assert all(b <= a + 1e-9 for a, b in zip(etas, etas[1:]))
+    assert etas[0] == pytest.approx(wall2, rel=0.25)
+    # ... and the dry run's cost
+    from ism.commands.ablate import describe_plan
+    scale, n = progress.measured_scale(tmp_path, "smoke")
+    assert n == 2 * len(todo), "both sweeps timed every trial"
+    text = describe_plan(plan, measured=(scale, n))
+    assert f"x {scale:.2f}, measured on {n} smoke trial(s)" in text
+    from ism.commands.listing import fmt_s
+    from ism.profiles import estimate_s
+    t = plan.trials[0]
+    assert f"run {t.run_id}  est {fmt_s(scale * estimate_s(t.cfg, 'smoke')):>6}" in text
+
+
+def test_trials_finished_by_another_sweep_do_not_speed_up_the_eta(tmp_path):
     """A trial another spec already ran finishes at once here: the ETA must not read that as fast progress."""
-    plan = ablate.plan(ablate.load_spec("ablations/guidance.yaml"), "smoke", seeds=[0])
+    plan = _guidance_plan()
     a, b = plan.trials[:2]
     p = progress.Progress(plan, list(plan.trials), done_before=0, every_s=1e9, out=io.StringIO(),
-                      stored=frozenset({a.run_id}))
+                          stored=frozenset({a.run_id}), timings=tmp_path)
     p.on_trial_start(0, [], _trial(a.run_id))
     p.on_trial_complete(0, [], _trial(a.run_id, {"done": 1}))
-    assert p.done == 1 and p.eta_s() is None
-    p.on_trial_start(0, [], _trial(b.run_id))
-    p.on_trial_result(0, [], _trial(b.run_id), {"step": b.cfg.run.steps // 2})
-    assert p.eta_s() > 0
+    assert p.done == 1 and p.measured_trials == 0 and p.scale() == 1.0
+    assert progress.measured_scale(tmp_path, "smoke") is None, "nothing timed, nothing recorded"
 
 
 def test_resumed_trials_do_not_count_as_fast_progress():
-    """A trial resumed at 90 % of its training reports that step at once: the ETA must not read it as speed, and a
-    trial found finished (summary.json present) completes at no cost."""
-    plan = ablate.plan(ablate.load_spec("ablations/guidance.yaml"), "smoke", seeds=[0])
+    """A trial resumed at 90 % of its training has that much less work left; a trial found finished (summary.json
+    present) completes at no cost and times nothing."""
+    plan = _guidance_plan()
     a, b = plan.trials[:2]
     steps = a.cfg.run.steps
     p = progress.Progress(plan, list(plan.trials), done_before=0, every_s=1e9, out=io.StringIO())
     total = sum(p.work.values())
-    p.start -= 100.0
     p.on_trial_start(0, [], _trial(a.run_id))
     p.on_trial_result(0, [], _trial(a.run_id), {"step": steps * 9 // 10, "resumed": 1, "finished_before": 0})
-    assert p.eta_s() is None, "nothing was trained in this sweep yet"
     assert sum(p.work.values()) < total, "the resumed trial's remaining work is smaller"
-    p.on_trial_result(0, [], _trial(a.run_id), {"step": steps})
-    assert p.eta_s() > 0
     p.on_trial_start(0, [], _trial(b.run_id))
     p.on_trial_result(0, [], _trial(b.run_id), {"step": steps, "resumed": 1, "finished_before": 1})
-    before = p.finished_work
     p.on_trial_complete(0, [], _trial(b.run_id, {"done": 1}))
-    assert p.finished_work == before and p.done == 1
+    assert p.done == 1 and p.measured_trials == 0

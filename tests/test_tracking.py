@@ -87,8 +87,12 @@ def test_trial_log_skips_replayed_steps_and_logs_eval_once(store, tmp_path):
     log.eval_metrics(10, {"fid_steps_1": 50.0, "fid_steps_128": 20.0})
     log.steps_curves({"fid_steps_1": 50.0, "fid_steps_128": 20.0, "fid_steps_1_w_0.5": 9.0, "sc_gap_steps_1": 1.0})
     log.steps_curves({"fid_steps_1": 50.0, "fid_steps_128": 20.0})
-    assert [(m.step, m.value) for m in c.get_metric_history(rid, "fid/vs_steps")] == [(1, 50.0), (128, 20.0)]
-    assert "sc_gap/vs_steps" not in c.get_run(rid).data.metrics
+    # log2 of the step count as MLflow's step, so 1, 2, 4, 8 do not bunch at the left of its linear axis
+    assert [(m.step, m.value) for m in c.get_metric_history(rid, "fid/vs_log2_steps")] == [(0, 50.0), (7, 20.0)]
+    assert not {"sc_gap/vs_log2_steps", "fid/vs_steps"} & set(c.get_run(rid).data.metrics)
+    note = c.get_run(rid).data.tags["mlflow.note.content"]  # the run page's Description: FID by step count
+    assert note.startswith("**FID 50 at 1, 20 at 128** (steps).")
+    assert "| sampling steps | FID |" in note and "| 1 | 50 |" in note and "| 128 | 20 |" in note and "9" not in note
     hist = c.get_metric_history(rid, "loss")
     assert sorted(m.step for m in hist) == [2, 4, 6, 8, 10]
     assert [m.step for m in c.get_metric_history(rid, "fid_steps_1")] == [10]
@@ -263,3 +267,78 @@ def test_ism_version(capsys):
     from ism.cli import main
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"ism {version('ism')}"
+
+
+def test_links_open_the_training_view_and_the_trials_view_is_stored_on_the_experiment(store):
+    c, exp, parent = _sweep(store, "links")
+    view = json.loads(c.get_experiment(exp).tags[tracking.VIEW_TAG])
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "ism.variant"}]
+    assert {f"metrics.`fid_steps_{n}`" for n in (1, 4, 128)} <= set(view["selectedColumns"])
+    exp_link, run_link = tracking.ui_link("http://h:1/", exp), tracking.ui_link("http://h:1", exp, parent)
+    view = f"viewStateShareKey={tracking.VIEW_KEY}&workflowType=machine_learning"
+    assert exp_link == f"http://h:1/#/experiments/{exp}/runs?{view}"
+    assert run_link == f"http://h:1/#/experiments/{exp}/runs/{parent}?workflowType=machine_learning"
+
+
+def _browser():
+    import shutil
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        # .ci/run installs Debian's chromium, so CI never skips this; a developer machine without it may
+        assert not os.environ.get("ISM_REQUIRE_BROWSER"), "ISM_REQUIRE_BROWSER is set but no Chromium is installed"
+        pytest.skip("no Chromium here (apt-get install chromium)")
+    return browser
+
+
+@pytest.mark.slow
+def test_experiment_page_shows_every_trials_fid_in_a_real_browser(store, tmp_path):
+    """What ism's link opens, rendered by headless Chromium: the trials as rows, grouped by variant, with their FID at
+    1, 4 and 128 steps, without a click; a trial's run page (from `ism ui --runs`) shows its FIDs too. With
+    $ISM_SCREENSHOTS set, screenshots of both pages are written there."""
+    import re
+    browser = _browser()
+    c, exp, parent = _sweep(store, "view")
+    fids = {}
+    for i, (variant, seed) in enumerate((v, s) for v in ("sm", "ism") for s in (0, 1)):
+        tags = {"ism.kind": "trial", "ism.variant": variant, "ism.seed": str(seed)}
+        rid = tracking.child_run(c, exp, parent, tmp_path / f"t{i}", f"{variant}-seed{seed}", tags, {"run.seed": seed})
+        fids[rid] = {n: round(300.0 / n + 7.25 * i + 0.5, 2) for n in (1, 4, 128)}  # distinct, exactly printable
+        log = tracking.TrialLog(store, rid)
+        log.eval_metrics(8, {f"fid_steps_{n}": v for n, v in fids[rid].items()})
+        log.finish()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ism.cli", "ui", "--port", str(port), "--tracking-uri", store,
+                             "--runs"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    try:
+        line = ""
+        while line.split()[:1] != ["ism/view"]:  # the experiments' lines follow "ism ui: <url> answered ..."
+            line = proc.stdout.readline()
+            assert line, "ism ui ended before it listed the experiment"
+        link = line.split()[-1]
+        assert link == tracking.ui_link(f"http://127.0.0.1:{port}", exp)
+        trials = [proc.stdout.readline().rstrip() for _ in range(4)]
+        assert [ln.split()[:3] for ln in trials] == [["ism", "seed", "0"], ["ism", "seed", "1"], ["sm", "seed", "0"],
+                                                     ["sm", "seed", "1"]]
+        run_links = {ln.split()[-1].split("/runs/")[1].split("?")[0]: ln.split()[-1] for ln in trials}
+        assert set(run_links) == set(fids) and all("workflowType=machine_learning" in u for u in run_links.values())
+
+        def render(url: str, shot: str) -> str:
+            flags = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1600,1000", "--virtual-time-budget=30000"]
+            if os.environ.get("ISM_SCREENSHOTS"):
+                subprocess.run(flags + [f"--screenshot={Path(os.environ['ISM_SCREENSHOTS']) / shot}", url],
+                               capture_output=True, timeout=240)
+            dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=240).stdout
+            return " ".join(re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", dom, flags=re.S)).split())
+
+        page = render(link, "experiment.png")
+        for rid, by_steps in fids.items():
+            for n, v in by_steps.items():
+                assert f" {v:g} " in f" {page} ", (n, v, page[:3000])
+        assert "fid_steps_1" in page and "fid_steps_128" in page and "Group by: ism.variant" in page
+        rid = next(iter(fids))
+        run_page = render(run_links[rid], "run.png")
+        assert all(f" {v:g} " in f" {run_page} " for v in fids[rid].values()), run_page[:3000]
+    finally:
+        stop_group(proc)

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
+from pathlib import Path
 
 from typing import Mapping
 
 from ism.ablate import Plan, finished_trials, load_spec, plan, reused_training
 from ism.commands import env
-from ism.commands.listing import fmt_resources, fmt_s, fmt_v, ui_hint
-from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, estimate_parts
+from ism.commands.listing import flags, fmt_resources, fmt_s, fmt_v, ui_hint
+from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, estimate_parts, measured_scale
+from ism.errors import ConfigError
+from ism.specs import SpecKindError
 
 
 def csv(kind):
@@ -18,8 +22,10 @@ def csv(kind):
     return lambda s: [kind(x) for x in s.split(",") if x.strip()]
 
 
-def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, str] | None = None) -> str:
-    """`ism ablate --dry-run`: trials grouped by config, their diff to the base, resources and estimated cost."""
+def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, str] | None = None,
+                  measured: tuple[float, int] | None = None) -> str:
+    """`ism ablate --dry-run`: trials grouped by config, their diff to the base, resources and estimated cost;
+    measured: (measured / estimated seconds, trials) of the profile's trials timed on this machine, which scales it."""
     n_cfg = len({t.variants for t in p.trials})
     lines = [f"spec {p.spec.name} ({p.spec.path}) - profile {p.profile} (preset {p.preset}) - sweep {p.sweep_id}",
              f"{len(p.variants)} variants -> {n_cfg} distinct configs x {len(p.seeds)} seeds {list(p.seeds)} = "
@@ -29,7 +35,8 @@ def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, st
     seen: set[tuple[str, ...]] = set()
     reused = reused or {}
     parts = {t.run_id: estimate_parts(t.cfg, p.profile) for t in p.trials}
-    cost = {rid: sum(pt[1:]) if rid in reused else sum(pt) for rid, pt in parts.items()}  # adopted: no training
+    scale = measured[0] if measured else 1.0
+    cost = {rid: scale * (sum(pt[1:]) if rid in reused else sum(pt)) for rid, pt in parts.items()}  # adopted: no training
     for t in p.trials:
         est = cost[t.run_id]
         total += est
@@ -47,17 +54,35 @@ def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, st
     pending = sum(cost[t.run_id] for t in p.trials if t.run_id not in done)
     unit = "GPU" if p.resources.get("gpu") else "CPU"
     share = p.resources.get("gpu") or p.resources.get("cpu", 1)
+    start = PROFILES[p.profile].sweep_overhead_s if pending else 0.0  # Ray, MLflow and imports, once per sweep
     lines.append(f"\nestimated cost: {len(p.trials)} trials, {total * share / 3600:.2f} {unit}-hours in all; "
-                 f"{len(p.trials) - len(done & {t.run_id for t in p.trials})} pending, ~{fmt_s(pending / k)} wall at "
-                 f"{k} trial(s) at once" + ("" if unit == "CPU" else " per GPU"))
+                 f"{len(p.trials) - len(done & {t.run_id for t in p.trials})} pending, ~{fmt_s(pending / k + start)} "
+                 f"wall at {k} trial(s) at once" + ("" if unit == "CPU" else " per GPU")
+                 + (f", ~{fmt_s(start)} of it to start Ray and MLflow" if start else ""))
+    lines.append(f"  (the cost model's rates x {scale:.2f}, measured on {measured[1]} {p.profile} trial(s) run on this "
+                 "machine; timings.json in the storage)" if measured else
+                 f"  (the cost model's rates for {p.profile}; not yet measured on this machine: a sweep's finished "
+                 "trials calibrate it)")
     return "\n".join(lines)
+
+
+def inline_spec(args: argparse.Namespace, argv: list[str]) -> Path:
+    """The spec of --vary/--base/--seeds, written beside its report and checked as any spec (ism.commands.vary)."""
+    from ism.commands import vary
+    from ism.report import default_out
+    if args.spec:
+        raise ConfigError(f"give a spec ({args.spec}) or --vary, not both")
+    command = "ism ablate " + shlex.join(a for a in argv if a != "--dry-run")
+    name, text = vary.spec_text(args.vary, args.base, args.seeds, args.name, command)
+    path = default_out(name, args.profile) / "spec.yaml"
+    return vary.write_spec(path, text, lambda p: plan(load_spec(p), args.profile, args.variants, None))
 
 
 def main(argv: list[str] | None = None) -> int:
     """`ism ablate`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
     ap = argparse.ArgumentParser(prog="ism ablate", description="Run an ablation spec as Ray Tune trials tracked in MLflow. "
                                  "Rerunning the same command resumes an interrupted sweep.")
-    ap.add_argument("spec", help="ablation spec, e.g. ablations/components.yaml")
+    ap.add_argument("spec", nargs="?", help="ablation spec, e.g. ablations/components.yaml (or --vary instead)")
     ap.add_argument("--profile", default=env.profile(),
                     help=f"one of {', '.join(PROFILES)} (default {DEFAULT_PROFILE}; env PROFILE)")
     ap.add_argument("--dry-run", action="store_true", help="list the trials, their config diff, resources and cost; run nothing")
@@ -66,10 +91,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storage", default=None, help="root of trial run dirs and Ray results (default runs/ablate; env ISM_STORAGE)")
     ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
     ap.add_argument("--max-failures", type=int, default=None, help="retries per trial (default from the spec)")
+    ap.add_argument("--vary", action="append", metavar="KEY=A,B,...", help="inline sweep instead of a spec: one variant "
+                    "per value (several --vary are crossed); the generated spec is written beside its report, "
+                    "reports/<name>[-<profile>]/spec.yaml, to rerun it")
+    ap.add_argument("--base", default=None, help="inline sweep: the preset the --vary values change (default the "
+                    "profile's preset)")
+    ap.add_argument("--name", default=None, help="inline sweep: its name (default [<base>-]vary-<keys>)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")
     ap.add_argument("--retune", action="store_true", help="re-derive every arm's tuned values from its tuning study "
                     "(a spec's tune: block), even where the record is current")
     args = ap.parse_args(argv)
-    spec = load_spec(args.spec)
+    env.quiet_libraries(args.verbose)
+    if args.vary:
+        args.spec = str(inline_spec(args, argv or []))
+    elif args.base or args.name or not args.spec:
+        raise ConfigError("give an ablation spec (e.g. ablations/components.yaml), or an inline sweep: --vary KEY=A,B "
+                          "[--vary KEY2=C,D] [--base PRESET] [--seeds 0,1] [--name NAME]")
+    try:
+        spec = load_spec(args.spec)
+    except SpecKindError as e:  # a study spec: the hint keeps what ablate and study share
+        raise e.with_flags(flags(profile=args.profile, storage=args.storage, tracking_uri=args.tracking_uri)) from None
     storage = env.storage(args.storage, "runs/ablate")
     tune, tuning = spec.tune(args.profile), {}
     if tune:
@@ -86,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         if tune:
             print(ST.describe(tune, arms, record_path) + "\n")
-        print(describe_plan(p, finished_trials(p, storage), reused_training(p, storage)))
+        print(describe_plan(p, finished_trials(p, storage), reused_training(p, storage),
+                            measured_scale(storage, p.profile)))
         return 0
     from ism.sweep import run_sweep  # Ray, MLflow and the trial code load only when a sweep runs
     uri = env.tracking_uri(args.tracking_uri)
@@ -109,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = run_sweep(p, storage, uri, env.eval_cache_root(), crash=env.crash_target())
     if rc != 130:  # interrupted: run_sweep said to rerun
         from ism.report import default_out
-        print(f"next:\n  report:  ism report {args.spec} --profile {p.profile}   "
+        print(f"next:\n  report:  ism report {args.spec}{flags(profile=p.profile, tracking_uri=args.tracking_uri)}   "
               f"(-> {default_out(p.spec.name, p.profile)}/report.md and .pdf)\n"
-              + ui_hint(uri, f"ism/{p.spec.name}", env.ui_port()), file=sys.stderr)
+              + ui_hint(uri, f"ism/{p.spec.name}", env.ui_port(), args.tracking_uri), file=sys.stderr)
     return rc

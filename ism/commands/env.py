@@ -11,6 +11,7 @@ ISM_INJECT_CRASH     fault injection for tests, "<variant or run id>@<step>": un
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -34,6 +35,24 @@ def data_cache_root() -> Path:
 def storage(flag: str | None, default: str) -> Path:
     """--storage, else $ISM_STORAGE, else the command's default folder; absolute."""
     return storage_root(flag or os.environ.get("ISM_STORAGE") or default)
+
+
+# Library lines that say nothing a user of ism needs (ism prints what happened in its own words); --verbose keeps them.
+# Ray 2.60 warns on every local start that it turned token authentication on (it stays on: the local Ray is ours).
+QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
+QUIET_ENV = (("MLFLOW_LOGGING_LEVEL", "WARNING"),                  # "Creating initial MLflow database tables", ...
+             ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"))    # tqdm's "Downloading artifacts" bars
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Unless --verbose: MLflow logs warnings only and draws no download bars (set in the environment, which Ray's
+    workers inherit, before mlflow is imported), and Ray's token-auth notice is dropped. A user's own setting wins."""
+    if verbose:
+        return
+    for key, value in QUIET_ENV:
+        os.environ.setdefault(key, value)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def tracking_uri(flag: str | None) -> str:

@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 
-import torch
-
-from ism import extractors as E
 from ism.commands.env import data_cache_root, eval_cache_root
 from ism.config import ConfigError, replace, step_level
-from ism.evaluate import check_available, evaluate_run
-from ism.run_state import load_run
-from ism.sample import guidance_key
+from ism.schema import EvalConfig
 from ism.store import run_dir_of
+
+
+# The schema's choices, the same names as ism.extractors.EXTRACTORS, read without importing torch.
+EXTRACTORS = next(f.metadata["choices"] for f in dataclasses.fields(EvalConfig) if f.name == "extractor")
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -37,6 +37,7 @@ def _float_list(text: str, what: str) -> list[float]:
 
 def overrides(args: argparse.Namespace, cfg) -> dict:
     """The eval.* keys the options change for this run; --guidance sets the key of the run's guidance mode."""
+    from ism.sample import guidance_key
     over: dict = {}
     if args.steps is not None:
         steps = _int_list(args.steps, "--steps")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(default eval.steps of the run)")
     ap.add_argument("--num-samples", type=int, default=None, help="samples per step count (default eval.num_samples)")
     ap.add_argument("--guidance", type=float, default=None, help="w (intrinsic) or CFG scale (cfg_* modes)")
-    ap.add_argument("--extractor", default=None, choices=E.EXTRACTORS, help="feature extractor (default eval.extractor)")
+    ap.add_argument("--extractor", default=None, choices=EXTRACTORS, help="feature extractor (default eval.extractor)")
     ap.add_argument("--sweep", default=None, help="comma-separated guidance values for the sweep at eval.sweep_steps")
     ap.add_argument("--weights-path", default=None, help="local weights for inception-v3-compat")
     ap.add_argument("--no-diagnostics", action="store_true", help="skip straightness / spectrum / sc-gap diagnostics")
@@ -76,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         _int_list(args.steps, "--steps")  # a malformed list fails before the run is loaded
     if args.num_samples is not None and args.num_samples < 2:
         raise ConfigError(f"--num-samples: {args.num_samples} is too small; need >= 2")
+    # torch and torch-fidelity (seconds to import) loads only once the command runs, so --help answers at once.
+    import torch
+
+    from ism.evaluate import check_available, evaluate_run
+    from ism.run_state import load_run
     cfg, nets, data, step = load_run(args.run, data_cache=data_cache_root())
     over = overrides(args, cfg)
     cfg = replace(cfg, **over) if over else cfg

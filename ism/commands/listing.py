@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,15 +22,24 @@ def fmt_v(v: Any) -> str:
     return json.dumps(list(v)) if isinstance(v, (list, tuple)) else str(v)
 
 
-def ui_hint(uri: str, experiment: str, port: int) -> str:
-    """How to look at an experiment: the deep link into MLflow's training view (after `ism ui` for a local store)."""
+def flags(**given: str | int | None) -> str:
+    """' --profile smoke --tracking-uri URI' for the options a command was given (None left out), so that a hint
+    it prints reaches the same store and sweep when copied; database passwords are masked."""
+    from ism.dburl import masked
+    return "".join(f" --{k.replace('_', '-')} {shlex.quote(masked(str(v)) if '@' in str(v) else str(v))}"
+                   for k, v in given.items() if v is not None)
+
+
+def ui_hint(uri: str, experiment: str, port: int, tracking_flag: str | None = None) -> str:
+    """How to look at an experiment: the deep link into MLflow's training view (after `ism ui` for a local store);
+    tracking_flag: the command's --tracking-uri, passed on to `ism ui`."""
     from ism import tracking  # mlflow loads only when a command has tracked something
     ids = {name: eid for eid, name in tracking.ism_experiments(uri)}
     if experiment not in ids:
         return ""
     if uri.startswith(("http://", "https://")):
         return f"  browse:  {tracking.ui_link(uri, ids[experiment])}"
-    port_arg = "" if port == 5000 else f" --port {port}"
+    port_arg = ("" if port == 5000 else f" --port {port}") + flags(tracking_uri=tracking_flag)
     return (f"  browse:  ism ui{port_arg}, then {tracking.ui_link(f'http://127.0.0.1:{port}', ids[experiment])}")
 
 

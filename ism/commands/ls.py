@@ -42,15 +42,17 @@ def study_lines(url: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """`ism ls`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
-    from ism.commands.study import DEFAULT_STORAGE
-    from ism.study.storage import storage_url
     ap = argparse.ArgumentParser(prog="ism ls", description="The sweeps (MLflow) and studies (Optuna) in the store, "
                                  "with their state and trial counts.")
     ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
     ap.add_argument("--storage", default=None, help="root of the study storage (default runs/study; env ISM_STORAGE)")
     ap.add_argument("--optuna-storage", default=None, help="Optuna RDB URL (default $OPTUNA_STORAGE or sqlite "
                     "<storage>/optuna.db)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")
     args = ap.parse_args(argv)
+    env.quiet_libraries(args.verbose)
+    from ism.commands.study import DEFAULT_STORAGE
+    from ism.study.storage import storage_url  # optuna loads only once the command runs
     url = storage_url(env.optuna_url(args.optuna_storage), env.storage(args.storage, DEFAULT_STORAGE))
     print("\n".join(sweep_lines(env.tracking_uri(args.tracking_uri)) + [""] + study_lines(url)))
     return 0

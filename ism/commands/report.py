@@ -3,7 +3,6 @@ from its Optuna storage."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import yaml
 
 from ism.commands import env
 from ism.profiles import DEFAULT_PROFILE
-from ism.report import build_report
 from ism.commands.listing import update_index
 
 
@@ -65,12 +63,13 @@ def main(argv: list[str] | None = None) -> int:
                     "(default runs/study; env ISM_STORAGE)")
     ap.add_argument("--optuna-storage", default=None, help="study specs: Optuna RDB URL (default $OPTUNA_STORAGE or "
                     "sqlite <storage>/optuna.db)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")
     args = ap.parse_args(argv)
+    env.quiet_libraries(args.verbose)
     if is_study_spec(args.target):
         return study_report(args.target, args.profile, args.out, args.storage, args.optuna_storage,
                             args.tracking_uri, log=not args.no_log)
-    # mlflow draws a tqdm bar per downloaded file; a report downloads dozens, so keep the terminal readable.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from ism.report import build_report  # MLflow, pandas and matplotlib load only once the command runs
     r = build_report(args.target, env.tracking_uri(args.tracking_uri), args.out, args.profile, args.sweep,
                      log=not args.no_log)
     verdicts = ", ".join(f"{c.claim.problem}: {c.verdict}" for c in r.claims)

@@ -6,12 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from ism.config import ConfigError, step_level
 from ism.commands.env import data_cache_root
-from ism.run_state import load_run
-from ism.sample import fixed_noise, sample, save_grid
 from ism.store import run_dir_of
 
 
@@ -26,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="noise seed")
     ap.add_argument("--out", default=None, help="output dir (default RUN/samples)")
     args = ap.parse_args(argv)
+    # torch (seconds to import) loads only once the command runs, so --help answers at once.
+    import torch
+
+    from ism.run_state import load_run
+    from ism.sample import fixed_noise, sample, save_grid
     cfg, nets, data, step = load_run(args.run, data_cache=data_cache_root())
     steps = [int(s) for s in args.steps.split(",") if s.strip()]
     for s in steps:

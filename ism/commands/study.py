@@ -5,23 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ism.commands import env
-from ism.commands.listing import fmt_s, fmt_v, ui_hint, update_index
+from ism.commands.listing import flags, fmt_s, fmt_v, ui_hint, update_index
 from ism.config import IDENTITY_KEYS, ConfigError, diff, from_dict, preset_delta, run_id
 from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, estimate_s
-from ism.report.study_section import write_study_report
-from ism.study.driver import run_study
-from ism.study.export import best_line, export_best
-from ism.study.plan import StudyPlan, plan
-from ism.study.spec import load_spec
-from ism.study.storage import FINISHED, counts, open_study, storage_url
+from ism.specs import SpecKindError
+
+if TYPE_CHECKING:
+    from ism.study.plan import StudyPlan
 
 DEFAULT_STORAGE = "runs/study"
 
 
 def describe_study(p: StudyPlan, url: str) -> str:
     """`ism study --dry-run`: base, space, objective, budget, pruning, the study's state and an estimated cost."""
+    from ism.study.storage import FINISHED, counts, open_study
     preset_cfg = from_dict(preset_delta(p.preset))
     lines = [f"study {p.study_name} ({p.spec.path}) - preset {p.preset} - storage {url}"]
     if p.spec.description:
@@ -70,10 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-out", default=None, help="folder of the study report written when the study finishes "
                     "(default reports/studies/<name>/ on the embedded profile, reports/studies/<name>-<profile>/ otherwise)")
     ap.add_argument("--no-report", action="store_true", help="do not write the study report")
+    ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")
     args = ap.parse_args(argv)
+    env.quiet_libraries(args.verbose)
     if args.n_trials is not None and args.n_trials < 1:
         raise ConfigError(f"--n-trials: expected an integer >= 1, got {args.n_trials}")
-    p = plan(load_spec(args.spec), args.profile, args.n_trials)
+    # Optuna, MLflow and pandas (seconds to import) load only once the command runs, so --help answers at once.
+    from ism.study.driver import run_study
+    from ism.study.export import best_line, export_best
+    from ism.study.plan import plan
+    from ism.study.spec import load_spec
+    from ism.study.storage import storage_url
+    try:
+        spec = load_spec(args.spec)
+    except SpecKindError as e:  # an ablation spec: the hint keeps what study and ablate share
+        raise e.with_flags(flags(profile=args.profile, storage=args.storage, tracking_uri=args.tracking_uri)) from None
+    p = plan(spec, args.profile, args.n_trials)
     root = env.storage(args.storage, DEFAULT_STORAGE)
     url = storage_url(env.optuna_url(args.optuna_storage), root)
     if args.dry_run:
@@ -88,22 +100,24 @@ def main(argv: list[str] | None = None) -> int:
     rc = run_study(p, url, root, uri, env.eval_cache_root())
     if rc == 130:  # interrupted: the report comes with the run that finishes the study
         return rc
-    rc = (0 if args.no_report else write_report(p, url, root, args.report_out, uri)) or rc
+    where = flags(profile=p.profile, storage=args.storage, optuna_storage=args.optuna_storage)
+    rc = (0 if args.no_report else write_report(p, url, root, args.report_out, uri, where)) or rc
     best = best_line(p, url)
     print("next:\n" + (f"  {best}\n" if best else "") +
-          f"  export it:  ism study {args.spec} --profile {p.profile} --export-best\n"
-          + ui_hint(uri, f"ism-study/{p.spec.name}", env.ui_port()), file=sys.stderr)
+          f"  export it:  ism study {args.spec}{where} --export-best\n"
+          + ui_hint(uri, f"ism-study/{p.spec.name}", env.ui_port(), args.tracking_uri), file=sys.stderr)
     return rc
 
 
-def write_report(p: StudyPlan, url: str, root: Path, out: str | None, tracking_uri: str) -> int:
+def write_report(p: StudyPlan, url: str, root: Path, out: str | None, tracking_uri: str, where: str = "") -> int:
     """The study report after a run (ism.report.study_section); 1 with a message if it could not be written."""
+    from ism.report.study_section import write_study_report
     try:
         r = write_study_report(p, url, out, root, tracking_uri, default_root=env.storage(None, DEFAULT_STORAGE),
                                default_url=env.optuna_url(None))
     except Exception as e:  # the study itself is safe in its storage; say how to rebuild the report
         print(f"ism study: the study report failed ({type(e).__name__}: {e}); rebuild it with "
-              f"`ism report {p.spec.path} --profile {p.profile}`", file=sys.stderr)
+              f"`ism report {p.spec.path}{where or flags(profile=p.profile)}`", file=sys.stderr)
         return 1
     print(f"ism study: report -> {r.markdown} and {r.pdf}")
     update_index(r.markdown)

@@ -9,9 +9,7 @@ from pathlib import Path
 from ism import metric_keys
 from ism.commands.env import eval_cache_root
 from ism.config import DEFAULT_PRESET, PRESETS, Config, dump_yaml, resolve, run_id
-from ism.evaluate import make_evaluator
-from ism.store import list_checkpoints
-from ism.train import Diverged, train
+from ism.store import SUMMARY, list_checkpoints, read_json
 
 
 def add_config_args(ap: argparse.ArgumentParser) -> None:
@@ -40,6 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# run id {run_id(cfg)}  ->  {run_dir}")
         print(dump_yaml(cfg), end="")
         return 0
+    if (run_dir / SUMMARY).exists():  # nothing to train: say so rather than print a fresh-looking summary
+        print(f"run {run_id(cfg)} is already complete in {run_dir}", file=sys.stderr)
+        summary = read_json(run_dir / SUMMARY)
+        print(summary_text(summary, run_dir))
+        return exit_status(summary, cfg)
+    # torch and torch-fidelity (seconds to import) load only once a run starts, so `ism train --help` is instant.
+    from ism.evaluate import make_evaluator
+    from ism.train import Diverged, train
     # Evaluations during training (eval.every_steps) need the evaluator as much as the one at the end.
     wants_eval = cfg.eval.at_end or cfg.eval.every_steps > 0
     evaluator = make_evaluator(cfg, eval_cache_root()) if wants_eval and not args.no_eval else None
@@ -55,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nism train: interrupted{at}; rerun the same command to resume", file=sys.stderr)
         return 130
     print(summary_text(summary, run_dir))
+    return exit_status(summary, cfg)
+
+
+def exit_status(summary: dict, cfg: Config) -> int:
+    """1 when the run ended on a non-finite loss (a run of zero steps has none), else 0."""
     return 0 if math.isfinite(summary["final_loss"]) or cfg.run.steps == 0 else 1
 
 
@@ -77,5 +88,9 @@ def summary_text(summary: dict, run_dir: Path) -> str:
     if rows:
         lines.append(f"  (all metrics and diagnostics: {run_dir / 'eval' / 'eval.csv'})")
     else:
-        lines.append("  not evaluated (ism eval RUN_DIR computes FID/KID versus steps)")
+        lines.append("  not evaluated")
+    lines.append("next:")
+    if not rows:
+        lines.append(f"  evaluate:  ism eval {run_dir}   (FID/KID versus sampling steps)")
+    lines.append(f"  samples:   ism sample {run_dir}   (PNG grids -> {run_dir / 'samples'})")
     return "\n".join(lines)

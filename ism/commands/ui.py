@@ -9,7 +9,6 @@ import sys
 import time
 import urllib.request
 
-from ism import tracking
 from ism.commands import env
 
 
@@ -21,8 +20,16 @@ def _answers(url: str, wait_s: float, proc: subprocess.Popen) -> bool:
             with urllib.request.urlopen(f"{url}/health", timeout=2):
                 return True
         except OSError:
-            time.sleep(0.5)
+            time.sleep(0.25)
     return False
+
+
+def why_slow(waited_s: float) -> str:
+    """Why the server has not answered yet, in the machine's own figures."""
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    busy = f"; the machine is busy (load {load:.1f} on {cpus} CPUs), which slows it" if load > cpus else ""
+    return (f"ism ui: no answer yet after {waited_s:.0f} s: the server is still starting (it imports MLflow and "
+            f"opens the store){busy}. Still waiting; Ctrl-C stops it")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -44,9 +51,18 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def links(uri: str, base_url: str) -> list[str]:
-    """One line per ism experiment in the store: its name and its deep link."""
-    return [f"  {name:<28} {tracking.ui_link(base_url, eid)}" for eid, name in tracking.ism_experiments(uri)]
+def links(uri: str, base_url: str, runs: bool = False) -> list[str]:
+    """One line per ism experiment in the store: its name and its deep link; runs: then one line per trial, with its
+    FID at 1, 4 and 128 steps (those it has) and the link to its run page."""
+    from ism import tracking
+    lines = []
+    for eid, name in tracking.ism_experiments(uri):
+        lines.append(f"  {name:<28} {tracking.ui_link(base_url, eid)}")
+        for t in tracking.trial_runs(eid, uri) if runs else ():
+            fid = " ".join(f"@{n} {v:.1f}" for n, v in sorted(t["fid"].items()) if n in (1, 4, 128))
+            lines.append(f"    {t['variant']:<16} seed {t['seed']:<3} {t['status']:<9} "
+                         f"{('FID ' + fid) if fid else '':<30} {tracking.ui_link(base_url, eid, t['run_id'])}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,11 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=env.ui_port(),
                     help="port on 127.0.0.1 (default $ISM_UI_PORT, else 5000)")
     ap.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlruns/mlflow.db")
+    ap.add_argument("--runs", action="store_true", help="also list each trial: variant, seed, FID and its run page")
+    ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")
     args = ap.parse_args(argv)
+    env.quiet_libraries(args.verbose)
+    from ism import tracking  # mlflow (seconds to import) loads only once the command runs
     uri = env.tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
         print(f"ism ui: the tracking URI {uri} is a server already; its experiments:")
-        print("\n".join(links(uri, uri)) or "  (none yet)")
+        print("\n".join(links(uri, uri, args.runs)) or "  (none yet)")
         return 0
     if not uri.startswith("sqlite:"):  # a database shared by a team: its server is the team's (README: Cluster storage)
         print(f"ism ui: {uri} is a database; serve it once for everyone with\n  mlflow server --backend-store-uri "
@@ -68,22 +88,25 @@ def main(argv: list[str] | None = None) -> int:
               "MLFLOW_TRACKING_URI at that server (README: Cluster storage).")
         return 0
     url = f"http://127.0.0.1:{args.port}"
+    # The links are read before the server starts (not alongside it: both would set up a new store's tables).
+    listing = "\n".join(links(uri, url, args.runs)) or "  none yet: run ism ablate or ism study"
     # Its own process group: mlflow starts uvicorn and huey consumers, which a plain terminate() would orphan.
-    proc = subprocess.Popen(tracking.server_command(uri, port=args.port), start_new_session=True)
+    proc = subprocess.Popen(tracking.server_command(uri, port=args.port), start_new_session=True,
+                            env={**os.environ, **tracking.SERVER_ENV})
     # SIGTERM (kill, a supervisor) ends us like Ctrl-C does, so the finally below stops the group either way.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         print(f"ism ui: starting the MLflow server on {url} (store {uri})", file=sys.stderr, flush=True)
-        waited_s = 0
-        while not _answers(url, 30, proc):
+        t0, told = time.time(), 0.0
+        while not _answers(url, 5, proc):
             if proc.poll() is not None:
                 print(f"ism ui: the MLflow server exited with status {proc.returncode}", file=sys.stderr)
                 return proc.returncode or 1
-            waited_s += 30
-            print(f"ism ui: no answer from {url} after {waited_s} s; still waiting (Ctrl-C stops it)", file=sys.stderr,
-                  flush=True)
-        print(f"ism ui: {url}  (Ctrl-C stops it); the experiments in MLflow's training view:\n" +
-              ("\n".join(links(uri, url)) or "  none yet: run ism ablate or ism study"), flush=True)
+            if time.time() - t0 >= told + 10:  # at 10 s, then every 30 s: why it is taking long
+                told = time.time() - t0 + 20
+                print(why_slow(time.time() - t0), file=sys.stderr, flush=True)
+        print(f"ism ui: {url} answered after {time.time() - t0:.0f} s (Ctrl-C stops it); the experiments in "
+              f"MLflow's training view:\n" + listing, flush=True)
         return proc.wait()
     except KeyboardInterrupt:
         return 0

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from ism import metric_keys, tracking
+from ism import dburl, metric_keys, tracking
 from ism.config import ConfigError
 
 LOSS_KEYS = ("loss", "loss_fm", "loss_sc", "loss_guid")
@@ -138,13 +138,23 @@ def _read_artifact_text(run_id: str, name: str, uri: str, tmp: Path) -> str | No
     return p.read_text() if p and p.is_file() else None
 
 
-def pick_sweep(spec: str, uri: str, profile: str | None = None, sweep: str | None = None):
+def ablate_hint(spec: str, uri: str, profile: str | None, spec_path: str | None = None) -> str:
+    """The `ism ablate` command that makes the sweep a report asked for: the same spec path, profile and store."""
+    import shlex
+    parts = ["ism", "ablate", spec_path or f"ablations/{spec}.yaml"] + (["--profile", profile] if profile else [])
+    if uri != tracking.tracking_uri(None):
+        parts += ["--tracking-uri", dburl.masked(uri) if "@" in uri else uri]
+    return " ".join(map(shlex.quote, parts))
+
+
+def pick_sweep(spec: str, uri: str, profile: str | None = None, sweep: str | None = None,
+               spec_path: str | None = None):
     """The parent run to report on: the given one (MLflow run id or ism.sweep_id), else the newest of the profile."""
     runs = tracking.find_sweeps(spec, profile, uri)
     if not runs:
         where = f" with profile {profile}" if profile else ""
-        raise ConfigError(f"no sweep of '{spec}'{where} in the MLflow store {uri} "
-                          f"(experiment ism/{spec}); run `ism ablate ablations/{spec}.yaml` first or pass --tracking-uri")
+        raise ConfigError(f"no sweep of '{spec}'{where} in the MLflow store {uri} (experiment ism/{spec}); run "
+                          f"`{ablate_hint(spec, uri, profile, spec_path)}` first, or pass --tracking-uri")
     if sweep:
         chosen = [r for r in runs if sweep in (r.info.run_id, r.data.tags.get("ism.sweep_id"))]
         if not chosen:
@@ -159,11 +169,12 @@ def load_sweep(target: str, uri: str | None = None, profile: str | None = None, 
     """Read one sweep from MLflow into a Sweep (runs, metrics, plan); artifacts go to workdir."""
     import tempfile
     uri = tracking.tracking_uri(uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise ConfigError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `ism ablate` first, or pass --tracking-uri "
-                          "(or set MLFLOW_TRACKING_URI) to the store the sweep used")
     spec = spec_name(target)
-    parent_run, all_runs = pick_sweep(spec, uri, profile, sweep)
+    spec_path = target if Path(target).suffix in (".yaml", ".yml") else None
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise ConfigError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `{ablate_hint(spec, uri, profile, spec_path)}`"
+                          " first, or pass --tracking-uri (or set MLFLOW_TRACKING_URI) to the store the sweep used")
+    parent_run, all_runs = pick_sweep(spec, uri, profile, sweep, spec_path)
     parent = tracking.run_summary(parent_run)
     tmp = Path(workdir or tempfile.mkdtemp(prefix="ism-report-")) / "parent"
     plan_text = _read_artifact_text(parent["mlflow_id"], "plan.json", uri, tmp)

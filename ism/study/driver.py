@@ -101,7 +101,7 @@ class Bookkeeper:
         for k, v in {"ism.run_id": rid, "ism.mlflow_run_id": child, "ism.trial_dir": str(tdir)}.items():
             ot.set_user_attr(k, v)
         again = " (resumed)" if ot.user_attrs.get("ism.requeued") else ""
-        self.say(f"start #{ot.number}{again} {json.dumps(params)}")
+        self.say(f"start #{ot.number}{again} {short_params(params)}")
         return {"number": ot.number, "cfg": to_dict(cfg),
                 "trial_dir": str(tdir), "mlflow_run_id": child}
 
@@ -186,6 +186,12 @@ class Bookkeeper:
         mins = (time.time() - self.start_time) / 60
         print(f"[{self.p.study_name}] {done}/{self.p.n_trials} done ({c['PRUNED']} pruned, {c['FAIL']} failed), "
               f"{c['RUNNING']} running{best} | {mins:.1f} min | {event}", file=sys.stderr, flush=True)
+
+
+def short_params(params: dict) -> str:
+    """'optim.lr=0.003131, ema.decay=0.9995' for a progress line: floats to 4 significant digits (the full values are in
+    the trial's MLflow params and the Optuna storage)."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root: Path, train_fn=None) -> int:

@@ -153,6 +153,7 @@ def load_spec(path: str | Path) -> StudySpec:
     """Parse and shape-check a study spec file (configs are resolved and validated by plan())."""
     p = Path(path)
     raw, text = read_yaml_mapping(p, "study spec", f"a mapping with keys {', '.join(SPEC_KEYS)}")
+    S.check_kind(p, raw, "study")
     S.check_keys(str(p), raw, SPEC_KEYS)
     base = S.mapping(f"{p}: base", raw.get("base"))
     S.check_keys(f"{p}: base", base, BASE_KEYS)

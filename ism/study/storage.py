@@ -78,8 +78,12 @@ def _open(p: StudyPlan, url: str, create: bool, strict: bool) -> optuna.Study:
     if p.study_name not in names and not create:
         raise ConfigError(f"no study '{p.study_name}' in {url}; run `ism study {p.spec.path} --profile {p.profile}` first")
     n = len(storage.get_all_trials(storage.get_study_id_from_name(p.study_name), deepcopy=False)) if p.study_name in names else 0
-    study = optuna.create_study(storage=storage, study_name=p.study_name, direction=p.objective.direction,
-                                sampler=make_sampler(p, n), pruner=make_pruner(p), load_if_exists=True)
+    if p.study_name in names:  # load_study, not create_study(load_if_exists): no "Using an existing study" line
+        study = optuna.load_study(storage=storage, study_name=p.study_name, sampler=make_sampler(p, n),
+                                  pruner=make_pruner(p))
+    else:
+        study = optuna.create_study(storage=storage, study_name=p.study_name, direction=p.objective.direction,
+                                    sampler=make_sampler(p, n), pruner=make_pruner(p), load_if_exists=True)
     if study.direction.name.lower() != p.objective.direction:
         raise ConfigError(f"study '{p.study_name}' in {url} was created to {study.direction.name.lower()}; the spec says "
                           f"{p.objective.direction}. Rename the study (name:) or delete it")
