@@ -272,6 +272,7 @@ PARTS = {"solvers": solver_table, "scope": pool_scope_rows, "straightness": stra
 
 if __name__ == "__main__":  # python -m benchmarks.bench_sot [solvers|scope|straightness ...]: parts of run()
     import sys
+    from benchmarks.support import with_cpu
     for part in sys.argv[1:] or ["all"]:
-        for r in (run() if part == "all" else PARTS[part]()):
+        for r in with_cpu(run() if part == "all" else PARTS[part]()):
             print(r)

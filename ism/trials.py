@@ -7,15 +7,13 @@ persisted back into the run dir), node() -> (node id, node ip).
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
 
-from ism import store, tracking
+from ism import machine, store, tracking
 from ism.config import ConfigError, from_dict
 from ism.evaluate import make_evaluator
 from ism.trial_objective import METRIC, Objective
@@ -32,12 +30,8 @@ class Hooks(Protocol):
 
 
 def hardware(cfg) -> str:
-    """What the trial ran on: GPU name when it trains on CUDA, CPU model, cores and torch threads."""
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
-    except OSError:
-        cpu = ""
-    out = f"{cpu or platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    """What the trial ran on: GPU name when it trains on CUDA, CPU model and capability, cores and torch threads."""
+    out = f"{machine.describe()}, {torch.get_num_threads()} torch threads"
     if torch.cuda.is_available() and cfg.run.device != "cpu":
         out = f"{torch.cuda.get_device_name()}; {out}"
     return out
