@@ -142,8 +142,8 @@ LAYERS = [
     ["ism.checkpoint", "ism.run_state", "ism.sample", "ism.extractors", "ism.reflow", "ism.premetric", "ism.train"],
     ["ism.ruler", "ism.evaluate"],
     ["ism.tracking"],
-    ["ism.profiles", "ism.specs", "ism.ablate", "ism.trial_objective", "ism.progress", "ism.trials", "ism.ray_adapter",
-     "ism.sweep", "ism.study"],
+    ["ism.profiles", "ism.specs", "ism.ablate", "ism.accounting", "ism.trial_objective", "ism.progress", "ism.trials",
+     "ism.ray_adapter", "ism.sweep", "ism.study"],
     ["ism.report"],
     ["ism.commands", "ism.cli"],
 ]
