@@ -143,7 +143,7 @@ LAYERS = [
     ["ism.ruler", "ism.evaluate"],
     ["ism.tracking"],
     ["ism.profiles", "ism.specs", "ism.ablate", "ism.accounting", "ism.trial_objective", "ism.progress", "ism.trials",
-     "ism.ray_adapter", "ism.sweep", "ism.study"],
+     "ism.ray_adapter", "ism.sweep", "ism.study", "ism.sequential", "ism.budget"],
     ["ism.report"],
     ["ism.commands", "ism.cli"],
 ]
