@@ -7,6 +7,7 @@ import sys
 
 from typing import Mapping
 
+from ism import budget as B
 from ism.ablate import Plan, finished_trials, load_spec, plan, reused_training
 from ism.commands import env
 from ism.commands.listing import fmt_resources, fmt_s, fmt_v, ui_hint
@@ -66,14 +67,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storage", default=None, help="root of trial run dirs and Ray results (default runs/ablate; env ISM_STORAGE)")
     ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
     ap.add_argument("--max-failures", type=int, default=None, help="retries per trial (default from the spec)")
+    ap.add_argument("--budget", default=None, help=f"what the sweep may spend: {B.FORMS} (default: the spec's "
+                    "budget: key; none = every listed seed); the dry run shows what it buys")
     args = ap.parse_args(argv)
-    p = plan(load_spec(args.spec), args.profile, args.variants, args.seeds)
+    spec = load_spec(args.spec)
+    budget_text = args.budget or spec.budget_for(args.profile)
+    budget = B.parse(budget_text, "--budget" if args.budget else f"{args.spec}: budget") if budget_text else None
+    p = plan(spec, args.profile, args.variants, args.seeds)
     if args.max_failures is not None:
         p = dataclasses.replace(p, max_failures=args.max_failures)
     storage = env.storage(args.storage, "runs/ablate")
+    done, reused = finished_trials(p, storage), reused_training(p, storage)
+    rule = B.Rule()
+    looks = B.looks(p.trials, p.profile, p.resources, rule, done, reused)
     if args.dry_run:
-        print(describe_plan(p, finished_trials(p, storage), reused_training(p, storage)))
+        print(describe_plan(p, done, reused))
+        if budget is not None:
+            print("\n" + B.describe(looks, budget, rule, len(p.seeds)))
         return 0
+    if budget is not None:  # the seeds every comparison can have within the budget; the rest is left undone
+        n = B.affordable(looks, budget)
+        if n == 0:
+            raise B.ConfigError(f"{'--budget' if args.budget else args.spec + ': budget'}: {budget.describe()} does "
+                                f"not cover the first {rule.looks[0]} seeds of every config "
+                                f"(~{looks[0].total_wall_s / 60:.0f} min wall, {looks[0].total_trials} trials)")
+        keep = sorted(p.seeds)[:looks[n - 1].seeds]
+        if len(keep) < len(p.seeds):
+            print(f"budget {budget.describe()}: runs seeds {keep} of {list(p.seeds)}; left undone: seeds "
+                  f"{sorted(set(p.seeds) - set(keep))}", file=sys.stderr)
+            p = dataclasses.replace(plan(spec, args.profile, args.variants, keep), max_failures=p.max_failures)
     from ism.sweep import run_sweep  # Ray, MLflow and the trial code load only when a sweep runs
     uri = env.tracking_uri(args.tracking_uri)
     rc = run_sweep(p, storage, uri, env.eval_cache_root(), crash=env.crash_target())
