@@ -71,3 +71,12 @@ def describe() -> str:
         if native_bf16("cpu") else "no native bf16"
     return f"{cpu_model()}, {simd_level()}, {bf16}, {os.cpu_count()} cores"
 
+
+
+def set_threads(n: int) -> None:
+    """n threads for torch's kernels and for the BLAS under numpy/scipy (OpenBLAS, MKL) alike. A trial given one core
+    otherwise leaves numpy's BLAS at one thread per core: under load its threads spin against the other trial, and
+    torch-fidelity's KID kernels (numpy matmuls) then cost ~10x the CPU (benchmarks/results.md, "Evaluation")."""
+    import threadpoolctl
+    torch.set_num_threads(n)
+    threadpoolctl.threadpool_limits(limits=n, user_api="blas")  # process-wide until changed; nothing to restore

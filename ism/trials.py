@@ -63,7 +63,7 @@ def ablation_trial(payload: dict[str, Any], hooks: Hooks, train_fn: Callable | N
     clock = PhaseClock()  # this attempt's wall and CPU time per phase, logged as machine/* metrics at the end
     permanent = (Diverged, ConfigError)  # deterministic: a retry resumes from the same checkpoint and fails alike
     cfg = from_dict(payload["cfg"])
-    torch.set_num_threads(max(1, cfg.run.threads))
+    machine.set_threads(max(1, cfg.run.threads))
     run_dir = Path(payload["trial_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     hooks.restore(run_dir)
@@ -137,7 +137,7 @@ def study_trial(meta: dict[str, Any], hooks: Hooks, tracking_uri: str, objective
                 cache_root: str | None = None) -> None:
     """One study trial: train with intermediate evaluations, report the objective, log to MLflow."""
     cfg = from_dict(meta["cfg"])
-    torch.set_num_threads(max(1, cfg.run.threads))
+    machine.set_threads(max(1, cfg.run.threads))
     obj = Objective(objective["terms"], objective["metric"], tuple(objective["steps"]), objective["direction"])
     log = tracking.TrialLog(tracking_uri, meta["mlflow_run_id"])
     log.running()
