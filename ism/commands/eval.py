@@ -7,6 +7,7 @@ import sys
 
 import torch
 
+from ism import machine
 from ism import extractors as E
 from ism.commands.env import data_cache_root, eval_cache_root
 from ism.config import ConfigError, replace, step_level
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replace(cfg, **over) if over else cfg
     check_available(cfg)
     if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+        machine.set_threads(cfg.run.threads)
     run_dir = run_dir_of(args.run)
     rows, metrics = evaluate_run(nets, cfg, data, step, run_dir, eval_cache_root())
     for k, v in sorted(metrics.items()):
