@@ -5,10 +5,8 @@ import argparse
 import math
 import sys
 
-import torch
-
-from ism import machine
 from ism import extractors as E
+from ism import machine
 from ism.commands.env import data_cache_root, eval_cache_root
 from ism.config import ConfigError, replace, step_level
 from ism.evaluate import check_available, evaluate_run
