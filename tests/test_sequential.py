@@ -100,3 +100,28 @@ def test_bad_rules_are_refused():
         Rule(looks=(3, 2))
     with pytest.raises(ValueError, match="alpha"):
         Rule(alpha=0.0)
+
+
+def test_the_report_shows_each_comparisons_looks_and_verdict_and_the_machine_account():
+    """The report section on an in-memory sweep: a large effect decided at 2 seeds, a null one undecided at 3."""
+    from test_report_stats import sweep
+
+    from ism.report.sequential import machine_table, sequential_table
+    base = {("fid", s, seed): 20.0 + seed for s in (1, 4) for seed in range(3)}
+    full = {("fid", s, seed): (20.0 + seed) * 0.5 * (1 + 0.001 * seed) for s in (1, 4) for seed in range(3)}
+    same = {("fid", s, seed): (20.0 + seed) * (1 + 0.05 * (-1) ** seed) for s in (1, 4) for seed in range(3)}
+    sw = sweep({"sm": base, "full": full, "wavelet": same}, seeds=(0, 1, 2))
+    t = sequential_table(sw, "fid")
+    rows = {(r[0], r[1]): r for r in t.rows}
+    assert rows[("full", "1")][2] == "3" and rows[("full", "1")][4] == "decided at 2 seeds"
+    assert rows[("full", "1")][3].startswith("2: ×0.5")
+    assert rows[("wavelet", "4")][4] == "undecided" and rows[("wavelet", "4")][3].count(";") == 1  # looks at 2, 3
+    assert sequential_table(sw, "fid", budget_left=False).rows[-1][4] == "budget exhausted"
+    assert "alpha 0.05 split over 4 looks" in t.note
+    assert machine_table(sw) is None  # no account logged
+    sw.parent["metrics"] = {"machine/span_s": 600.0, "machine/trials": 4.0, "machine/cpu_s": 900.0,
+                            "machine/cpu_util": 0.75, "machine/cores": 2.0, "machine/idle_core_s": 300.0,
+                            "machine/train_s": 700.0, "machine/eval_s": 400.0}
+    m = {r[0]: r[1] for r in machine_table(sw).rows}
+    assert m["cores busy"] == "75 % of 2 cores" and m["train (trial time)"] == "11.7 min"
+    assert m["report (trial time)"] == "0.0 min"
