@@ -194,7 +194,8 @@ def _finish(plan: Plan, c, parent: str, children: dict, pending: list[Trial], er
     if killed:
         print(f"{name} interrupted: {len(killed)} trial(s) unfinished; rerun the same command to resume", file=sys.stderr)
     if started is not None and pending:
-        totals = accounting.sweep_totals(accounts, time.perf_counter() - started)
+        # cores: the local Ray's (the profile's), else this machine's; on a cluster the figure is per driver machine
+        totals = accounting.sweep_totals(accounts, time.perf_counter() - started, PROFILES[plan.profile].cpus or None)
         tracking.log_metrics(c, parent, totals, 0)
         print(f"{name} {accounting.describe(totals)}", file=sys.stderr)
     n_ok = len(plan.trials) - len(failed) - len(killed)
