@@ -54,6 +54,24 @@ def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, st
     return "\n".join(lines)
 
 
+def apply_budget(p: Plan, budget: B.Budget, looks: list[B.Look], rule: B.Rule, replan, where: str) -> tuple[Plan, str]:
+    """The plan cut to the seeds every config can have within the budget (whole looks of the rule), and the note that
+    says so (recorded on the parent run, shown in the report); a ConfigError when not even the first look fits.
+    replan(seeds) -> Plan: the same spec, profile and variants with those seeds."""
+    n = B.affordable([lk for lk in looks if lk.seeds <= len(p.seeds)], budget)
+    if n == 0:
+        raise B.ConfigError(f"{where}: {budget.describe()} does not cover the first {rule.looks[0]} seeds of every "
+                            f"config (~{looks[0].total_wall_s / 60:.0f} min wall, {looks[0].total_trials} trials)")
+    keep = sorted(p.seeds)[:looks[n - 1].seeds]
+    left = sorted(set(p.seeds) - set(keep))
+    note = (f"budget {budget.describe()}: seeds {keep} of {list(p.seeds)} for every config ("
+            f"~{looks[n - 1].total_wall_s / 60:.0f} min wall estimated); left undone: "
+            + (f"seeds {left}" if left else "nothing"))
+    if left:
+        p = dataclasses.replace(replan(keep), max_failures=p.max_failures)
+    return dataclasses.replace(p, notes=p.notes + (note,)), note
+
+
 def main(argv: list[str] | None = None) -> int:
     """`ism ablate`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
     ap = argparse.ArgumentParser(prog="ism ablate", description="Run an ablation spec as Ray Tune trials tracked in MLflow. "
@@ -85,17 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         if budget is not None:
             print("\n" + B.describe(looks, budget, rule, len(p.seeds)))
         return 0
-    if budget is not None:  # the seeds every comparison can have within the budget; the rest is left undone
-        n = B.affordable(looks, budget)
-        if n == 0:
-            raise B.ConfigError(f"{'--budget' if args.budget else args.spec + ': budget'}: {budget.describe()} does "
-                                f"not cover the first {rule.looks[0]} seeds of every config "
-                                f"(~{looks[0].total_wall_s / 60:.0f} min wall, {looks[0].total_trials} trials)")
-        keep = sorted(p.seeds)[:looks[n - 1].seeds]
-        if len(keep) < len(p.seeds):
-            print(f"budget {budget.describe()}: runs seeds {keep} of {list(p.seeds)}; left undone: seeds "
-                  f"{sorted(set(p.seeds) - set(keep))}", file=sys.stderr)
-            p = dataclasses.replace(plan(spec, args.profile, args.variants, keep), max_failures=p.max_failures)
+    if budget is not None:
+        p, note = apply_budget(p, budget, looks, rule, lambda seeds: plan(spec, args.profile, args.variants, seeds),
+                               "--budget" if args.budget else f"{args.spec}: budget")
+        print(note, file=sys.stderr)
     from ism.sweep import run_sweep  # Ray, MLflow and the trial code load only when a sweep runs
     uri = env.tracking_uri(args.tracking_uri)
     rc = run_sweep(p, storage, uri, env.eval_cache_root(), crash=env.crash_target())
