@@ -22,9 +22,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-import numpy as np
-from scipy import stats
-
 LOOKS = (2, 3, 4, 6)  # seeds per arm at which a comparison may be decided; the last is the fixed maximum
 ALPHA = 0.05  # the family-wise false-decision rate per comparison, split over the looks
 
@@ -72,10 +69,12 @@ class Look:
 
 def paired_interval(d: Sequence[float], level: float) -> tuple[float, float, float]:
     """(mean, lo, hi): the two-sided t-interval of the mean of paired differences d (NaN bounds below 2 values)."""
+    import numpy as np  # here, not at import: `ism ablate --help` loads this module
     x = np.asarray(d, dtype=float)
     m = float(x.mean()) if len(x) else math.nan
     if len(x) < 2:
         return m, math.nan, math.nan
+    from scipy import stats
     half = float(stats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return m, m - half, m + half
 
@@ -153,6 +152,8 @@ def simulate_false_decisions(rule: Rule, effect: float = 0.0, sd: float = 1.0, r
     """(share of runs decided, its Monte-Carlo standard error) for paired differences with mean `effect` and spread
     `sd` (normal; Student t with `df` degrees of freedom, scaled to sd, when df is given), seeds added look by look up
     to the rule's maximum. With effect 0 every decision is false."""
+    import numpy as np
+    from scipy import stats
     g = np.random.default_rng(seed)
     n = rule.max_seeds
     z = g.standard_t(df, (reps, n)) * math.sqrt((df - 2) / df) if df else g.standard_normal((reps, n))
