@@ -146,6 +146,33 @@ def guided_rows(data) -> list[dict]:
     ]
 
 
+def trial_eval_rows(run_dir: str, blas_threads=(2, 1)) -> list[dict]:
+    """One embedded trial's evaluation (evaluate_run on a trained mnist-cpu run, 1 torch thread as in a trial), with
+    numpy's BLAS at each of blas_threads threads: wall and CPU seconds and the headline metrics, which must agree."""
+    import tempfile
+
+    import threadpoolctl
+
+    from ism import machine
+    from ism.evaluate import evaluate_run
+    from ism.run_state import load_run
+    cfg, nets, data, step = load_run(run_dir)
+    rows = []
+    for n in blas_threads:
+        torch.set_num_threads(1)
+        threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+        with tempfile.TemporaryDirectory() as tmp:
+            (_, m), wall, cpu = _timed(lambda: evaluate_run(nets, cfg, data, step, tmp, eval_cache_root()))
+        heads = ", ".join(f"{k} {m[k]:.4g}" for k in ("fid_steps_1", "fid_steps_4", "fid_steps_128", "kid_steps_1",
+                                                      "kid_steps_128") if k in m)
+        rows.append({"case": f"evaluate_run of one embedded trial, numpy BLAS threads {n}", "value": wall, "unit": "s",
+                     "note": f"CPU {cpu:.1f} s; {cfg.eval.num_samples} samples x {len(cfg.eval.steps)} step counts, "
+                             f"mode {cfg.guidance.mode}; {heads}; load {__import__('os').getloadavg()[0]:.1f}; "
+                             f"{machine.describe()}"})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def run() -> list[dict]:
     from ism.config import resolve
     from ism.data import load_dataset
@@ -159,6 +186,9 @@ def run() -> list[dict]:
         torch.set_num_threads(threads)
 
 
-if __name__ == "__main__":
-    for r in run():
+if __name__ == "__main__":  # python -m benchmarks.bench_eval [RUN_DIR]: with a trained run, its trial evaluation only
+    import sys
+
+    from benchmarks.support import with_cpu
+    for r in with_cpu(trial_eval_rows(sys.argv[1]) if len(sys.argv) > 1 else run()):
         print(r)

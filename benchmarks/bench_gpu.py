@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ism import machine
+
 OUT = Path(__file__).resolve().parent / "out"
 FULL_ISM = {"guidance.mode": "intrinsic", "wavelet.enabled": True, "ot.enabled": True, "ema.twin": True}
 SIZES = {  # model, batch, K, train steps per variant (the last K-step pool is the timed window), samples
@@ -128,6 +130,7 @@ def measure(tiny: bool = False, model: str | None = None) -> dict:
     window = size["k"] * sm["sec_per_step"]
     return {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (tiny smoke run)",
+        "cpu": machine.describe(),
         "torch": torch.__version__, "size": size, "sm": sm, "ism": ism,
         "ism_over_sm": ism["sec_per_step"] / sm["sec_per_step"],
         "pool_solve": {k: {**v, "share_of_k_sm_steps": v["s"] / (window + v["s"])} for k, v in solves.items()},
@@ -152,7 +155,7 @@ def markdown(res: dict) -> str:
                      f"{v['cost_after']:.1f}"))
     for name, v in res["sampling_images_per_s"].items():
         rows.append((f"sampling {name.replace('_', ' ')}", f"{v:.1f} images/s", f"{s['samples']} samples, bf16"))
-    head = [f"# bench_gpu: {res['device']}", "", f"torch {res['torch']}, total {res['total_s']:.0f} s", "",
+    head = [f"# bench_gpu: {res['device']}", "", f"CPU {res.get('cpu', 'not recorded')}; torch {res['torch']}, total {res['total_s']:.0f} s", "",
             "| case | value | note |", "|---|---|---|"]
     return "\n".join(head + [f"| {a} | {v} | {n} |" for a, v, n in rows]) + "\n"
 

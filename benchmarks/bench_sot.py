@@ -105,7 +105,7 @@ def run() -> list[dict]:
         for s in (0.05, 0.1, 0.25, 0.5, 1.0):
             rows.append({"case": f"sOT share at {s} s/step (K={K}, B={BATCH})", "value": sot_share(s),
                          "unit": "fraction", "note": f"trainer not measurable here ({type(e).__name__}: {e})"})
-        return rows + solver_table() + pool_scope_rows() + straightness_rows()
+        return rows + solver_table() + precision_rows() + pool_scope_rows() + straightness_rows()
     step, solve = float(inline["sec_per_step"]), float(inline["ot/solve_s"])
     step_p, wait_p = float(ahead["sec_per_step"]), float(ahead["ot/wait_s"])
     load = f"load {os.getloadavg()[0]:.1f}"
@@ -123,7 +123,7 @@ def run() -> list[dict]:
          "unit": "fraction", "goal": "<= 0.05",
          "note": "ot/wait_s / sec_per_step: the training thread's wait; the solve itself runs on a spare core"},
     ]
-    return rows + solver_table() + pool_scope_rows() + straightness_rows()
+    return rows + solver_table() + precision_rows() + pool_scope_rows() + straightness_rows()
 
 
 # ------------------------------------------------------------------ solvers side by side (issue 15)
@@ -268,10 +268,39 @@ def straightness_rows(preset: str = "mnist-cpu", overrides: dict | None = None) 
     return rows
 
 
-PARTS = {"solvers": solver_table, "scope": pool_scope_rows, "straightness": straightness_rows}
+def precision_rows(pools=(4096, 8192), repeats: int = 5) -> list[dict]:
+    """The sparse solver's candidate search in bf16 against float32 on this CPU (2 threads, MNIST pools), and which
+    one matmul_dtype chooses here: the fastest wall of `repeats` runs (the machine is shared: the minimum is the
+    least disturbed run), the median CPU seconds, and the cost gap between the two."""
+    from ism import machine
+    from ism.objective.ot_solvers import matmul_dtype
+    torch.set_num_threads(2)
+    rows = []
+    for n in pools:
+        a, b = _pool("mnist", n)
+        res = {}
+        for dt in (torch.bfloat16, torch.float32):
+            runs = [_timed(lambda: sparse_assign(a, b, dtype=dt)) for _ in range(repeats)]
+            perm = runs[0][0]
+            res[dt] = (min(r[1] for r in runs), statistics.median(r[2] for r in runs),
+                       (a.double() - b[perm].double()).square().sum(1).mean().item())
+        chosen = matmul_dtype(n)
+        for dt, (wall, cpu, c) in res.items():
+            rows.append({"case": f"mnist N={n}: sparse, candidate search in {str(dt).split('.')[1]}", "value": wall,
+                         "unit": "s", "goal": "<= 1" if n == 8192 and dt == chosen else "",
+                         "note": f"fastest of {repeats}, median CPU {cpu:.2f} s, cost/pair {c:.2f}; "
+                                 f"{'chosen here' if dt == chosen else 'not chosen here'} ({machine.describe()}); "
+                                 f"load {os.getloadavg()[0]:.1f}"})
+        print(rows[-2:], flush=True)
+    return rows
 
-if __name__ == "__main__":  # python -m benchmarks.bench_sot [solvers|scope|straightness ...]: parts of run()
+
+PARTS = {"solvers": solver_table, "scope": pool_scope_rows, "straightness": straightness_rows,
+         "precision": precision_rows}
+
+if __name__ == "__main__":  # python -m benchmarks.bench_sot [solvers|scope|straightness|precision ...]: parts of run()
     import sys
+    from benchmarks.support import with_cpu
     for part in sys.argv[1:] or ["all"]:
-        for r in (run() if part == "all" else PARTS[part]()):
+        for r in with_cpu(run() if part == "all" else PARTS[part]()):
             print(r)

@@ -195,5 +195,6 @@ def run() -> list[dict]:
 
 
 if __name__ == "__main__":
-    for r in run():
+    from benchmarks.support import with_cpu
+    for r in with_cpu(run()):
         print(r)

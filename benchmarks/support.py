@@ -8,3 +8,9 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def with_cpu(rows: list[dict]) -> list[dict]:
+    """rows with this machine's CPU model and capability beside every figure (as benchmarks/run.py records them)."""
+    from ism import machine
+    return [{**r, "cpu": r.get("cpu") or machine.describe()} for r in rows]

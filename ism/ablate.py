@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ism import profiles, store
+from ism import budget, profiles, store
 from ism import specs as S
 from ism import tuning as TU
 from ism.config import (Config, ConfigError, deep_merge, diff, from_dict, load_yaml, preset_delta, read_yaml_mapping,
@@ -23,10 +23,11 @@ from ism.profiles import DEFAULT_PROFILE, PROFILES
 
 
 SPEC_KEYS = ("name", "description", "base", "variants", "seeds", "eval_steps", "resources", "max_failures",
-             "profiles", "groups", "tune")
+             "profiles", "groups", "tune", "budget")
 VARIANT_KEYS = ("reason", "overrides")
 BASE_KEYS = ("preset", "config", "overrides")
-PROFILE_KEYS = ("seeds", "eval_steps", "overrides", "variant_overrides", "variants", "resources", "max_failures", "note")
+PROFILE_KEYS = ("seeds", "eval_steps", "overrides", "variant_overrides", "variants", "resources", "max_failures", "note",
+                "budget")
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,15 @@ class Spec:
     groups: Mapping[str, tuple[str, ...]]
     text: str
     tune_raw: Mapping[str, Any] | None = None   # the equal-budget tuning block (ism.tuning), parsed per profile
+    budget: str | None = None  # ism.budget.parse form; a profile's `budget:` (profiles[p]["budget"]) wins
 
     def tune(self, profile: str) -> TU.Tune | None:
         """The tune block resolved for a profile (None without one)."""
         return TU.parse(f"{self.path}: tune", self.tune_raw, [v.name for v in self.variants], profile)
+
+    def budget_for(self, profile: str) -> str | None:
+        """The budget text that applies on `profile`: the profile's own, else the spec's."""
+        return (self.profiles.get(profile) or {}).get("budget") or self.budget
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,8 @@ def load_spec(path: str | Path) -> Spec:
             if vn not in names:
                 raise ConfigError(f"{p}: profiles.{pname}: unknown variant '{vn}'; the spec has {', '.join(names)}."
                                   + suggest(str(vn), names))
+        if adj.get("budget") is not None:
+            budget.parse(adj["budget"], f"{p}: profiles.{pname}.budget")
         adj["variant_overrides"] = {vn: S.overrides(f"{p}: profiles.{pname}.variant_overrides.{vn}", d) for vn, d in vo.items()}
         profiles[pname] = adj
     groups = {}
@@ -169,7 +177,16 @@ def load_spec(path: str | Path) -> Spec:
                 seeds=S.int_list(f"{p}: seeds", raw.get("seeds", [0])),
                 eval_steps=S.int_list(f"{p}: eval_steps", raw["eval_steps"], 1) if raw.get("eval_steps") is not None else None,
                 resources=S.resources(f"{p}: resources", raw.get("resources")), max_failures=mf, profiles=profiles,
-                groups=groups, text=text, tune_raw=tune)
+                groups=groups, text=text, tune_raw=tune,
+                budget=_budget_text(raw.get("budget"), f"{p}: budget"))
+
+
+def _budget_text(v: Any, where: str) -> str | None:
+    """The spec's budget as text, checked by ism.budget.parse (None when absent)."""
+    if v is None:
+        return None
+    budget.parse(v, where)
+    return str(v)
 
 
 # ----------------------------------------------------------------------------------------------- planning

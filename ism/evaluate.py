@@ -23,7 +23,7 @@ from ism import metric_keys
 from ism import ruler as R
 from ism import toys
 from ism.config import Config, step_level
-from ism.sample import default_guidance, fixed_labels, fixed_noise, sample, save_grid
+from ism.sample import default_guidance, fixed_labels, fixed_noise, guidance_effect, sample, save_grid
 from ism.store import atomic_write
 
 FIELDS = ("train_step", "steps", "guidance", "metric", "value", "n", "extractor", "ref_hash", "extractor_accuracy")
@@ -241,10 +241,13 @@ def evaluate_run(nets: dict, cfg: Config, data, step: int, run_dir: str | Path,
         return [D.row(k, v, s, g) for k, v in fid_kid(x, ref, ext, fid_root, kid=kid, image=is_image).items()]
 
     samples = {}
+    drawn: dict[tuple, torch.Tensor] = {}  # (steps, effect, noise seed): equal noise, labels, net and effect: equal samples
     for s in steps:
         want_paths = ev.diagnostics and s == steps[-1]
         x0, x, lc = generate(net, cfg, data, n, s, g0, paths=want_paths)
         samples[s] = x
+        if not want_paths or min(ev.batch_size, TRAJ_BATCH) == ev.batch_size:  # drawn in the same batches
+            drawn[s, guidance_effect(cfg, s, g0), EVAL_SEED] = x
         rows += score(x, s, g0)
         if ev.diagnostics and is_image:
             rows.append(D.row("spectrum_top_err", D.spectrum_top_error(x, data.test_x), s, g0))
@@ -259,7 +262,8 @@ def evaluate_run(nets: dict, cfg: Config, data, step: int, run_dir: str | Path,
     sweep_top: dict[float, torch.Tensor] = {}
 
     def sweep_sample(w: float, s: int, seed: int = EVAL_SEED) -> torch.Tensor:
-        x = generate(net, cfg, data, n, s, w, seed=seed)[1]
+        key = (s, guidance_effect(cfg, s, w), seed)  # a value that samples like one already drawn reuses it
+        x = drawn[key] if key in drawn else drawn.setdefault(key, generate(net, cfg, data, n, s, w, seed=seed)[1])
         if s == top:
             sweep_top[w] = x  # reused by the effective-guidance search on images
         return x

@@ -28,6 +28,20 @@ def default_guidance(cfg: Config) -> float | None:
     return None if key is None else getattr(cfg.eval, key.split(".")[1])
 
 
+def guidance_effect(cfg: Config, num_steps: int, guidance: float | None) -> float | None:
+    """The part of `guidance` that changes sample()'s output at num_steps (None: none does), so samples drawn from
+    the same noise, labels and network at equal effects are equal: intrinsic w at every step count; a CFG scale only
+    at 2^K steps (coarser step counts carry the baked-in guidance) and only when it is not 1 (one pass)."""
+    g = default_guidance(cfg) if guidance is None else guidance
+    mode = cfg.guidance.mode
+    if mode == "intrinsic":
+        return float(g)
+    if mode in ("cfg_finest", "cfg_every_level"):
+        top = step_level(num_steps, cfg.shortcut.max_steps_log2) == cfg.shortcut.max_steps_log2
+        return float(g) if top and g != 1.0 else None
+    return None
+
+
 @torch.no_grad()
 def sample(model, x0: torch.Tensor, y: torch.Tensor, num_steps: int, cfg: Config, guidance: float | None = None,
            trajectory: bool = False, null: int | None = None, cfg_calibration: bool = False):

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
-from ism import metric_keys, ray_adapter, store, tracking
+from ism import accounting, metric_keys, ray_adapter, store, tracking
 from ism.ablate import Plan, Trial, components, finished_trials, phases, reused_training, sweep_dir, teacher_of
 from ism.config import flatten, to_dict
 from ism.profiles import PROFILES
@@ -73,6 +74,7 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str, cache_root: Path, cr
     cache_root: the evaluation cache, absolute (trials run in Ray's working directories); crash: (variant or run id,
     step) for fault-injection tests: that trial crashes once at that step."""
     uri = tracking.tracking_uri(tracking_uri)
+    started = time.perf_counter()  # the sweep's wall span, for the machine account
     with ExitStack() as stack:
         def start_ray() -> None:
             if not ray_adapter.is_running():
@@ -128,9 +130,9 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str, cache_root: Path, cr
             interrupted = True
         except BaseException as e:  # Ray could not start, the cluster vanished, ...: settle MLflow, then re-raise
             reason = f"sweep aborted: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            _finish(plan, c, parent, children, pending, {t.run_id: reason for t in pending}, False)
+            _finish(plan, c, parent, children, pending, {t.run_id: reason for t in pending}, False, started)
             raise
-        return _finish(plan, c, parent, children, pending, errors, interrupted)
+        return _finish(plan, c, parent, children, pending, errors, interrupted, started)
 
 
 HEADLINE = tuple(metric_keys.key(m, n) for m in ("fid", "kid") for n in (1, 4, 128))
@@ -162,13 +164,15 @@ def summary_rows(plan: Plan, c, children: dict[str, str], keys: tuple[str, ...] 
 
 
 def _finish(plan: Plan, c, parent: str, children: dict, pending: list[Trial], errors: dict[str, str],
-            interrupted: bool) -> int:
-    """Settle every trial's MLflow status (never left RUNNING) and the parent's; print failures with their reasons."""
-    failed, killed = [], []
+            interrupted: bool, started: float | None = None) -> int:
+    """Settle every trial's MLflow status (never left RUNNING) and the parent's; print failures with their reasons,
+    and the machine account of the trials this sweep ran (logged on the parent as machine/* metrics)."""
+    failed, killed, accounts = [], [], []
     for t in pending:
         rid = children[t.run_id]
         run = c.get_run(rid)
         st, tags = run.info.status, run.data.tags
+        accounts.append(run.data.metrics)
         if st == "FINISHED":
             continue
         if t.run_id in errors or (st == "FAILED" and tags.get("ism.permanent")):
@@ -189,6 +193,11 @@ def _finish(plan: Plan, c, parent: str, children: dict, pending: list[Trial], er
         print(f"{name} FAILED {' = '.join(t.variants)} seed {t.seed} (run {t.run_id}): {reason}", file=sys.stderr)
     if killed:
         print(f"{name} interrupted: {len(killed)} trial(s) unfinished; rerun the same command to resume", file=sys.stderr)
+    if started is not None and pending:
+        # cores: the local Ray's (the profile's), else this machine's; on a cluster the figure is per driver machine
+        totals = accounting.sweep_totals(accounts, time.perf_counter() - started, PROFILES[plan.profile].cpus or None)
+        tracking.log_metrics(c, parent, totals, 0)
+        print(f"{name} {accounting.describe(totals)}", file=sys.stderr)
     n_ok = len(plan.trials) - len(failed) - len(killed)
     print(f"{name} {n_ok}/{len(plan.trials)} trials finished, {len(failed)} failed, {len(killed)} unfinished", file=sys.stderr)
     return 130 if interrupted else 1 if failed else 0

@@ -16,7 +16,7 @@ import yaml
 from tqdm import tqdm
 
 from ism import checkpoint as ckpt
-from ism import store
+from ism import machine, store
 from ism.config import Config, ConfigError, dump_yaml, from_dict, identity_dict, run_id
 from ism.data import Dataset, load_dataset
 from ism.models import count_params
@@ -111,7 +111,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
         return summary
     device, amp = resolve_device(cfg)
     if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+        machine.set_threads(cfg.run.threads)
     data = data or load_dataset(cfg.data, data_cache)  # none yet when a concurrent twin wrote the summary meanwhile
     state = State(cfg, data, device)
     fixed = None

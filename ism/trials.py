@@ -7,15 +7,14 @@ persisted back into the run dir), node() -> (node id, node ip).
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
 
-from ism import store, tracking
+from ism import machine, store, tracking
+from ism.accounting import PhaseClock
 from ism.config import ConfigError, from_dict
 from ism.evaluate import make_evaluator
 from ism.trial_objective import METRIC, Objective
@@ -32,12 +31,8 @@ class Hooks(Protocol):
 
 
 def hardware(cfg) -> str:
-    """What the trial ran on: GPU name when it trains on CUDA, CPU model, cores and torch threads."""
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
-    except OSError:
-        cpu = ""
-    out = f"{cpu or platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    """What the trial ran on: GPU name when it trains on CUDA, CPU model and capability, cores and torch threads."""
+    out = f"{machine.describe()}, {torch.get_num_threads()} torch threads"
     if torch.cuda.is_available() and cfg.run.device != "cpu":
         out = f"{torch.cuda.get_device_name()}; {out}"
     return out
@@ -65,9 +60,10 @@ def adopt(cfg, run_dir: Path, storage: str | None) -> str | None:
 def ablation_trial(payload: dict[str, Any], hooks: Hooks, train_fn: Callable | None = None) -> None:
     """One ablation trial: train (resuming), report progress, log to the trial's MLflow child run."""
     train_fn = train_fn or train
+    clock = PhaseClock()  # this attempt's wall and CPU time per phase, logged as machine/* metrics at the end
     permanent = (Diverged, ConfigError)  # deterministic: a retry resumes from the same checkpoint and fails alike
     cfg = from_dict(payload["cfg"])
-    torch.set_num_threads(max(1, cfg.run.threads))
+    machine.set_threads(max(1, cfg.run.threads))
     run_dir = Path(payload["trial_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     hooks.restore(run_dir)
@@ -87,6 +83,10 @@ def ablation_trial(payload: dict[str, Any], hooks: Hooks, train_fn: Callable | N
     evaluated: set[int] = set()
 
     def callback(kind: str, ev: dict) -> None:
+        with clock.phase("report"):
+            report(kind, ev)
+
+    def report(kind: str, ev: dict) -> None:
         if kind == "metrics":
             log.metrics(ev["step"], ev["metrics"])
             latest.update(step=ev["step"], loss=ev["metrics"].get("loss", float("nan")))
@@ -100,9 +100,15 @@ def ablation_trial(payload: dict[str, Any], hooks: Hooks, train_fn: Callable | N
             hooks.report(dict(latest))
 
     evaluator = make_evaluator(cfg, payload["cache_root"]) if cfg.eval.at_end or cfg.eval.every_steps else None
+
+    def timed_evaluator(*args, **kw):
+        with clock.phase("eval"):
+            return evaluator(*args, **kw)
+
     try:
-        summary = train_fn(cfg, run_dir, callback, evaluator, crash_at_step=payload.get("crash_at_step"),
-                           cache_root=payload["cache_root"])
+        with clock.phase("train"):
+            summary = train_fn(cfg, run_dir, callback, timed_evaluator if evaluator else None,
+                               crash_at_step=payload.get("crash_at_step"), cache_root=payload["cache_root"])
     except permanent as e:
         log.tag("ism.permanent", "1")
         log.finish("FAILED", f"{type(e).__name__}: {e}")
@@ -113,13 +119,15 @@ def ablation_trial(payload: dict[str, Any], hooks: Hooks, train_fn: Callable | N
         log.tag("ism.failures", log.failures() + 1)
         log.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")  # the driver records the final reason
         raise
-    log.replay_stats(run_dir / "stats.jsonl")   # a run finished by another sweep, or killed while logging
-    final_metrics = {k: summary[k] for k in ("wall_time_s", "peak_mem_mb", "final_loss", "params") if k in summary}
-    if summary["steps"] not in evaluated:  # finished before this process (another sweep, or killed after eval)
-        final_metrics.update(summary.get("metrics", {}))
-    log.eval_metrics(summary["steps"], final_metrics)
-    log.steps_curves(summary.get("metrics", {}))
-    log.artifacts(run_dir)
+    with clock.phase("report"):
+        log.replay_stats(run_dir / "stats.jsonl")   # a run finished by another sweep, or killed while logging
+        final_metrics = {k: summary[k] for k in ("wall_time_s", "peak_mem_mb", "final_loss", "params") if k in summary}
+        if summary["steps"] not in evaluated:  # finished before this process (another sweep, or killed after eval)
+            final_metrics.update(summary.get("metrics", {}))
+        log.eval_metrics(summary["steps"], final_metrics)
+        log.steps_curves(summary.get("metrics", {}))
+        log.artifacts(run_dir)
+    log.eval_metrics(summary["steps"], clock.metrics())  # this last call and finish() are the only time not counted
     log.finish("FINISHED")
     hooks.report({**latest, **{k: v for k, v in summary.get("metrics", {}).items() if isinstance(v, (int, float))},
                   "step": summary["steps"], "done": 1})
@@ -129,7 +137,7 @@ def study_trial(meta: dict[str, Any], hooks: Hooks, tracking_uri: str, objective
                 cache_root: str | None = None) -> None:
     """One study trial: train with intermediate evaluations, report the objective, log to MLflow."""
     cfg = from_dict(meta["cfg"])
-    torch.set_num_threads(max(1, cfg.run.threads))
+    machine.set_threads(max(1, cfg.run.threads))
     obj = Objective(objective["terms"], objective["metric"], tuple(objective["steps"]), objective["direction"])
     log = tracking.TrialLog(tracking_uri, meta["mlflow_run_id"])
     log.running()
@@ -138,6 +146,10 @@ def study_trial(meta: dict[str, Any], hooks: Hooks, tracking_uri: str, objective
     log.tag("ism.node_ip", node_ip)
 
     def callback(kind: str, ev: dict) -> None:
+        with clock.phase("report"):
+            report(kind, ev)
+
+    def report(kind: str, ev: dict) -> None:
         if kind == "metrics":
             log.metrics(ev["step"], ev["metrics"])
         elif kind == "eval":

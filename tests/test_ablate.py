@@ -266,7 +266,8 @@ def test_smoke_sweep_leaves_parent_and_child_runs_with_params_metrics_artifacts(
                                  for key, v in flatten(t.cfg).items()}
         m = k.data.metrics
         for key in ("loss", "loss_fm", "loss_sc", "wall_time_s", "peak_mem_mb", "fid_steps_1", "fid_steps_2",
-                    "kid_steps_1", "fid/vs_log2_steps"):
+                    "kid_steps_1", "fid/vs_log2_steps", "machine/train_s", "machine/eval_s",
+                    "machine/cpu_util"):
             assert key in m, key
         assert [h.step for h in c.get_metric_history(k.info.run_id, "fid/vs_log2_steps")] == [0, 1]  # 1, 2 steps
         assert k.data.tags["ism.hardware"] and k.data.tags["ism.node_ip"]
@@ -303,6 +304,8 @@ def test_parent_run_carries_the_sweep_summary_and_the_experiment_the_training_vi
         assert len(fids) == 2 and m[f"{v}/fid_steps_1"] == pytest.approx(math.exp(sum(map(math.log, fids)) / 2))
         assert f"{v}/kid_steps_1" in m
     assert not any(k.startswith("broken/") for k in m), "a variant with no finished seed has no summary"
+    assert m["machine/trials"] == 4 and 0 < m["machine/cpu_util"] <= 1, "the machine account of the trials run"
+    assert "% of all cores busy" in smoke_sweep["out"]
     arts = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"summary.json", "summary.csv"} <= arts
     assert "| a | 2 |" in parent.data.tags["mlflow.note.content"], "the Overview's description holds the summary"

@@ -107,13 +107,13 @@ def test_one_ray_adapter_and_no_command_code_in_the_library():
 LAYERS = [
     ["ism.errors"],
     ["ism.model_registry", "ism.schema", "ism.presets", "ism.config", "ism.metric_keys", "ism.store",
-     "ism.dburl"],
+     "ism.dburl", "ism.machine"],
     ["ism.rng", "ism.toys", "ism.sources", "ism.data", "ism.models", "ism.diagnostics", "ism.objective"],
     ["ism.checkpoint", "ism.run_state", "ism.sample", "ism.extractors", "ism.reflow", "ism.premetric", "ism.train"],
     ["ism.ruler", "ism.evaluate"],
     ["ism.tracking"],
-    ["ism.profiles", "ism.specs", "ism.tuning", "ism.ablate", "ism.trial_objective", "ism.progress", "ism.trials", "ism.ray_adapter",
-     "ism.sweep", "ism.study"],
+    ["ism.profiles", "ism.specs", "ism.tuning", "ism.ablate", "ism.accounting", "ism.trial_objective", "ism.progress",
+     "ism.trials", "ism.ray_adapter", "ism.sweep", "ism.study", "ism.sequential", "ism.budget"],
     ["ism.report"],
     ["ism.commands", "ism.cli"],
 ]

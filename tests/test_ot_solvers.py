@@ -85,19 +85,46 @@ def test_sparse_is_within_one_percent_of_the_exact_cost_and_deterministic():
 
 
 def test_bf16_pools_are_within_one_percent_deterministic_and_match_float32():
-    """From BF16_MIN_PAIRS pairs on the matmul runs in bf16: still a permutation within 1 % of the optimum (and
-    most of the OT gain kept), the same for the same seed, and as good as the float32 graph."""
+    """bf16 candidate search (the choice where bf16 is native; forced here, so it is tested on every CPU): still a
+    permutation within 1 % of the optimum (and most of the OT gain kept), the same for the same seed, and as good as
+    the float32 graph."""
     n = ot_solvers.BF16_MIN_PAIRS
     a, b = _digits_like(n, seed=11)
-    perm = sparse_assign(a, b)
+    bf16 = torch.bfloat16
+    perm = sparse_assign(a, b, dtype=bf16)
     assert _valid(perm, n)
     exact, ident, got = _cost(a, b, exact_assign(a, b)), _cost(a, b, torch.arange(n)), _cost(a, b, perm)
     assert exact <= got <= exact * 1.01
     assert (got - exact) < 0.1 * (ident - exact)
-    assert torch.equal(perm, sparse_assign(a, b))
-    assert torch.equal(perm, sparse_assign(a, b, block_bytes=2 * n * 100))  # blocks of 100 rows: same graph
+    assert torch.equal(perm, sparse_assign(a, b, dtype=bf16))
+    assert torch.equal(perm, sparse_assign(a, b, block_bytes=2 * n * 100, dtype=bf16))  # blocks of 100 rows
     f32 = _cost(a, b, sparse_assign(a, b, dtype=torch.float32))
     assert abs(got - f32) < 0.05 * (ident - exact)
+
+
+def _flags_from_cpuinfo() -> set[str]:
+    """This machine's CPU flags, read here independently of ism.machine."""
+    try:
+        lines = open("/proc/cpuinfo").read().splitlines()
+    except OSError:
+        return set()
+    return set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+
+
+def test_the_candidate_dtype_follows_the_cpu_capability():
+    """bf16 only where the CPU has native bf16 dot products (AMX-BF16 or AVX512-BF16) and the pool is large enough;
+    an AVX2-only CPU (where emulated bf16 is several times slower) gets float32. This machine gets its flags' choice."""
+    big, small = ot_solvers.BF16_MIN_PAIRS, ot_solvers.BF16_MIN_PAIRS - 1
+    avx2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
+    amx, avx512bf16 = avx2 | {"avx512f", "amx_tile", "amx_bf16"}, avx2 | {"avx512f", "avx512_bf16"}
+    assert ot_solvers.matmul_dtype(big, "cpu", avx2) == torch.float32
+    assert ot_solvers.matmul_dtype(big, "cpu", avx2 | {"avx512f", "avx512bw"}) == torch.float32
+    assert ot_solvers.matmul_dtype(big, "cpu", amx) == torch.bfloat16
+    assert ot_solvers.matmul_dtype(big, "cpu", avx512bf16) == torch.bfloat16
+    assert ot_solvers.matmul_dtype(small, "cpu", amx) == torch.float32
+    assert ot_solvers.matmul_dtype(big, "cpu", frozenset()) == torch.float32  # unknown CPU: the safe choice
+    native = bool(_flags_from_cpuinfo() & {"amx_bf16", "avx512_bf16"})
+    assert ot_solvers.matmul_dtype(big) == (torch.bfloat16 if native else torch.float32)
 
 
 def test_repeated_rows_are_one_supply_node():
@@ -133,8 +160,9 @@ def test_rows_equal_only_in_norm_and_sum_are_not_merged_and_a_common_shift_chang
     a, b = _digits_like(n, seed=12)
     exact, ident = _cost(a, b, exact_assign(a, b)), _cost(a, b, torch.arange(n))
     for shift in (0.0, 10.0):
-        got = _cost(a, b, sparse_assign(a + shift, b + shift))
-        assert got - exact < 0.05 * (ident - exact), shift
+        for dt in (torch.bfloat16, torch.float32):
+            got = _cost(a, b, sparse_assign(a + shift, b + shift, dtype=dt))
+            assert got - exact < 0.05 * (ident - exact), (shift, dt)
     with pytest.raises(ValueError, match="ot.solver=exact"):
         sparse_assign(torch.full((8, 4), 1e20, dtype=torch.float64), torch.zeros(8, 4, dtype=torch.float64))
 

@@ -103,3 +103,56 @@ def test_sample_cli_writes_png_grids(tmp_path):
     assert img.size[0] > 16 * 2 and img.size[1] > 16 * 10
     with pytest.raises(ConfigError, match="--steps: 5 is not allowed"):
         sample_main([str(run), "--steps", "5"])
+
+
+@pytest.mark.parametrize("mode, scales", [("cfg_finest", (1.5, 3.0)), ("cfg_every_level", (1.5, 3.0)),
+                                          ("intrinsic", (0.5, 2.0)), ("none", (1.5, 3.0))])
+def test_equal_guidance_effects_give_equal_samples_and_different_ones_differ(mode, scales):
+    """guidance_effect is what lets evaluation reuse samples: checked against sample() itself on a real network."""
+    from ism.data import load_dataset
+    from ism.models import build_model
+    from ism.sample import guidance_effect
+    cfg = resolve("toy2d", overrides={"guidance.mode": mode, "shortcut.max_steps_log2": 3, "eval.steps": [1, 4, 8],
+                                      "eval.sweep_steps": [1, 8], "data.conditional": mode != "none"})
+    data = load_dataset(cfg.data)
+    torch.manual_seed(0)
+    net = build_model(cfg, data).eval()
+    for p in net.parameters():  # zero-initialised output layers: perturb so samples depend on the guidance
+        p.data.add_(0.1 * torch.randn_like(p))
+    x0, y = fixed_noise(32, data.shape, 0), fixed_labels(32, data.num_classes)
+    if mode == "none":
+        y = torch.full((32,), data.num_classes)
+    for steps in (1, 4, 8):
+        a, b = (sample(net, x0, y, steps, cfg, g, null=data.num_classes) for g in scales)
+        same = guidance_effect(cfg, steps, scales[0]) == guidance_effect(cfg, steps, scales[1])
+        assert torch.equal(a, b) == same, (mode, steps)
+        assert same == (mode == "none" or mode.startswith("cfg") and steps < 8)
+
+
+def test_a_guidance_sweep_reuses_samples_it_already_drew_with_the_same_scores(tmp_path):
+    """The sweep at the run's own guidance, and CFG scales below 2^K steps, reuse drawn samples: fewer forward
+    passes, and every sweep score equals a fresh draw's."""
+    from ism import diagnostics as D
+    from ism import evaluate as EV
+    from ism.data import load_dataset
+    from ism.metric_keys import key
+    from ism.models import build_model
+    cfg = resolve("toy2d", overrides={"guidance.mode": "cfg_finest", "eval.cfg_scale": 1.5, "shortcut.max_steps_log2": 3,
+                                      "eval.steps": [1, 2, 8], "eval.sweep_steps": [1, 8], "eval.num_samples": 64,
+                                      "eval.guidance_sweep": [1.0, 1.5, 3.0], "eval.diagnostics": False})
+    data = load_dataset(cfg.data)
+    torch.manual_seed(0)
+    net = build_model(cfg, data)
+    for p in net.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    rows = []
+    net.register_forward_hook(lambda m, i, o: rows.append(len(i[0])))
+    _, metrics = EV.evaluate_run({"infer": net}, cfg, data, 0, tmp_path, tmp_path / "cache")
+    main = 64 * (1 + 2 + 2 * 8)  # the run's own steps (CFG: two passes at 2^K)
+    sweep = 64 * (8 + 2 * 8)  # only scales 1.0 (one pass) and 3.0 at 8 steps are new
+    grid = 64 * 4  # the 4-step sample grid (not an evaluated step count)
+    assert sum(rows) == main + sweep + grid
+    for w in (1.0, 1.5, 3.0):
+        for s in (1, 8):
+            fresh = EV.generate(net, cfg, data, 64, s, w)[1]
+            assert metrics[key("energy_distance", s, w)] == D.energy_distance(fresh, data.test_x)

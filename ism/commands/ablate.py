@@ -9,6 +9,7 @@ from pathlib import Path
 
 from typing import Mapping
 
+from ism import budget as B
 from ism.ablate import Plan, finished_trials, load_spec, plan, reused_training
 from ism.commands import env
 from ism.commands.listing import flags, fmt_resources, fmt_s, fmt_v, ui_hint
@@ -78,6 +79,24 @@ def inline_spec(args: argparse.Namespace, argv: list[str]) -> Path:
     return vary.write_spec(path, text, lambda p: plan(load_spec(p), args.profile, args.variants, None))
 
 
+def apply_budget(p: Plan, budget: B.Budget, looks: list[B.Look], rule: B.Rule, replan, where: str) -> tuple[Plan, str]:
+    """The plan cut to the seeds every config can have within the budget (whole looks of the rule), and the note that
+    says so (recorded on the parent run, shown in the report); a ConfigError when not even the first look fits.
+    replan(seeds) -> Plan: the same spec, profile and variants with those seeds."""
+    n = B.affordable([lk for lk in looks if lk.seeds <= len(p.seeds)], budget)
+    if n == 0:
+        raise B.ConfigError(f"{where}: {budget.describe()} does not cover the first {rule.looks[0]} seeds of every "
+                            f"config (~{looks[0].total_wall_s / 60:.0f} min wall, {looks[0].total_trials} trials)")
+    keep = sorted(p.seeds)[:looks[n - 1].seeds]
+    left = sorted(set(p.seeds) - set(keep))
+    note = (f"budget {budget.describe()}: seeds {keep} of {list(p.seeds)} for every config ("
+            f"~{looks[n - 1].total_wall_s / 60:.0f} min wall estimated); left undone: "
+            + (f"seeds {left}" if left else "nothing"))
+    if left:
+        p = dataclasses.replace(replan(keep), max_failures=p.max_failures)
+    return dataclasses.replace(p, notes=p.notes + (note,)), note
+
+
 def main(argv: list[str] | None = None) -> int:
     """`ism ablate`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
     ap = argparse.ArgumentParser(prog="ism ablate", description="Run an ablation spec as Ray Tune trials tracked in MLflow. "
@@ -98,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                     "profile's preset)")
     ap.add_argument("--name", default=None, help="inline sweep: its name (default [<base>-]vary-<keys>)")
     ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")
+    ap.add_argument("--budget", default=None, help=f"what the sweep may spend: {B.FORMS} (default: the spec's "
+                    "budget: key; none = every listed seed); the dry run shows what it buys")
     ap.add_argument("--retune", action="store_true", help="re-derive every arm's tuned values from its tuning study "
                     "(a spec's tune: block), even where the record is current")
     args = ap.parse_args(argv)
@@ -121,14 +142,31 @@ def main(argv: list[str] | None = None) -> int:
         record_path = TU.record_path(spec.path, spec.name, args.profile, storage, DEFAULT)
         arms = ST.status(spec, tune, args.profile, TU.read_record(record_path), args.retune)
         tuning = {a.arm.variant: a.entry for a in arms if a.current}
+    budget_text = args.budget or spec.budget_for(args.profile)
+    budget = B.parse(budget_text, "--budget" if args.budget else f"{args.spec}: budget") if budget_text else None
     p = plan(spec, args.profile, args.variants, args.seeds, tuning)
     if args.max_failures is not None:
         p = dataclasses.replace(p, max_failures=args.max_failures)
+    rule = B.Rule()
+
+    def budgeted(p: Plan, record) -> Plan:
+        """The plan cut to what the budget buys (tuning trials are not charged: they run once per profile)."""
+        if budget is None:
+            return p
+        looks = B.looks(p.trials, p.profile, p.resources, rule, finished_trials(p, storage), reused_training(p, storage))
+        p, note = apply_budget(p, budget, looks, rule, lambda seeds: plan(spec, args.profile, args.variants, seeds, record),
+                               "--budget" if args.budget else f"{args.spec}: budget")
+        print(note, file=sys.stderr)
+        return p
+
     if args.dry_run:
         if tune:
             print(ST.describe(tune, arms, record_path) + "\n")
-        print(describe_plan(p, finished_trials(p, storage), reused_training(p, storage),
-                            measured_scale(storage, p.profile)))
+        done, reused = finished_trials(p, storage), reused_training(p, storage)
+        print(describe_plan(p, done, reused, measured_scale(storage, p.profile)))
+        if budget is not None:
+            looks = B.looks(p.trials, p.profile, p.resources, rule, done, reused)
+            print("\n" + B.describe(looks, budget, rule, len(p.seeds)))
         return 0
     from ism.sweep import run_sweep  # Ray, MLflow and the trial code load only when a sweep runs
     uri = env.tracking_uri(args.tracking_uri)
@@ -146,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             p = plan(spec, args.profile, args.variants, args.seeds, record)
             if args.max_failures is not None:
                 p = dataclasses.replace(p, max_failures=args.max_failures)
-            rc = run_sweep(p, storage, uri, env.eval_cache_root(), crash=env.crash_target())
+            rc = run_sweep(budgeted(p, record), storage, uri, env.eval_cache_root(), crash=env.crash_target())
     else:
-        rc = run_sweep(p, storage, uri, env.eval_cache_root(), crash=env.crash_target())
+        rc = run_sweep(budgeted(p, tuning), storage, uri, env.eval_cache_root(), crash=env.crash_target())
     if rc != 130:  # interrupted: run_sweep said to rerun
         from ism.report import default_out
         print(f"next:\n  report:  ism report {args.spec}{flags(profile=p.profile, tracking_uri=args.tracking_uri)}   "

@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replace(cfg, **over) if over else cfg
     check_available(cfg)
     if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+        from ism import machine  # torch and BLAS threads together
+        machine.set_threads(cfg.run.threads)
     run_dir = run_dir_of(args.run)
     rows, metrics = evaluate_run(nets, cfg, data, step, run_dir, eval_cache_root())
     for k, v in sorted(metrics.items()):

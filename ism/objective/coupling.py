@@ -20,9 +20,9 @@ first uses it (0 on the others; "ot/solved" marks that batch), so the trainer's 
 per-step solver cost, and "ot/wait_s" = seconds that step actually waited for its pool (the wall-time overhead).
 
 With ot.prefetch the next pool is solved in a background thread while the current one trains (scipy's exact solver
-and torch release the GIL): the pairs are the same, only the wait shrinks. The sparse solver's dense part (bf16 cost
-blocks, top-k) runs on the model's device; its sparse LAP (OR-Tools) holds the GIL, so that part is charged to the
-training thread even when prefetched (timings: docs/sot-at-scale.md).
+and torch release the GIL): the pairs are the same, only the wait shrinks. The sparse solver's dense part (cost
+blocks, in bf16 where the hardware has it natively, and top-k) runs on the model's device; its sparse LAP (OR-Tools)
+holds the GIL, so that part is charged to the training thread even when prefetched (timings: docs/sot-at-scale.md).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Assignment solvers for sOT: the exact optimum (scipy) and a fast sparse one that still returns a permutation.
 
-exact: scipy's linear_sum_assignment on the dense float64 squared-Euclidean cost, O(N^3): 0.23 s at 1,024 pairs,
-6.6 s at 4,096, 53 s at 8,192 on this machine (benchmarks/results.md) -- a stall at the paper's pool of 8,192.
+exact: scipy's linear_sum_assignment on the dense float64 squared-Euclidean cost, O(N^3): close to a minute on 2 CPU
+cores at the paper's pool of 8,192 pairs (benchmarks/results.md) -- a stall.
 
 sparse: the same assignment problem restricted to a candidate graph, solved *exactly on that graph* by OR-Tools'
 cost-scaling assignment (Goldberg-Kennedy push-relabel, `SimpleLinearSumAssignment`; its min-cost flow when the pool
@@ -9,29 +9,25 @@ repeats data rows). The candidates are cheap
 *reduced* costs c_ij - u_i - v_j: every row keeps its k cheapest, and every column that fewer than k/4 rows chose
 (ORPHAN_SHARE) keeps its own k cheapest. The duals come from one pass: v from the Hungarian reduction of a random
 sample of 1,024 rows (column minima after row minima), then u_i = min_j c_ij - v_j exactly, from the row pass
-itself. The identity pairs are added, so a perfect matching always exists. The dense part (one bf16 matmul of the
-pool, top-k per row block of at most 32 MiB) runs in torch on the model's device under no_grad; only the ~(k+1)N
-candidate edges go to the CPU.
+itself. The identity pairs are added, so a perfect matching always exists. The dense part (one matmul of the pool,
+top-k per row block of at most 32 MiB) runs in torch on the model's device under no_grad; only the ~(k+1)N candidate
+edges go to the CPU.
 
-Why these parts (each measured before a review added exact duplicate grouping and centring, ~0.05 s more at 8,192
-pairs), measured with 2 threads on the pools of benchmarks/bench_sot.py (8,192 MNIST digits at 16x16, each
-about twice, and 8,192 random 4x32x32 latents; cost gap to the exact optimum in brackets):
-- OR-Tools, not scipy's sparse LAPJV (min_weight_full_bipartite_matching): 0.24 s vs 3.2 s on the same 682k-edge
-  graph, same matching. POT has no sparse LAP; `lap.lapmod` (PyPI lap 0.5.13) crashed with a segfault on it.
-- bf16 matmul: 0.065 s vs 0.19 s in float32 at 16x16 MNIST, 0.37 s vs ~3 s for the latents (AMX here, tensor
-  cores on a GPU). Its rounding moves the weights by far less than the candidates' spread: same quality as float32
-  (MNIST 0.093 % vs 0.096 %; latents 0.000 % both) at 0.50 vs 0.64 s and 0.82 vs 2.9 s. Pools below
-  BF16_MIN_PAIRS stay in float32, where the solve is exact on its graph and time does not matter.
+Why these parts (each measured against its alternative; the figures, with the CPU of each, are in
+benchmarks/results.md, "sOT solvers: why each part"):
+- OR-Tools' cost-scaling assignment, not scipy's sparse LAPJV (min_weight_full_bipartite_matching): an order of
+  magnitude faster on the same graph, same matching. POT has no sparse LAP; PyPI's `lap.lapmod` crashed on it.
+- The matmul's dtype follows the hardware (matmul_dtype): bf16 where it is native (AMX/AVX512-BF16 CPUs, CUDA),
+  where it is several times faster than float32 at the same quality; float32 elsewhere, because an AVX2 CPU
+  emulates bf16 and is then several times slower (ism.machine). Pools below BF16_MIN_PAIRS stay in float32.
 - Sampled duals, not the full Hungarian reduction: one pass over the N^2 matrix instead of two, and a better graph
-  (MNIST 0.093 % vs 0.138 %, 0.52 vs 0.93 s; latents 0.82 vs 1.61 s): single outliers pull the full column minima.
-- Orphan columns only (1,322 of the 8,192 latents): column candidates for every column cost 0.68 vs 0.52 s (MNIST,
-  0.089 % vs 0.093 %) and 1.26 vs 0.82 s (latents, both 0.000 %).
-- A repeated row is one supply node of a min-cost flow (see sparse_assign): MNIST 0.093 %, vs 0.22 % when each
-  copy keeps only its own k candidates.
-- A Sinkhorn plan (POT's, or a hand-written log-domain one in torch) gave no better candidates and took 2.5-6 s at
-  1,024-4,096 pairs, so nothing iterative is written here.
-OR-Tools' solve holds the GIL (measured: a solve in a thread starves the main thread's loop 40x), so with prefetch
-the LAP part (~0.1-0.2 s per 8,192-pair pool) still lands on the training thread; the dense part releases it.
+  (single outliers pull the full column minima).
+- Orphan columns only, not column candidates for every column: faster at the same quality.
+- A repeated row is one supply node of a min-cost flow (see sparse_assign): far nearer the optimum than giving each
+  copy only its own k candidates.
+- No Sinkhorn plan (POT's or a hand-written log-domain one): no better candidates at several times the cost.
+OR-Tools' solve holds the GIL (measured: a solve in a thread starves the main thread's loop), so with prefetch the
+LAP part still lands on the training thread; the dense part releases it.
 """
 from __future__ import annotations
 
@@ -42,6 +38,8 @@ from ortools.graph.python import min_cost_flow as _ortools_mcf
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from ism.machine import native_bf16
+
 SOLVERS = ("auto", "exact", "sparse")
 # auto: exact up to this many pairs per (sub-)problem, sparse above. Exact takes 0.15-0.23 s at 1,024 pairs and
 # 0.9-1.4 s at 2,048 (52 s at 8,192); sparse takes 0.05-0.09 s at 2,048 pairs, 0.06 % above the optimum on MNIST.
@@ -49,7 +47,7 @@ AUTO_EXACT_MAX = 1024
 # dense cost rows held at once by the sparse solver: 2,048 of 8,192 in bf16. Smaller blocks stay nearer the cache:
 # the 8,192 x 8,192 x 4,096 matmul + top-k took 0.50 s in one block, 0.44 s in blocks of 2,048 rows, 0.48 s of 512.
 BLOCK_BYTES = 32 * 2 ** 20
-BF16_MIN_PAIRS = 2048  # the sparse solver's matmul runs in bf16 from this pool size on, float32 below
+BF16_MIN_PAIRS = 2048  # where bf16 is native, the sparse solver's matmul runs in bf16 from this pool size on
 MULT_CAP = 8  # a row repeated m times keeps k * min(m, MULT_CAP) candidates for its m copies
 ORPHAN_SHARE = 0.25  # columns chosen by fewer than this share of k rows get their own k candidates
 DUAL_SAMPLE = 1024  # rows whose Hungarian reduction estimates the column duals v
@@ -67,6 +65,12 @@ def exact_assign(a: Tensor, b: Tensor) -> Tensor:
     cost -= cost.amin(dim=0, keepdim=True)
     rows, cols = linear_sum_assignment(cost.numpy())
     return torch.as_tensor(np.asarray(cols)[np.argsort(rows)], dtype=torch.long)
+
+
+def matmul_dtype(n: int, device: torch.device | str = "cpu", flags: frozenset[str] | None = None) -> torch.dtype:
+    """The sparse solver's candidate-search dtype for n pairs on device: bf16 from BF16_MIN_PAIRS pairs on where
+    bf16 is native (ism.machine.native_bf16; flags: CPU flags to judge, default this machine's), else float32."""
+    return torch.bfloat16 if n >= BF16_MIN_PAIRS and native_bf16(device, flags) else torch.float32
 
 
 def _sqnorm(x: Tensor) -> Tensor:
@@ -144,7 +148,8 @@ def sparse_assign(a: Tensor, b: Tensor, candidates: int = 32, block_bytes: int =
                   dtype: torch.dtype | None = None) -> Tensor:
     """perm pairing b[perm[i]] with a[i]: the exact optimum on the candidate graph of the module doc. a, b: [N, D]
     on any device; returns a CPU long perm. seed picks the dual sample (same inputs and seed: same perm). dtype of
-    the matmul: bf16 from BF16_MIN_PAIRS pairs on, else float32. Memory: row blocks of at most block_bytes."""
+    the matmul: matmul_dtype's choice for this size and device unless given. Memory: row blocks of at most
+    block_bytes."""
     n, dev = len(a), a.device
     if n == 1:
         return torch.zeros(1, dtype=torch.long)
@@ -157,7 +162,7 @@ def sparse_assign(a: Tensor, b: Tensor, candidates: int = 32, block_bytes: int =
     if float(centre.square().sum()) > 1e-4 * float(an.mean() + bn.mean()) / 2:
         a, b = a - centre, b - centre
         an, bn = _sqnorm(a), _sqnorm(b)
-    dt = dtype or (torch.bfloat16 if n >= BF16_MIN_PAIRS else torch.float32)
+    dt = dtype or matmul_dtype(n, dev)
     k = min(candidates, n)
     if not (bool(torch.isfinite(an).all()) and bool(torch.isfinite(bn).all())):
         raise ValueError("sparse_assign: squared norms overflow float32 (or the input holds NaN/inf); values of "

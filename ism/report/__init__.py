@@ -18,6 +18,7 @@ from ism.report import compounding as C
 from ism.report import fairness as FR
 from ism.report import figures as F
 from ism.report import load as L
+from ism.report import sequential as SQ
 from ism.report.claims import Result, claims_table
 from ism.report.flow_claims import flow_results
 from ism.report.method_claims import method_results, step_time_table, transfer_table
@@ -106,7 +107,8 @@ def build_report(target: str, tracking_uri: str | None = None, out: str | Path |
                   delta_table(sw, m2), cumulative_table(sw, m1), diagnostics_table(sw), sweep_table(sw, m1),
                   config_diff_table(sw), missing_table(sw), C.compounding_table(sw), transfer_table(sw, m1),
                   step_time_table(sw, m1), *group_tables(sw, m1), FR.tuning_table(sw),
-                  FR.selected_table(sw, m1)):
+                  FR.selected_table(sw, m1),
+                  SQ.sequential_table(sw, m1), SQ.machine_table(sw)):
             if t is not None:
                 tables[t.name] = t
         figs: dict[str, Path | str] = {
@@ -171,6 +173,8 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
     b.append(Heading("Missing and failed trials"))
     b.append(t("missing") or Para("None: every planned trial finished with its metrics."))
     b += [Heading("Claims check"), tables["claims"]]
+    if t(f"{m1}_sequential") or t("machine"):  # the adaptive-seed verdicts and what the sweep spent (issue 26)
+        b += [Heading("Seeds, decisions and the machine")] + [x for x in (t(f"{m1}_sequential"), t("machine")) if x]
     if t("compounding"):
         b += [Heading("Compounding guidance (Prop. 1)")] + [Para(x) for x in C.summary(sw)]
         b += [tables["compounding"], _fig(figs, "compounding", "Effective CFG-equivalent scale versus sampling steps "
