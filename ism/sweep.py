@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
-from ism import metric_keys, ray_adapter, store, tracking
+from ism import dburl, metric_keys, ray_adapter, store, tracking
 from ism.ablate import Plan, Trial, components, finished_trials, phases, reused_training, sweep_dir, teacher_of
 from ism.config import flatten, to_dict
 from ism.profiles import PROFILES
@@ -39,6 +39,7 @@ def _open_tracking(plan: Plan, storage: Path, uri: str) -> tuple[Any, str, dict[
     c = tracking.client(uri)
     git = tracking.git_commit()
     stored = store.read_json(sdir / "mlflow.json")
+    key = dburl.masked(uri)  # the store's URI names the parent run there, never with its password
     parent_tags = {"ism.kind": "sweep", "ism.spec": plan.spec.name, "ism.profile": plan.profile,
                    "ism.sweep_id": plan.sweep_id, "ism.git_commit": git, "ism.preset": plan.preset}
     params = {"spec": plan.spec.name, "profile": plan.profile, "preset": plan.preset, "trials": len(plan.trials),
@@ -48,8 +49,8 @@ def _open_tracking(plan: Plan, storage: Path, uri: str) -> tuple[Any, str, dict[
                                         params, {"spec.yaml": plan.spec.text,
                                                  "plan.json": json.dumps(plan.to_json(), indent=2),
                                                  "notes.txt": "\n".join(plan.notes) + "\n"},
-                                        stored.get(uri))
-    store.write_json(sdir / "mlflow.json", {**stored, uri: parent})
+                                        stored.get(key, stored.get(uri)))
+    store.write_json(sdir / "mlflow.json", {**{k: v for k, v in stored.items() if k != uri}, key: parent})
     finished = finished_trials(plan, storage)
     children, pending = {}, []
     for t in plan.trials:
@@ -61,7 +62,7 @@ def _open_tracking(plan: Plan, storage: Path, uri: str) -> tuple[Any, str, dict[
         tracking.set_status(c, rid, "SCHEDULED")  # also clears a RUNNING left behind by a kill -9
         pending.append(t)
     print(f"[{plan.spec.name}/{plan.profile}] sweep {plan.sweep_id}: {len(plan.trials)} trials, "
-          f"{len(plan.trials) - len(pending)} already done, {len(pending)} to run; MLflow {uri} experiment "
+          f"{len(plan.trials) - len(pending)} already done, {len(pending)} to run; MLflow {dburl.masked(uri)} experiment "
           f"ism/{plan.spec.name} run {parent}", file=sys.stderr)
     return c, parent, children, pending
 

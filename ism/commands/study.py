@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ism.commands import env
 from ism.commands.listing import fmt_s, fmt_v, ui_hint, update_index
+from ism.dburl import masked
 from ism.config import IDENTITY_KEYS, ConfigError, diff, from_dict, preset_delta, run_id
 from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, estimate_s
 from ism.report.study_section import write_study_report
@@ -23,7 +24,7 @@ DEFAULT_STORAGE = "runs/study"
 def describe_study(p: StudyPlan, url: str) -> str:
     """`ism study --dry-run`: base, space, objective, budget, pruning, the study's state and an estimated cost."""
     preset_cfg = from_dict(preset_delta(p.preset))
-    lines = [f"study {p.study_name} ({p.spec.path}) - preset {p.preset} - storage {url}"]
+    lines = [f"study {p.study_name} ({p.spec.path}) - preset {p.preset} - storage {masked(url)}"]
     if p.spec.description:
         lines.append(f"  {p.spec.description}")
     d = {k: v for k, v in diff(preset_cfg, p.base).items() if k in IDENTITY_KEYS}

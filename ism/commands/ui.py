@@ -11,6 +11,7 @@ import urllib.request
 
 from ism import tracking
 from ism.commands import env
+from ism.dburl import masked
 
 
 def _answers(url: str, wait_s: float, proc: subprocess.Popen) -> bool:
@@ -59,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     uri = env.tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
-        print(f"ism ui: the tracking URI {uri} is a server already; its experiments:")
+        print(f"ism ui: the tracking URI {masked(uri)} is a server already; its experiments:")
         print("\n".join(links(uri, uri)) or "  (none yet)")
         return 0
     if not uri.startswith("sqlite:"):  # a database shared by a team: its server is the team's (README: Cluster storage)
-        print(f"ism ui: {uri} is a database; serve it once for everyone with\n  mlflow server --backend-store-uri "
-              f"'{uri}' --artifacts-destination DIR --host 127.0.0.1 --port {args.port}\nand point "
+        print(f"ism ui: {masked(uri)} is a database; serve it once for everyone with\n  mlflow server --backend-store-uri "
+              f"'{masked(uri)}' --artifacts-destination DIR --host 127.0.0.1 --port {args.port}\nand point "
               "MLFLOW_TRACKING_URI at that server (README: Cluster storage).")
         return 0
     url = f"http://127.0.0.1:{args.port}"
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (kill, a supervisor) ends us like Ctrl-C does, so the finally below stops the group either way.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        print(f"ism ui: starting the MLflow server on {url} (store {uri})", file=sys.stderr, flush=True)
+        print(f"ism ui: starting the MLflow server on {url} (store {masked(uri)})", file=sys.stderr, flush=True)
         waited_s = 0
         while not _answers(url, 30, proc):
             if proc.poll() is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ism import tracking
+from ism import dburl, tracking
 from ism.profiles import DEFAULT_PROFILE
 from ism.report import compounding as C
 from ism.report import figures as F
@@ -153,7 +153,7 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
     t = tables.get
     prof = sw.parent["tags"].get("ism.profile", "?")
     b: list[Block] = [Heading(f"ism report: {sw.spec} (profile {prof})", 1),
-                      Para(f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the MLflow store `{sw.uri}`, experiment "
+                      Para(f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the MLflow store `{dburl.shown(sw.uri)}`, experiment "
                            f"`{sw.experiment}`, sweep run `{sw.parent['mlflow_id']}`. Every number is read from "
                            "MLflow; intervals are 95 % t-intervals over seeds, for a strictly positive metric (FID) "
                            "computed on log values: geometric means [lo, hi] and ratios to the baseline, never "

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from ism import metric_keys, tracking
+from ism import dburl, metric_keys, tracking
 from ism.config import ConfigError
 
 LOSS_KEYS = ("loss", "loss_fm", "loss_sc", "loss_guid")
@@ -143,7 +143,7 @@ def pick_sweep(spec: str, uri: str, profile: str | None = None, sweep: str | Non
     runs = tracking.find_sweeps(spec, profile, uri)
     if not runs:
         where = f" with profile {profile}" if profile else ""
-        raise ConfigError(f"no sweep of '{spec}'{where} in the MLflow store {uri} "
+        raise ConfigError(f"no sweep of '{spec}'{where} in the MLflow store {dburl.masked(uri)} "
                           f"(experiment ism/{spec}); run `ism ablate ablations/{spec}.yaml` first or pass --tracking-uri")
     if sweep:
         chosen = [r for r in runs if sweep in (r.info.run_id, r.data.tags.get("ism.sweep_id"))]
