@@ -17,6 +17,9 @@ from typing import IO, Any, Callable, Mapping
 from ism.config import ConfigError, from_dict, load_yaml, run_id, training_id
 
 CHECKPOINT = re.compile(r"ckpt-(\d{8})\.pt$")
+# Spec, study and variant names become folder names, MLflow experiment names and Tune trial dirs: identifiers only.
+NAME = re.compile(r"[A-Za-z0-9_.+-]{1,100}")
+NAME_RULE = "1 to 100 letters, digits and . _ + - (no path separator, not '.' or '..')"
 SUMMARY = "summary.json"
 TRAINING_FROM = "training_from.json"
 
@@ -69,6 +72,22 @@ def read_json(path: str | Path) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
+def check_name(where: str, name: object) -> str:
+    """A spec, study or variant name that is an identifier (NAME), else a ConfigError naming `where`."""
+    s = str(name)
+    if not NAME.fullmatch(s) or s in (".", ".."):
+        raise ConfigError(f"{where}: name {s!r} is not allowed; a name is {NAME_RULE}")
+    return s
+
+
+def under(root: str | Path, path: str | Path) -> Path:
+    """`path`, checked to stay under `root` once resolved (names are checked, but a path is where it would leak)."""
+    r, p = Path(root).resolve(), Path(path).resolve()
+    if p != r and r not in p.parents:
+        raise ConfigError(f"{path}: outside {root}; names may not climb out of their folder")
+    return Path(path)
+
+
 # ----------------------------------------------------------------------------------------------- checkpoints
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     """Where the checkpoint after `step` completed steps lives."""
@@ -113,12 +132,12 @@ def storage_root(path: str | Path) -> Path:
 
 def trial_dir(storage: str | Path, rid: str) -> Path:
     """Run directory of one trial, keyed by its run id."""
-    return Path(storage) / "trials" / rid
+    return under(storage, Path(storage) / "trials" / check_name("run id", rid))
 
 
 def sweep_dir(storage: str | Path, spec: str, profile: str, sweep_id: str) -> Path:
     """Directory of one sweep (spec x profile x trial set)."""
-    return Path(storage) / "sweeps" / spec / f"{profile}-{sweep_id}"
+    return under(storage, Path(storage) / "sweeps" / check_name("spec", spec) / check_name("sweep", f"{profile}-{sweep_id}"))
 
 
 def finished(storage: str | Path, run_ids) -> set[str]:

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 from tqdm import tqdm
 
 from ism import checkpoint as ckpt
 from ism import store
-from ism.config import Config, ConfigError, dump_yaml, from_dict, identity_dict, run_id
+from ism.config import Config, ConfigError, dump_yaml, from_dict, identity_dict, read_yaml, run_id
 from ism.data import Dataset, load_dataset
 from ism.models import count_params
 from ism.objective.coupling import PairSource
@@ -46,7 +45,7 @@ def _prepare_run_dir(cfg: Config, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"
     if path.exists():
-        old = from_dict(yaml.safe_load(path.read_text()))
+        old = from_dict(read_yaml(path)[0])
         if identity_dict(old) != identity_dict(cfg):
             raise ConfigError(f"{run_dir} holds a different run (id {run_id(old)}, this config is {run_id(cfg)}); "
                               "choose another run dir or remove it")

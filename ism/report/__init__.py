@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ism import dburl, tracking
+from ism import dburl, store, tracking
 from ism.profiles import DEFAULT_PROFILE
 from ism.report import compounding as C
 from ism.report import figures as F
@@ -79,7 +79,8 @@ def _clean(out: Path) -> None:
 def default_out(spec: str, profile: str | None) -> Path:
     """reports/<spec> for the embedded profile (the committed reports), reports/<spec>-<profile> for any other, so a
     smoke or GPU sweep's report never overwrites the committed embedded one."""
-    return Path("reports") / (spec if profile in (None, DEFAULT_PROFILE) else f"{spec}-{profile}")
+    name = store.check_name("spec", spec if profile in (None, DEFAULT_PROFILE) else f"{spec}-{profile}")
+    return store.under("reports", Path("reports") / name)
 
 
 def build_report(target: str, tracking_uri: str | None = None, out: str | Path | None = None,

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from ism import dburl, tracking  # noqa: E402
+from ism import dburl, store, tracking  # noqa: E402
 from ism.profiles import DEFAULT_PROFILE  # noqa: E402
 from ism.report.render import Block, Figure, Heading, Para, markdown, render_markdown, render_pdf  # noqa: E402
 from ism.report.tables import Table, fmt  # noqa: E402
@@ -145,7 +145,8 @@ def report_dir(p, out: str | Path | None = None) -> Path:
     so that a smoke run never overwrites the committed embedded report; `out` wins."""
     if out:
         return Path(out)
-    return Path("reports") / "studies" / (p.spec.name if p.profile == DEFAULT_PROFILE else f"{p.spec.name}-{p.profile}")
+    name = store.check_name("study", p.spec.name if p.profile == DEFAULT_PROFILE else f"{p.spec.name}-{p.profile}")
+    return store.under("reports", Path("reports") / "studies" / name)
 
 
 def _shown(x: str | Path) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ism import dburl
+from ism import dburl, store
 from ism.config import ConfigError
 from ism.study.plan import StudyPlan, make_pruner, make_sampler, plan
 from ism.study.spec import _encode, load_spec
@@ -53,7 +53,7 @@ def rdb(url: str) -> optuna.storages.RDBStorage:
 
 
 def study_dir(root: Path, p: StudyPlan) -> Path:
-    return root / "studies" / p.spec.name / p.profile
+    return store.under(root, root / "studies" / store.check_name("study", p.spec.name) / p.profile)
 
 
 def open_study(p: StudyPlan, url: str, create: bool = True, strict: bool = True) -> optuna.Study:

@@ -1,0 +1,110 @@
+"""Hostile input and faults (issue 23): names are identifiers, one YAML loader (duplicate keys, file names, UTF-8),
+paths built from names stay under their roots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ism import store
+from ism.commands import main
+from ism.config import ConfigError, parse_yaml, read_yaml
+from test_study import TOY, with_
+
+
+def _spec(path: Path, name: str | None = None, variants: dict | None = None) -> Path:
+    spec = {"base": {"overrides": {"eval.at_end": False}}, "variants": variants or {"a": {"reason": "baseline"}}}
+    if name is not None:
+        spec["name"] = name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- names
+@pytest.mark.parametrize("name", ["../../escaped_spec", "/tmp/abs_spec", "a/b", ".", "..", "x" * 101, "sp ace"])
+def test_spec_name_that_is_no_identifier_is_refused_before_any_work(tmp_path, capsys, name):
+    spec = _spec(tmp_path / "s.yaml", name=name)
+    st = tmp_path / "deep" / "st"
+    assert main(["ablate", str(spec), "--profile", "smoke", "--storage", str(st)]) == 2
+    err = capsys.readouterr().err
+    assert "name" in err and "not allowed" in err and "letters, digits" in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["s.yaml"], "nothing written anywhere"
+
+
+@pytest.mark.parametrize("variant", ["../x", "/etc", "..", "a/b"])
+def test_variant_name_that_is_no_identifier_is_refused_by_the_dry_run(tmp_path, capsys, variant):
+    spec = _spec(tmp_path / "s.yaml", variants={"a": {"reason": "baseline"}, variant: {"reason": "hostile"}})
+    assert main(["ablate", str(spec), "--profile", "smoke", "--dry-run", "--storage", str(tmp_path / "st")]) == 2
+    assert f"name {variant!r} is not allowed" in capsys.readouterr().err
+
+
+def test_shipped_names_are_identifiers():
+    root = Path(__file__).resolve().parent.parent
+    from ism import ablate
+    from ism.study import load_spec
+    for f in sorted((root / "ablations").glob("*.yaml")):
+        s = ablate.load_spec(f)
+        assert all(store.NAME.fullmatch(v.name) for v in s.variants)
+    for f in sorted((root / "studies").glob("*.yaml")):
+        assert store.NAME.fullmatch(load_spec(f).name)
+
+
+def test_study_name_that_climbs_out_is_refused(tmp_path, capsys):
+    spec = tmp_path / "st.yaml"
+    spec.write_text(yaml.safe_dump(with_(TOY, name="../../escaped_study"), sort_keys=False))
+    assert main(["study", str(spec), "--profile", "smoke", "--dry-run", "--storage", str(tmp_path / "s")]) == 2
+    assert "'../../escaped_study' is not allowed" in capsys.readouterr().err
+    assert main(["report", str(spec), "--profile", "smoke"]) == 2
+
+
+def test_paths_built_from_names_stay_under_their_root(tmp_path):
+    assert store.under(tmp_path, tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    with pytest.raises(ConfigError, match="outside"):
+        store.under(tmp_path / "st", tmp_path / "st" / ".." / "x")
+    with pytest.raises(ConfigError, match="not allowed"):
+        store.sweep_dir(tmp_path, "../up", "smoke", "abc")
+    with pytest.raises(ConfigError, match="not allowed"):
+        store.trial_dir(tmp_path, "../../etc")
+
+
+# ----------------------------------------------------------------------------------------------- YAML
+def test_duplicate_variant_key_is_an_error_naming_key_and_line(tmp_path, capsys):
+    spec = tmp_path / "dup.yaml"
+    spec.write_text("name: dup\nvariants:\n  a:\n    reason: first\n  b:\n    reason: other\n  a:\n    reason: second\n")
+    assert main(["ablate", str(spec), "--profile", "smoke", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert str(spec) in err and "duplicate key 'a' on line 7 (first on line 3)" in err
+
+
+def test_duplicate_key_in_a_config_file_and_nested_mappings(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim:\n  lr: 1.0e-3\n  batch_size: 8\n  lr: 2.0e-3\n")
+    assert main(["train", "-c", str(cfg), "--dry-run"]) == 2
+    assert "duplicate key 'lr' on line 4 (first on line 2)" in capsys.readouterr().err
+    # YAML's merge key is not a duplicate; a mapping key given once in each of two mappings is not either
+    assert parse_yaml("x: &a {k: 1}\ny:\n  <<: *a\n  j: 2\n", "t") == {"x": {"k": 1}, "y": {"k": 1, "j": 2}}
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path, capsys):
+    spec = tmp_path / "broken.yaml"
+    spec.write_text("name: b\nvariants: [a\n")
+    assert main(["ablate", str(spec), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "unicode string" not in err and err.count(str(spec)) >= 2 and "line 3" in err
+
+
+@pytest.mark.parametrize("cmd", [["ablate", "{f}", "--dry-run"], ["train", "-c", "{f}", "--dry-run"],
+                                 ["study", "{f}", "--dry-run"], ["report", "{f}"]])
+def test_non_utf8_yaml_is_exit_2_naming_the_file(tmp_path, capsys, cmd):
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes("name: x\ndescription: caf\u00e9\n".encode("latin-1"))
+    assert main([c.format(f=f) for c in cmd]) == 2
+    assert f"{f}: not UTF-8 text (byte 0xe9 on line 2)" in capsys.readouterr().err
+
+
+def test_read_yaml_keeps_plain_data_only(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text("a: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ConfigError, match="x.yaml"):
+        read_yaml(f)
