@@ -108,3 +108,74 @@ def test_read_yaml_keeps_plain_data_only(tmp_path):
     f.write_text("a: !!python/object/apply:os.system ['true']\n")
     with pytest.raises(ConfigError, match="x.yaml"):
         read_yaml(f)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+FAST = ["run.progress=false", "eval.at_end=false", "run.steps=8", "run.checkpoint_every=4", "run.log_every=1"]
+
+
+def _strict_json(path: Path) -> dict:
+    """JSON as a standard parser reads it: NaN and Infinity are refused."""
+    import json
+
+    def refuse(c):
+        raise ValueError(f"{path}: non-standard JSON constant {c}")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def _spoil(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"\x00not a checkpoint" * 64}[how])
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
+def test_resume_skips_a_bad_newest_checkpoint_and_moves_it_aside(tmp_path, capsys, how):
+    from ism.config import resolve
+    from ism.train import train
+    cfg = resolve("smoke", [], [f"run.out_dir={tmp_path}", *FAST])
+    ref = train(cfg, tmp_path / "ref")
+    run = tmp_path / "run"
+    train(cfg, run)
+    (run / store.SUMMARY).unlink()  # killed after its last checkpoint, then the disk spoiled that checkpoint
+    _spoil(store.checkpoint_path(run, 8), how)
+    got = train(cfg, run)
+    assert got["resumed_from"] == 4 and got["final_loss"] == ref["final_loss"]
+    assert [s for s, _ in store.list_checkpoints(run)] == [4, 8]  # the step-8 checkpoint written again
+    moved = list((run / "checkpoints").glob("ckpt-00000008.pt.bad-*"))
+    assert len(moved) == 1
+    err = capsys.readouterr().err
+    assert err.count("is bad (") == 1 and moved[0].name in err
+
+
+def test_every_checkpoint_bad_starts_over(tmp_path, capsys):
+    from ism.config import resolve
+    from ism.train import train
+    cfg = resolve("smoke", [], [f"run.out_dir={tmp_path}", *FAST])
+    train(cfg, tmp_path / "r")
+    (tmp_path / "r" / store.SUMMARY).unlink()
+    for _, p in store.list_checkpoints(tmp_path / "r"):
+        _spoil(p, "garbage")
+    assert train(cfg, tmp_path / "r")["resumed_from"] == 0
+    assert capsys.readouterr().err.count("is bad (") == 2
+
+
+def test_a_run_resumed_at_its_end_finishes_with_its_real_final_loss(tmp_path, capsys):
+    from ism.config import resolve
+    from ism.train import train
+    args = [f"run.out_dir={tmp_path}", *FAST]
+    ref = train(resolve("smoke", [], args), tmp_path / "ref")
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--run-dir", str(run), *args]) == 0
+    (run / store.SUMMARY).unlink()  # killed after the final checkpoint, before summary.json (during evaluation)
+    for _ in range(2):  # the rerun, and every later one
+        assert main(["train", "--preset", "smoke", "--run-dir", str(run), *args]) == 0
+        s = _strict_json(run / store.SUMMARY)
+        assert s["resumed_from"] == 8 and s["final_loss"] == ref["final_loss"]
+
+
+def test_summary_json_is_standard_json_even_without_a_final_loss(tmp_path):
+    from ism.config import resolve
+    from ism.train import train
+    cfg = resolve("smoke", [], [f"run.out_dir={tmp_path}", "run.progress=false", "eval.at_end=false", "run.steps=0"])
+    assert train(cfg, tmp_path / "z")["final_loss"] != train(cfg, tmp_path / "z")["final_loss"]  # NaN, read back
+    assert _strict_json(tmp_path / "z" / store.SUMMARY)["final_loss"] is None
