@@ -75,6 +75,8 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str, cache_root: Path, cr
     step) for fault-injection tests: that trial crashes once at that step."""
     uri = tracking.tracking_uri(tracking_uri)
     with ExitStack() as stack:
+        # One driver per sweep: a second one would train the same trials in the same run dirs (before Ray starts).
+        stack.enter_context(store.driver_lock(sweep_dir(storage, plan), f"sweep {plan.spec.name}/{plan.profile}"))
         def start_ray() -> None:
             if not ray_adapter.is_running():
                 stack.enter_context(ray_adapter.ray_session(num_cpus=PROFILES[plan.profile].cpus or None))

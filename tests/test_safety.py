@@ -179,3 +179,127 @@ def test_summary_json_is_standard_json_even_without_a_final_loss(tmp_path):
     cfg = resolve("smoke", [], [f"run.out_dir={tmp_path}", "run.progress=false", "eval.at_end=false", "run.steps=0"])
     assert train(cfg, tmp_path / "z")["final_loss"] != train(cfg, tmp_path / "z")["final_loss"]  # NaN, read back
     assert _strict_json(tmp_path / "z" / store.SUMMARY)["final_loss"] is None
+
+
+# ----------------------------------------------------------------------------------------------- exit-2 gaps
+@pytest.mark.parametrize("args, env, match", [
+    (["ui", "--port", "99999"], {}, "invalid port value"),
+    (["ui", "--port", "0"], {}, "invalid port value"),
+    (["ui"], {"ISM_UI_PORT": "abc"}, "ISM_UI_PORT: 'abc' is not a port"),
+])
+def test_bad_ports_are_exit_2(monkeypatch, capsys, args, env, match):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit) if "--port" in args else _no_raise():
+        assert main(args) == 2
+    assert match in capsys.readouterr().err
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_negative_max_failures_and_bad_ui_port_before_any_work(tmp_path, capsys, monkeypatch):
+    spec = _spec(tmp_path / "s.yaml", name="mf")
+    assert main(["ablate", str(spec), "--profile", "smoke", "--max-failures", "-5", "--storage", str(tmp_path / "st")]) == 2
+    assert "--max-failures: expected an integer >= 0" in capsys.readouterr().err
+    monkeypatch.setenv("ISM_UI_PORT", "abc")
+    assert main(["ablate", str(spec), "--profile", "smoke", "--storage", str(tmp_path / "st")]) == 2
+    assert "ISM_UI_PORT" in capsys.readouterr().err and not (tmp_path / "st").exists()
+
+
+def _unwritable(path: Path) -> Path:
+    """A folder nobody can write below: read-only for a user, a regular file in the way for root (who writes into
+    read-only folders)."""
+    import os
+    if os.geteuid() == 0:
+        path.write_text("a file, not a folder")
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o555)
+    return path
+
+
+@pytest.mark.parametrize("which", ["storage", "cache"])
+def test_unwritable_storage_or_cache_is_exit_2_before_any_work(tmp_path, capsys, monkeypatch, which):
+    ro = _unwritable(tmp_path / "ro")
+    spec = _spec(tmp_path / "s.yaml", name="ro")
+    st = ro / "st" if which == "storage" else tmp_path / "st"
+    if which == "cache":
+        monkeypatch.setenv("ISM_CACHE", str(ro / "cache"))
+    assert main(["ablate", str(spec), "--profile", "smoke", "--storage", str(st),
+                 "--tracking-uri", f"sqlite:///{tmp_path}/ml.db"]) == 2
+    err = capsys.readouterr().err
+    assert "not writable" in err and ("ISM_STORAGE" if which == "storage" else "ISM_CACHE") in err
+    assert not (tmp_path / "ml.db").exists(), "nothing tracked, no Ray started"
+
+
+def test_check_writable_refuses_a_path_under_a_file(tmp_path):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ConfigError, match="ISM_CACHE .*not writable"):
+        store.check_writable(tmp_path / "f" / "cache", "ISM_CACHE")
+
+
+def test_every_dry_run_has_a_cost_line_and_warns_beyond_a_sane_bound(tmp_path, capsys):
+    spec = _spec(tmp_path / "s.yaml", name="cost")
+    st = with_(TOY, name="coststudy")
+    (tmp_path / "st.yaml").write_text(yaml.safe_dump(st, sort_keys=False))
+    runs = [["ablate", str(spec), "--profile", "smoke", "--dry-run", "--storage", str(tmp_path / "x")],
+            ["study", str(tmp_path / "st.yaml"), "--profile", "smoke", "--dry-run", "--storage", str(tmp_path / "y")],
+            ["train", "--preset", "smoke", "--dry-run"]]
+    for args in runs:
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert "estimated cost" in out and "warning" not in out, args
+    huge = (["ablate", str(_spec(tmp_path / "h.yaml", name="huge")), "--profile", "smoke", "--dry-run", "run.steps=1"],)
+    del huge
+    big = tmp_path / "big.yaml"
+    big.write_text(yaml.safe_dump({"name": "big", "base": {"overrides": {"run.steps": int(1e12)}},
+                                   "variants": {"a": {"reason": "typo"}}}))
+    st["base"]["overrides"]["run"]["steps"] = int(1e12)
+    (tmp_path / "st.yaml").write_text(yaml.safe_dump(st, sort_keys=False))
+    for args in [["ablate", str(big), "--profile", "smoke", "--dry-run", "--storage", str(tmp_path / "x")], runs[1],
+                 ["train", "--preset", "smoke", "--dry-run", "run.steps=1e12"]]:
+        assert main(args) == 0
+        assert "warning: the estimated cost" in capsys.readouterr().out, args
+
+
+def test_shipped_sweeps_are_priced_below_the_sane_bound():
+    from ism import ablate
+    from ism.profiles import PROFILES, SANE_DEVICE_HOURS, estimate_s
+    root = Path(__file__).resolve().parent.parent
+    for f in sorted((root / "ablations").glob("*.yaml")):
+        s = ablate.load_spec(f)
+        for name in PROFILES:
+            p = ablate.plan(s, name)
+            share = p.resources.get("gpu") or p.resources.get("cpu", 1)
+            assert sum(estimate_s(t.cfg, name) for t in p.trials) * share / 3600 < SANE_DEVICE_HOURS / 10, (f, name)
+
+
+# ----------------------------------------------------------------------------------------------- CIFAR-10 unpickler
+def test_cifar_batch_loads_numpy_arrays_and_refuses_any_other_callable(tmp_path):
+    import pickle
+
+    import numpy as np
+    from ism.config import DataConfig
+    from ism.data import load_dataset
+    planes = np.zeros((4, 3072), np.uint8)
+    for proto in (2, pickle.HIGHEST_PROTOCOL):
+        with open(tmp_path / "data_batch_1", "wb") as fh:
+            pickle.dump({b"data": planes, b"labels": [0, 1, 2, 3], b"batch_label": b"b", b"filenames": [b"a"] * 4},
+                        fh, protocol=proto)
+        assert load_dataset(DataConfig(name="cifar10", path=str(tmp_path), resolution=32), tmp_path / "c" / str(proto)
+                            ).train_x.shape == (4, 3, 32, 32)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (__import__("os").system, (f"touch {marker}",))
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"data": Evil(), b"labels": [0]}))
+    with pytest.raises(ConfigError, match="refused (posix|os).system"):
+        load_dataset(DataConfig(name="cifar10", path=str(tmp_path), resolution=32), tmp_path / "c" / "evil")
+    assert not marker.exists(), "the crafted batch ran code"

@@ -7,10 +7,12 @@ import sys
 
 from typing import Mapping
 
+from ism import store
 from ism.ablate import Plan, finished_trials, load_spec, plan, reused_training
 from ism.commands import env
 from ism.commands.listing import fmt_resources, fmt_s, fmt_v, ui_hint
-from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, estimate_parts
+from ism.errors import ConfigError
+from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, cost_warning, estimate_parts
 
 
 def csv(kind):
@@ -50,7 +52,8 @@ def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, st
     lines.append(f"\nestimated cost: {len(p.trials)} trials, {total * share / 3600:.2f} {unit}-hours in all; "
                  f"{len(p.trials) - len(done & {t.run_id for t in p.trials})} pending, ~{fmt_s(pending / k)} wall at "
                  f"{k} trial(s) at once" + ("" if unit == "CPU" else " per GPU"))
-    return "\n".join(lines)
+    warn = cost_warning(total * share / 3600, unit)
+    return "\n".join(lines + ([warn] if warn else []))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,11 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     p = plan(load_spec(args.spec), args.profile, args.variants, args.seeds)
     if args.max_failures is not None:
+        if args.max_failures < 0:
+            raise ConfigError(f"--max-failures: expected an integer >= 0 (retries per trial), got {args.max_failures}")
         p = dataclasses.replace(p, max_failures=args.max_failures)
     storage = env.storage(args.storage, "runs/ablate")
+    env.ui_port()  # a bad ISM_UI_PORT is an error now, not after the sweep
     if args.dry_run:
         print(describe_plan(p, finished_trials(p, storage), reused_training(p, storage)))
         return 0
+    store.check_writable(storage, "--storage (ISM_STORAGE)")
+    store.check_writable(env.eval_cache_root(), "ISM_CACHE")
     from ism.sweep import run_sweep  # Ray, MLflow and the trial code load only when a sweep runs
     uri = env.tracking_uri(args.tracking_uri)
     rc = run_sweep(p, storage, uri, env.eval_cache_root(), crash=env.crash_target())

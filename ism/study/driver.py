@@ -7,14 +7,14 @@ import math
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from ism import dburl, tracking
+from ism import dburl, store, tracking
 from ism.ablate import components
 from ism.config import dump_yaml, flatten, run_id, to_dict
 from ism.profiles import PROFILES
@@ -193,6 +193,14 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root:
 
     tracking_uri: the MLflow store; cache_root: the evaluation cache, absolute (trials run in Ray's directories)."""
     from ism import ray_adapter  # Ray (seconds to import) loads only when a study runs, not for --dry-run or reports
+    with ExitStack() as stack:
+        if dburl.scheme(url) not in dburl.DB_SCHEMES:  # a server database: several drivers share a study by design
+            stack.enter_context(store.driver_lock(study_dir(root, p), f"study {p.study_name}"))
+        return _run_study(p, url, root, tracking_uri, cache_root, train_fn, ray_adapter)
+
+
+def _run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root: Path, train_fn, ray_adapter) -> int:
+    """run_study under its driver lock."""
     study = open_study(p, url)
     with study_lock(url, p.study_name):  # other drivers may be asking or claiming trials right now
         back = requeue_stale(study)
