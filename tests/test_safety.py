@@ -303,3 +303,144 @@ def test_cifar_batch_loads_numpy_arrays_and_refuses_any_other_callable(tmp_path)
     with pytest.raises(ConfigError, match="refused (posix|os).system"):
         load_dataset(DataConfig(name="cifar10", path=str(tmp_path), resolution=32), tmp_path / "c" / "evil")
     assert not marker.exists(), "the crafted batch ran code"
+
+
+# ----------------------------------------------------------------------------------------------- one driver at a time
+HOLD = "import sys, time; from ism import store\nwith store.driver_lock(sys.argv[1], 'sweep x'):\n    print('held', flush=True); time.sleep(600)\n"
+
+
+def test_a_second_driver_is_refused_naming_the_holder_and_a_killed_holder_frees_the_lock(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError) as e:
+            with store.driver_lock(tmp_path, "sweep x"):
+                pass
+        msg = str(e.value)
+        assert f"pid {holder.pid} on host {socket.gethostname()} since 20" in msg and "sweep x" in msg
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+        with store.driver_lock(tmp_path, "sweep x") as path:  # the kernel dropped the dead holder's lock
+            assert f'"pid": {os.getpid()}' in path.read_text()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.slow
+def test_two_ablate_drivers_started_at_once_one_runs_the_other_exits_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+    spec = tmp_path / "twin.yaml"
+    spec.write_text(yaml.safe_dump({"name": "twin", "seeds": [0], "base": {"overrides": {
+        "eval.at_end": False, "run.steps": 8}}, "variants": {"a": {"reason": "baseline"}}}))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "ism.cli", "ablate", str(spec), "--profile", "smoke", "--storage", str(tmp_path / "st"),
+           "--tracking-uri", f"sqlite:///{tmp_path}/mlruns/mlflow.db"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], [o[1][-2000:] for o in outs]
+    loser = next(o[1] for p, o in zip(procs, outs) if p.returncode == 2)
+    winner = next(p for p in procs if p.returncode == 0)
+    assert f"sweep twin/smoke is being run by another driver: pid {winner.pid}" in loser
+    stats = list((tmp_path / "st" / "trials").glob("*/stats.jsonl"))
+    steps = [__import__("json").loads(ln)["step"] for ln in stats[0].read_text().splitlines()]
+    assert len(stats) == 1 and steps == sorted(set(steps)) and steps[-1] == 8, "each step logged once, by one driver"
+
+
+# ----------------------------------------------------------------------------------------------- ism ui, orphans
+def test_ui_on_a_busy_port_is_exit_2_and_starts_no_server(tmp_path, capsys):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["ui", "--port", str(port), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 2
+    assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
+
+
+def _alive(procs: dict[int, int]) -> dict[int, int]:
+    from ism.procs import _stat
+    return {p: t for p, t in procs.items() if (s := _stat(p)) is not None and s[1] == t}
+
+
+def _gone_after_kill9(proc, ready, what: str) -> None:
+    """Wait for `ready(descendants)`, kill -9 the ism process, then wait for every descendant to be gone. The bound,
+    REAP_GRACE_S, is far below what Ray's agents take to notice on their own (1-2 minutes, issue 23)."""
+    import os
+    import signal
+    import time
+    from ism.procs import descendants
+    deadline = time.time() + 300
+    kids: dict[int, int] = {}
+    while not ready(kids):
+        assert proc.poll() is None, f"{what} exited early"
+        assert time.time() < deadline, f"{what} never got ready"
+        time.sleep(0.5)
+        kids = descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    end = time.time() + REAP_GRACE_S
+    while _alive(kids) and time.time() < end:
+        time.sleep(0.5)
+    left = _alive(kids)
+    for p in left:  # stop what the test started, whatever the verdict
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"orphans of {what}: " + ", ".join(Path(f"/proc/{p}/cmdline").read_text()[:80] for p in left
+                                                      if Path(f"/proc/{p}/cmdline").exists())
+
+
+REAP_GRACE_S = 30
+
+
+def _names(kids) -> str:
+    return " ".join(Path(f"/proc/{p}/cmdline").read_text() if Path(f"/proc/{p}/cmdline").exists() else ""
+                    for p in kids)
+
+
+@pytest.mark.slow
+def test_the_mlflow_server_of_a_killed_ui_dies_with_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from benchmarks.support import free_port
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ism.cli", "ui", "--port", str(port), "--tracking-uri",
+                             f"sqlite:///{tmp_path}/mlflow.db"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ})
+    import urllib.request
+
+    def answering(kids) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return len(kids) >= 2
+        except OSError:
+            return False
+    _gone_after_kill9(proc, answering, "ism ui")
+
+
+@pytest.mark.slow
+def test_a_local_ray_of_a_killed_ablate_driver_dies_with_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+    spec = tmp_path / "orph.yaml"
+    spec.write_text(yaml.safe_dump({"name": "orph", "seeds": [0], "base": {"overrides": {
+        "eval.at_end": False, "run.steps": 100000}}, "variants": {"a": {"reason": "long enough to be killed"}}}))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "ism.cli", "ablate", str(spec), "--profile", "smoke", "--storage",
+                             str(tmp_path / "st"), "--tracking-uri", f"sqlite:///{tmp_path}/mlruns/mlflow.db"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # ready once a trial trains: Ray's daemons, agents and a worker all exist then
+    _gone_after_kill9(proc, lambda kids: "raylet" in _names(kids) and any((tmp_path / "st" / "trials").glob(
+        "*/checkpoints/ckpt-*.pt")), "ism ablate")
