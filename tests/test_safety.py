@@ -444,3 +444,52 @@ def test_a_local_ray_of_a_killed_ablate_driver_dies_with_it(tmp_path):
     # ready once a trial trains: Ray's daemons, agents and a worker all exist then
     _gone_after_kill9(proc, lambda kids: "raylet" in _names(kids) and any((tmp_path / "st" / "trials").glob(
         "*/checkpoints/ckpt-*.pt")), "ism ablate")
+
+
+# ----------------------------------------------------------------------------------------------- portable reports
+ABSOLUTE = __import__("re").compile(r"sqlite:////|file:///|(?<![\w.~])/(?:home|root|work|tmp|Users|mnt|data|var|opt)/")
+REPORTS = Path(__file__).resolve().parent.parent / "reports"
+
+
+def test_committed_text_reports_hold_no_machine_path():
+    """Reports are portable: store URIs relative to the repo or without the machine's folders (ism.dburl.shown)."""
+    found = [f"{p.relative_to(REPORTS)}: {m.group(0)}" for p in sorted(REPORTS.rglob("*"))
+             if p.suffix in (".md", ".csv", ".tex") for m in ABSOLUTE.finditer(p.read_text())]
+    assert not found, found[:10]
+
+
+@pytest.mark.xfail(reason="the committed PDFs predate issue 23: the lead regenerates them; remove this mark then",
+                   strict=False)
+def test_committed_pdf_reports_hold_no_machine_path():
+    from test_secrets import _pdf_text
+    found = [str(p.relative_to(REPORTS)) for p in sorted(REPORTS.rglob("*.pdf"))
+             if ABSOLUTE.search(_pdf_text(p.read_bytes()).decode("latin-1"))]
+    assert not found, found
+
+
+def test_reports_of_other_profiles_never_touch_the_tracked_index(tmp_path, monkeypatch):
+    from ism.commands.listing import update_index
+    from ism.report.index import index_markdown
+    (tmp_path / "reports" / "x").mkdir(parents=True)
+    (tmp_path / "reports" / "x" / "report.md").write_text("# ism report: x\n\n## Summary\n\n**1 of 1 trials finished**\n")
+    (tmp_path / "reports" / "README.md").write_text(index_markdown(tmp_path / "reports"))
+    before = (tmp_path / "reports" / "README.md").read_text()
+    monkeypatch.chdir(tmp_path)
+    for folder in ("x-smoke", "x-gpu-cifar10", "studies/y-smoke"):
+        (tmp_path / "reports" / folder).mkdir(parents=True)
+        md = tmp_path / "reports" / folder / "report.md"
+        md.write_text("# ism report: x (profile smoke)\n\n## Summary\n\n**1 of 1 trials finished**\n")
+        update_index(md)
+        assert (tmp_path / "reports" / "README.md").read_text() == before, folder
+    assert "x-smoke" not in index_markdown(tmp_path / "reports")
+    update_index(tmp_path / "reports" / "x" / "report.md")  # the embedded report still rebuilds it
+    assert (tmp_path / "reports" / "README.md").read_text() == before
+
+
+def test_report_headers_show_store_uris_without_the_machine_path(tmp_path, monkeypatch):
+    from ism.report.study_section import rerun_command  # noqa: F401 - the study report's header uses the same helper
+    from ism import dburl
+    monkeypatch.chdir(tmp_path)
+    assert dburl.shown(f"sqlite:///{tmp_path}/mlruns/mlflow.db") == "sqlite:///mlruns/mlflow.db"
+    assert not ABSOLUTE.search(dburl.shown("sqlite:////elsewhere/store/study/optuna.db"))
+    assert not ABSOLUTE.search(dburl.shown("/home/someone/runs/study"))

@@ -41,13 +41,20 @@ def test_shown_names_no_folder_of_the_machine(tmp_path):
 
 
 def _pdf_text(data: bytes) -> bytes:
-    """A PDF's bytes with its compressed streams inflated (ReportLab compresses page content)."""
+    """A PDF's bytes with its streams decoded (ReportLab writes page content ASCII85-encoded and deflated)."""
+    import base64
     out = [data]
     for m in re.finditer(rb"stream\r?\n(.*?)endstream", data, re.S):
+        raw = m.group(1).strip()
+        if raw.endswith(b"~>"):
+            try:
+                raw = base64.a85decode(raw[:-2].removeprefix(b"<~"))
+            except ValueError:
+                continue
         try:
-            out.append(zlib.decompress(m.group(1)))
+            out.append(zlib.decompress(raw))
         except zlib.error:
-            pass
+            out.append(raw)
     return b"\n".join(out)
 
 
