@@ -70,6 +70,11 @@ def ray_session(num_cpus: int | None = None):
         ray.shutdown()
 
 
+def joins_cluster() -> bool:
+    """A session joins the Ray cluster at $RAY_ADDRESS rather than starting a local Ray."""
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
 def is_running() -> bool:
     """A Ray session is up in this process."""
     return ray.is_initialized()

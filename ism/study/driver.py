@@ -194,7 +194,9 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root:
     tracking_uri: the MLflow store; cache_root: the evaluation cache, absolute (trials run in Ray's directories)."""
     from ism import ray_adapter  # Ray (seconds to import) loads only when a study runs, not for --dry-run or reports
     with ExitStack() as stack:
-        if dburl.scheme(url) not in dburl.DB_SCHEMES:  # a server database: several drivers share a study by design
+        # One driver per study on a local Ray (a second would start another Ray on the same cores); drivers that join
+        # one Ray cluster (RAY_ADDRESS) share a study by design (README: Cluster storage).
+        if not ray_adapter.joins_cluster():
             stack.enter_context(store.driver_lock(study_dir(root, p), f"study {p.study_name}"))
         return _run_study(p, url, root, tracking_uri, cache_root, train_fn, ray_adapter)
 
