@@ -99,6 +99,8 @@ def test_no_command_shows_or_stores_the_database_password(pg, tmp_path):
     for p in files:
         data = p.read_bytes()
         assert MARKER.encode() not in (_pdf_text(data) if p.suffix == ".pdf" else data), p
+    for md in (tmp_path / "rep" / "report.md", tmp_path / "srep" / "report.md"):
+        assert str(tmp_path) not in md.read_text(), f"{md} names a folder of this machine"
     for url in (ml, opt):
         text = _database_text(url)
         assert "ism.optuna_storage" in text or url == opt
