@@ -141,7 +141,8 @@ def trial_dir(storage: str | Path, rid: str) -> Path:
 
 def sweep_dir(storage: str | Path, spec: str, profile: str, sweep_id: str) -> Path:
     """Directory of one sweep (spec x profile x trial set)."""
-    return under(storage, Path(storage) / "sweeps" / check_name("spec", spec) / check_name("sweep", f"{profile}-{sweep_id}"))
+    d = Path(storage) / "sweeps" / check_name("spec", spec) / check_name("sweep", f"{profile}-{sweep_id}")
+    return under(storage, d)
 
 
 def finished(storage: str | Path, run_ids) -> set[str]:

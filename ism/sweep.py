@@ -62,8 +62,8 @@ def _open_tracking(plan: Plan, storage: Path, uri: str) -> tuple[Any, str, dict[
         tracking.set_status(c, rid, "SCHEDULED")  # also clears a RUNNING left behind by a kill -9
         pending.append(t)
     print(f"[{plan.spec.name}/{plan.profile}] sweep {plan.sweep_id}: {len(plan.trials)} trials, "
-          f"{len(plan.trials) - len(pending)} already done, {len(pending)} to run; MLflow {dburl.masked(uri)} experiment "
-          f"ism/{plan.spec.name} run {parent}", file=sys.stderr)
+          f"{len(plan.trials) - len(pending)} already done, {len(pending)} to run; MLflow {dburl.masked(uri)} "
+          f"experiment ism/{plan.spec.name} run {parent}", file=sys.stderr)
     return c, parent, children, pending
 
 

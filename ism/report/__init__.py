@@ -154,7 +154,8 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
     t = tables.get
     prof = sw.parent["tags"].get("ism.profile", "?")
     b: list[Block] = [Heading(f"ism report: {sw.spec} (profile {prof})", 1),
-                      Para(f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the MLflow store `{dburl.shown(sw.uri)}`, experiment "
+                      Para(f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the MLflow store "
+                           f"`{dburl.shown(sw.uri)}`, experiment "
                            f"`{sw.experiment}`, sweep run `{sw.parent['mlflow_id']}`. Every number is read from "
                            "MLflow; intervals are 95 % t-intervals over seeds, for a strictly positive metric (FID) "
                            "computed on log values: geometric means [lo, hi] and ratios to the baseline, never "

@@ -198,11 +198,12 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root:
         # one Ray cluster (RAY_ADDRESS) share a study by design (README: Cluster storage).
         if not ray_adapter.joins_cluster():
             stack.enter_context(store.driver_lock(study_dir(root, p), f"study {p.study_name}"))
-        return _run_study(p, url, root, tracking_uri, cache_root, train_fn, ray_adapter)
+        return _run_study(p, url, root, tracking_uri, cache_root, train_fn)
 
 
-def _run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root: Path, train_fn, ray_adapter) -> int:
+def _run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root: Path, train_fn) -> int:
     """run_study under its driver lock."""
+    from ism import ray_adapter
     study = open_study(p, url)
     with study_lock(url, p.study_name):  # other drivers may be asking or claiming trials right now
         back = requeue_stale(study)
@@ -211,7 +212,8 @@ def _run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root
     git = tracking.git_commit()
     tags = {"ism.kind": "study", "ism.spec": p.spec.name, "ism.study": p.spec.name, "ism.profile": p.profile,
             "ism.sweep_id": p.fingerprint(), "ism.git_commit": git, "ism.preset": p.preset,
-            "ism.optuna_storage": dburl.masked(url), "ism.optuna_study": p.study_name, "ism.objective": p.objective.describe()}
+            "ism.optuna_storage": dburl.masked(url), "ism.optuna_study": p.study_name,
+            "ism.objective": p.objective.describe()}
     params = {"n_trials": p.n_trials, "parallelism": p.parallelism, "direction": p.objective.direction,
               "objective": json.dumps(dict(p.objective.terms)), "space": json.dumps({x.key: x.describe() for x in p.space}),
               "sampler": json.dumps(dict(p.sampler)), "pruner": json.dumps(dict(p.pruner)),
@@ -230,7 +232,8 @@ def _run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root
         books.progress()
     done = sum(counts(study)[s.name] for s in FINISHED)
     todo = max(0, p.n_trials - done)
-    books.say(f"storage {dburl.masked(url)}; MLflow {dburl.masked(uri)} experiment ism-study/{p.spec.name} run {parent}; {todo} trial(s) to run")
+    books.say(f"storage {dburl.masked(url)}; MLflow {dburl.masked(uri)} experiment ism-study/{p.spec.name} run "
+              f"{parent}; {todo} trial(s) to run")
     if todo == 0:
         books.progress()
         tracking.set_status(c, parent, "FINISHED")
