@@ -493,3 +493,13 @@ def test_report_headers_show_store_uris_without_the_machine_path(tmp_path, monke
     assert dburl.shown(f"sqlite:///{tmp_path}/mlruns/mlflow.db") == "sqlite:///mlruns/mlflow.db"
     assert not ABSOLUTE.search(dburl.shown("sqlite:////elsewhere/store/study/optuna.db"))
     assert not ABSOLUTE.search(dburl.shown("/home/someone/runs/study"))
+
+
+def test_load_run_of_a_run_dir_skips_a_bad_newest_checkpoint(tmp_path, capsys):
+    from ism.config import resolve
+    from ism.run_state import load_run
+    from ism.train import train
+    cfg = resolve("smoke", [], [f"run.out_dir={tmp_path}", *FAST])
+    train(cfg, tmp_path / "r")
+    _spoil(store.checkpoint_path(tmp_path / "r", 8), "truncated")
+    assert load_run(tmp_path / "r")[3] == 4 and "is bad (" in capsys.readouterr().err
