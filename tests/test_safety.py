@@ -503,3 +503,22 @@ def test_load_run_of_a_run_dir_skips_a_bad_newest_checkpoint(tmp_path, capsys):
     train(cfg, tmp_path / "r")
     _spoil(store.checkpoint_path(tmp_path / "r", 8), "truncated")
     assert load_run(tmp_path / "r")[3] == 4 and "is bad (" in capsys.readouterr().err
+
+
+def test_a_second_study_driver_on_a_local_ray_exits_2_naming_the_holder(tmp_path, capsys, monkeypatch):
+    import subprocess
+    import sys
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    spec = tmp_path / "lk.yaml"
+    spec.write_text(yaml.safe_dump(with_(TOY, name="lk", n_trials=1), sort_keys=False))
+    held = tmp_path / "store" / "studies" / "lk" / "smoke"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(held)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["study", str(spec), "--profile", "smoke", "--storage", str(tmp_path / "store"), "--no-report",
+                     "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+        assert not (tmp_path / "mlflow.db").exists(), "refused before MLflow and Ray"
+    finally:
+        holder.kill()
+        holder.wait()
