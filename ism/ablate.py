@@ -114,7 +114,7 @@ def load_spec(path: str | Path) -> Spec:
     raw, text = read_yaml_mapping(p, "ablation spec", f"a mapping with keys {', '.join(SPEC_KEYS)}")
     S.check_kind(p, raw, "ablation")
     S.check_keys(str(p), raw, SPEC_KEYS)
-    name = str(raw.get("name") or p.stem)
+    name = store.check_name(f"{p}: name", raw.get("name") or p.stem)
     base = S.mapping(f"{p}: base", raw.get("base"))
     S.check_keys(f"{p}: base", base, BASE_KEYS)
     preset = base.get("preset")
@@ -132,6 +132,7 @@ def load_spec(path: str | Path) -> Spec:
     variants = []
     for vname, v in variants_raw.items():
         where = f"{p}: variants.{vname}"
+        store.check_name(f"{p}: variants", vname)
         v = S.mapping(where, v)
         S.check_keys(where, v, VARIANT_KEYS)
         if not str(v.get("reason", "")).strip():

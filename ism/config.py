@@ -165,10 +165,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if key.count(".") != 1:
         raise ConfigError(f"override {item!r}: the key must be section.name, e.g. optim.lr=1e-3")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+    value = parse_yaml(raw, f"override {item!r}") if raw.strip() else ""
     if isinstance(value, str) and raw.strip() not in ("",):
         # YAML reads '1e-3' as a string; accept it as a number.
         try:
@@ -178,19 +175,60 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def read_yaml_mapping(path: str | Path, what: str = "config file",
-                      expected: str = "a mapping of config sections at the top level") -> tuple[dict[str, Any], str]:
-    """(mapping, text) of a YAML file; a missing, malformed or non-mapping file is a ConfigError naming its path."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, (str, int, float, bool)):  # unhashable keys: PyYAML's own error follows
+                    continue
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} on line {line} (first on line {seen[key]})",
+                        key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """The one YAML parser of everything ism reads: safe (plain data only), a key given twice is an error, and errors
+    are ConfigErrors naming `source` (a file, or what the text is) with the line."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        msg = str(e).replace('"<unicode string>"', source).replace("<unicode string>", source)
+        raise ConfigError(f"{source}: not valid YAML ({msg})") from None
+
+
+def read_yaml(path: str | Path, what: str = "YAML file") -> tuple[Any, str]:
+    """(data, text) of a YAML file through parse_yaml; a missing file or one that is not UTF-8 text is a ConfigError
+    naming its path."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{what} not found: {p}")
-    text = p.read_text()
+    raw = p.read_bytes()
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); save the file as UTF-8"
+                          ) from None
+    return parse_yaml(text, str(p)), text
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file",
+                      expected: str = "a mapping of config sections at the top level") -> tuple[dict[str, Any], str]:
+    """(mapping, text) of a YAML file; a missing, malformed or non-mapping file is a ConfigError naming its path."""
+    data, text = read_yaml(path, what)
+    data = data or {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{p}: expected {expected}")
+        raise ConfigError(f"{path}: expected {expected}")
     return dict(data), text
 
 

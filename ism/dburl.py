@@ -2,6 +2,8 @@
 database answers before any work starts, passwords kept out of messages."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from urllib.parse import urlparse
 
 from ism.errors import ConfigError
@@ -26,13 +28,44 @@ def normalize(url: str) -> str:
     return url
 
 
-def masked(url: str) -> str:
-    """The URL with its password replaced by ***, for messages and logs."""
-    import sqlalchemy
+SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "token", "secret", "api_key", "apikey", "access_token")
+# user:password@ as SQLAlchemy parses it (a password runs to the first @, '/', '?' and '#' included)
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s'\"]*):[^@\s'\"]*@")
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:" + "|".join(SECRET_QUERY_KEYS) + r")=)[^&#]*")
+
+
+def masked(url: str | Path | None) -> str:
+    """The one masking of storage and tracking URIs: the password of user:password@ and secret query values
+    (password=, token=, ...) replaced by ***, everything else kept; every URI that is printed, logged, tagged,
+    stored or rendered goes through here. Works on text that merely contains a URI (an error message) too."""
+    if url is None:
+        return ""
+    s = str(url)
+    s = _USERINFO.sub(r"\1:***@", s)
+    return _QUERY_SECRET.sub(r"\1***", s)
+
+
+def shown(url: str | Path | None, base: str | Path | None = None) -> str:
+    """A URI or path as reports show it: masked, and without the machine's folders: relative to `base` (the working
+    directory) when it lies under it, else only its last two parts after '.../' (a report must read the same on
+    every machine)."""
+    s = masked(url)
+    pre = ""
+    for p in ("sqlite:///", "file://"):
+        if s.startswith(p):
+            pre, s = p, s[len(p):]
+            break
+    else:
+        if "://" in s:
+            return s
+    if not s.startswith("/"):
+        return pre + s
+    here = Path(base or Path.cwd()).resolve()
+    path = Path(s)
     try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not parseable: say nothing of it beyond its scheme
-        return f"{scheme(url)}://..."
+        return pre + path.resolve().relative_to(here).as_posix()
+    except (ValueError, OSError):
+        return pre + ".../" + "/".join(path.parts[-2:])
 
 
 def check(url: str, what: str) -> None:

@@ -110,6 +110,20 @@ def measured_scale(storage: str | Path, profile: str) -> tuple[float, int] | Non
     return row["measured_s"] / row["estimated_s"], int(row["trials"])
 
 
+# Beyond this many device-hours a plan is most likely a typo (run.steps=1e12): estimate_s prices the biggest shipped
+# sweep (components on gpu-imagenet) at under a tenth of it (tests/test_safety.py checks every shipped spec).
+SANE_DEVICE_HOURS = 100_000
+
+
+def cost_warning(device_hours: float, unit: str = "CPU") -> str:
+    """A warning line when a plan's estimated cost is beyond SANE_DEVICE_HOURS, else ''."""
+    if device_hours <= SANE_DEVICE_HOURS:
+        return ""
+    return (f"warning: the estimated cost, {device_hours:,.0f} {unit}-hours, is beyond {SANE_DEVICE_HOURS:,} "
+            f"{unit}-hours ({device_hours / 24 / 365:,.0f} device-years); check run.steps, eval.num_samples and the "
+            "seeds before running it")
+
+
 def concurrency(profile: str, resources: Mapping[str, float], cap: int | None = None) -> int:
     """Trials at once: on CPU profiles the local Ray's CPUs over the per-trial share (at most `cap`, a study's
     parallelism); on GPU profiles `cap`, else 1 (costs are then given per GPU)."""

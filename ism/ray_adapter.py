@@ -26,7 +26,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from ism import store
+from ism import procs, store
 from ism.config import ConfigError
 from ism.trial_objective import METRIC
 
@@ -62,11 +62,17 @@ def ray_session(num_cpus: int | None = None):
                               "If the head uses token authentication (Ray's default), set RAY_AUTH_MODE=token here and "
                               "on every node, with the head's ~/.ray/auth_token copied or RAY_AUTH_TOKEN set") from None
     else:
+        procs.reap_descendants_on_exit()  # Ray's daemons, agents and workers die with this driver, kill -9 included
         ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **common)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def joins_cluster() -> bool:
+    """A session joins the Ray cluster at $RAY_ADDRESS rather than starting a local Ray."""
+    return bool(os.environ.get("RAY_ADDRESS"))
 
 
 def is_running() -> bool:

@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ism import checkpoint as ckpt
-from ism import store
-from ism.config import Config, ConfigError, from_dict
+from ism.config import Config, ConfigError, from_dict, parse_yaml
 from ism.data import Dataset, load_dataset
 from ism.models import build_model
 from ism.objective.ema import build_emas
@@ -73,14 +71,15 @@ def load_run(path: str | Path, device: str | torch.device = "cpu",
     """(cfg, nets, data, step) from a run directory (its newest checkpoint) or a checkpoint file."""
     p = Path(path)
     if p.is_dir():
-        found = store.latest_checkpoint(p)
+        found = ckpt.newest_valid(p, map_location=device)  # a bad newest checkpoint is moved aside, as train() does
         if found is None:
-            raise ConfigError(f"{p}: no checkpoint found (expected {p}/checkpoints/ckpt-XXXXXXXX.pt)")
-        p = found
+            raise ConfigError(f"{p}: no readable checkpoint found (expected {p}/checkpoints/ckpt-XXXXXXXX.pt)")
+        p, sd = found
     elif not p.is_file():
         raise ConfigError(f"{p}: no such run directory or checkpoint file")
-    sd = ckpt.load(p, map_location=device)
-    cfg = from_dict(yaml.safe_load(sd["config"]))
+    else:
+        sd = ckpt.load(p, map_location=device)
+    cfg = from_dict(parse_yaml(sd["config"], f"{p} (its config)"))
     data = load_dataset(cfg.data, data_cache)
     state = State(cfg, data, torch.device(device))
     state.load_state_dict(sd)

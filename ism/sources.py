@@ -171,11 +171,27 @@ def _load_idx(cfg: DataConfig) -> Raw:
     return Raw("image", *train, *(test or (None, None)))
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR-10 batch holds (dicts, lists, bytes, numbers and numpy arrays) and nothing else: a
+    crafted file naming any other callable (os.system, ...) is refused before it can run."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
+               ("numpy._core.numeric", "_frombuffer"),  # arrays pickled at protocol 5
+               ("_codecs", "encode")}  # bytes pickled by Python 3 at protocol 2: encode(text, 'latin1') -> bytes
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused {module}.{name}: a CIFAR-10 batch holds only dicts, lists and "
+                                         "numpy arrays")
+        return super().find_class(module, name)
+
+
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 python batch (a pickled dict) -> uint8 [N, 3, 32, 32], labels [N]."""
     try:
         with open(path, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")  # local files the user pointed at; the format is pickle
+            d = _CifarUnpickler(fh, encoding="bytes").load()  # the format is pickle: containers and arrays only
         data, labels = np.asarray(d[b"data"], dtype=np.uint8), np.asarray(d[b"labels"], dtype=np.int64)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a malformed batch
         raise ConfigError(f"data.path: {path} is not a CIFAR-10 batch ({type(e).__name__}: {e}); {CIFAR_LAYOUT}") from None

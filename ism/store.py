@@ -7,16 +7,23 @@ done), training_from.json (adopted training), eval/, samples/.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
+import socket
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any, Callable, Iterator, Mapping
 
 from ism.config import ConfigError, from_dict, load_yaml, run_id, training_id
 
 CHECKPOINT = re.compile(r"ckpt-(\d{8})\.pt$")
+# Spec, study and variant names become folder names, MLflow experiment names and Tune trial dirs: identifiers only.
+NAME = re.compile(r"[A-Za-z0-9_.+-]{1,100}")
+NAME_RULE = "1 to 100 letters, digits and . _ + - (no path separator, not '.' or '..')"
 SUMMARY = "summary.json"
 TRAINING_FROM = "training_from.json"
 
@@ -69,6 +76,22 @@ def read_json(path: str | Path) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
+def check_name(where: str, name: object) -> str:
+    """A spec, study or variant name that is an identifier (NAME), else a ConfigError naming `where`."""
+    s = str(name)
+    if not NAME.fullmatch(s) or s in (".", ".."):
+        raise ConfigError(f"{where}: name {s!r} is not allowed; a name is {NAME_RULE}")
+    return s
+
+
+def under(root: str | Path, path: str | Path) -> Path:
+    """`path`, checked to stay under `root` once resolved (names are checked, but a path is where it would leak)."""
+    r, p = Path(root).resolve(), Path(path).resolve()
+    if p != r and r not in p.parents:
+        raise ConfigError(f"{path}: outside {root}; names may not climb out of their folder")
+    return Path(path)
+
+
 # ----------------------------------------------------------------------------------------------- checkpoints
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     """Where the checkpoint after `step` completed steps lives."""
@@ -113,12 +136,13 @@ def storage_root(path: str | Path) -> Path:
 
 def trial_dir(storage: str | Path, rid: str) -> Path:
     """Run directory of one trial, keyed by its run id."""
-    return Path(storage) / "trials" / rid
+    return under(storage, Path(storage) / "trials" / check_name("run id", rid))
 
 
 def sweep_dir(storage: str | Path, spec: str, profile: str, sweep_id: str) -> Path:
     """Directory of one sweep (spec x profile x trial set)."""
-    return Path(storage) / "sweeps" / spec / f"{profile}-{sweep_id}"
+    d = Path(storage) / "sweeps" / check_name("spec", spec) / check_name("sweep", f"{profile}-{sweep_id}")
+    return under(storage, d)
 
 
 def finished(storage: str | Path, run_ids) -> set[str]:
@@ -148,3 +172,51 @@ def trained_donor(cfg, storage: str | Path, donors: Mapping[str, Path] | None = 
     """Run dir of another stored trial with the same training as cfg, finished; None when there is none."""
     d = (trained_donors(storage) if donors is None else donors).get(training_id(cfg))
     return d if d is not None and d.name != run_id(cfg) else None
+
+
+def check_writable(folder: str | Path, what: str) -> Path:
+    """Make `folder` (and its parents) and write a probe file in it, else a ConfigError naming `what`: a read-only
+    storage or cache fails before any work, not after Ray started or training ended."""
+    p = Path(folder)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{what} {p}: not writable ({e.strerror or e}); point it at a folder you can write") from None
+    return p
+
+
+# ----------------------------------------------------------------------------------------------- driver locks
+LOCK = "driver.lock"
+
+
+@contextmanager
+def driver_lock(folder: str | Path, what: str) -> Iterator[Path]:
+    """Hold `folder`/driver.lock while one driver runs `what` (a sweep, a study): a second driver is a ConfigError
+    naming the holder (host, pid, since). An flock, so the kernel drops it when its holder dies, kill -9 included:
+    a dead holder never blocks the next driver. The file stays; its content names the newest holder."""
+    path = Path(folder) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            try:
+                h = json.loads(fh.read() or "{}")
+            except ValueError:
+                h = {}
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["since"])) if "since" in h else "?"
+            raise ConfigError(f"{what} is being run by another driver: pid {h.get('pid', '?')} on host "
+                              f"{h.get('host', '?')} since {since} (lock {path}); wait for it to finish or stop it, "
+                              "then rerun this command to continue") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}))
+        fh.flush()
+        yield path
+    finally:
+        fh.close()  # releases the flock

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
-from ism import accounting, metric_keys, ray_adapter, store, tracking
+from ism import accounting, dburl, metric_keys, ray_adapter, store, tracking
 from ism.ablate import Plan, Trial, components, finished_trials, phases, reused_training, sweep_dir, teacher_of
 from ism.config import flatten, to_dict
 from ism.profiles import PROFILES
@@ -40,6 +40,7 @@ def _open_tracking(plan: Plan, storage: Path, uri: str) -> tuple[Any, str, dict[
     c = tracking.client(uri)
     git = tracking.git_commit()
     stored = store.read_json(sdir / "mlflow.json")
+    key = dburl.masked(uri)  # the store's URI names the parent run there, never with its password
     parent_tags = {"ism.kind": "sweep", "ism.spec": plan.spec.name, "ism.profile": plan.profile,
                    "ism.sweep_id": plan.sweep_id, "ism.git_commit": git, "ism.preset": plan.preset}
     params = {"spec": plan.spec.name, "profile": plan.profile, "preset": plan.preset, "trials": len(plan.trials),
@@ -49,8 +50,8 @@ def _open_tracking(plan: Plan, storage: Path, uri: str) -> tuple[Any, str, dict[
                                         params, {"spec.yaml": plan.spec.text,
                                                  "plan.json": json.dumps(plan.to_json(), indent=2),
                                                  "notes.txt": "\n".join(plan.notes) + "\n"},
-                                        stored.get(uri))
-    store.write_json(sdir / "mlflow.json", {**stored, uri: parent})
+                                        stored.get(key, stored.get(uri)))
+    store.write_json(sdir / "mlflow.json", {**{k: v for k, v in stored.items() if k != uri}, key: parent})
     finished = finished_trials(plan, storage)
     children, pending = {}, []
     for t in plan.trials:
@@ -62,8 +63,8 @@ def _open_tracking(plan: Plan, storage: Path, uri: str) -> tuple[Any, str, dict[
         tracking.set_status(c, rid, "SCHEDULED")  # also clears a RUNNING left behind by a kill -9
         pending.append(t)
     print(f"[{plan.spec.name}/{plan.profile}] sweep {plan.sweep_id}: {len(plan.trials)} trials, "
-          f"{len(plan.trials) - len(pending)} already done, {len(pending)} to run; MLflow {uri} experiment "
-          f"ism/{plan.spec.name} run {parent}", file=sys.stderr)
+          f"{len(plan.trials) - len(pending)} already done, {len(pending)} to run; MLflow {dburl.masked(uri)} "
+          f"experiment ism/{plan.spec.name} run {parent}", file=sys.stderr)
     return c, parent, children, pending
 
 
@@ -76,6 +77,8 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str, cache_root: Path, cr
     uri = tracking.tracking_uri(tracking_uri)
     started = time.perf_counter()  # the sweep's wall span, for the machine account
     with ExitStack() as stack:
+        # One driver per sweep: a second one would train the same trials in the same run dirs (before Ray starts).
+        stack.enter_context(store.driver_lock(sweep_dir(storage, plan), f"sweep {plan.spec.name}/{plan.profile}"))
         def start_ray() -> None:
             if not ray_adapter.is_running():
                 stack.enter_context(ray_adapter.ray_session(num_cpus=PROFILES[plan.profile].cpus or None))

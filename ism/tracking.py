@@ -60,23 +60,23 @@ def check_uri(uri: str) -> None:
         # path fails here instead of growing a directory tree somewhere.
         folder = Path(unquote(uri[len("sqlite:///"):])).parent
         if not uri.startswith("sqlite:///") or not (folder.is_dir() or folder.parent.is_dir()):
-            raise ConfigError(f"tracking URI {uri}: the folder {folder.parent} does not exist; create it first (a "
+            raise ConfigError(f"tracking URI {dburl.masked(uri)}: the folder {folder.parent} does not exist; create it first (a "
                               "store is never created in a folder tree you did not make)")
     elif scheme == "file" or scheme == "":
-        raise ConfigError(f"tracking URI {uri}: MLflow {mlflow_version()}'s file store is in maintenance mode and "
+        raise ConfigError(f"tracking URI {dburl.masked(uri)}: MLflow {mlflow_version()}'s file store is in maintenance mode and "
                           f"ism does not use it; allowed: {allowed}")
     elif scheme in ("http", "https"):
         import urllib.request
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S).close()
         except Exception as e:  # refused, unreachable, timed out, or not an MLflow server
-            raise ConfigError(f"tracking URI {uri}: no MLflow server answered at {uri.rstrip('/')}/health within "
+            raise ConfigError(f"tracking URI {dburl.masked(uri)}: no MLflow server answered at {dburl.masked(uri.rstrip('/'))}/health within "
                               f"{SERVER_TIMEOUT_S:g} s ({type(e).__name__}: {e}); start one (mlflow server --host "
                               "127.0.0.1 --port N) or fix the URI") from None
     elif scheme in dburl.DB_SCHEMES:
         dburl.check(uri, "tracking URI")
     else:
-        raise ConfigError(f"tracking URI {uri}: scheme '{scheme}' is not allowed; allowed: {allowed}")
+        raise ConfigError(f"tracking URI {dburl.masked(uri)}: scheme '{scheme}' is not allowed; allowed: {allowed}")
 
 
 def mlflow_version() -> str:
@@ -90,7 +90,7 @@ def artifact_root(uri: str) -> str | None:
         db = Path(unquote(uri[len("sqlite:///"):]))
         return (db.parent / "artifacts").resolve().as_uri()
     if urlparse(uri).scheme in ("", "file"):
-        raise ValueError(f"tracking URI {uri!r}: the plain file store is refused by mlflow 3; use sqlite:///PATH or http://HOST:PORT")
+        raise ValueError(f"tracking URI {dburl.masked(uri)!r}: the plain file store is refused by mlflow 3; use sqlite:///PATH or http://HOST:PORT")
     return None
 
 
@@ -502,6 +502,6 @@ def server_command(uri: str, host: str = "127.0.0.1", port: int = 5000, workers:
     """`mlflow server` over a sqlite store with its artifact root beside it, bound to one host."""
     root = artifact_root(uri)
     if root is None:
-        raise ValueError(f"{uri} is already a tracking server; open it in a browser instead")
+        raise ValueError(f"{dburl.masked(uri)} is already a tracking server; open it in a browser instead")
     return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", str(workers),
             "--backend-store-uri", uri, "--default-artifact-root", root]

@@ -6,18 +6,18 @@ uninterrupted run ends: all randomness of step s derives from (seed, s).
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 from tqdm import tqdm
 
 from ism import checkpoint as ckpt
 from ism import machine, store
-from ism.config import Config, ConfigError, dump_yaml, from_dict, identity_dict, run_id
+from ism.config import Config, ConfigError, dump_yaml, from_dict, identity_dict, read_yaml, run_id
 from ism.data import Dataset, load_dataset
 from ism.models import count_params
 from ism.objective.coupling import PairSource
@@ -47,7 +47,7 @@ def _prepare_run_dir(cfg: Config, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"
     if path.exists():
-        old = from_dict(yaml.safe_load(path.read_text()))
+        old = from_dict(read_yaml(path)[0])
         if identity_dict(old) != identity_dict(cfg):
             raise ConfigError(f"{run_dir} holds a different run (id {run_id(old)}, this config is {run_id(cfg)}); "
                               "choose another run dir or remove it")
@@ -67,12 +67,43 @@ def _trim_stats(path: Path, upto: int) -> None:
     store.atomic_write(path, "".join(ln + "\n" for ln in keep))
 
 
-def _save(state: State, cfg: Config, run_dir: Path, step: int, pairs: PairSource, elapsed: float) -> Path:
-    # No global RNG state: every step reseeds torch from (seed, step), so a resumed run needs none.
+def _save(state: State, cfg: Config, run_dir: Path, step: int, pairs: PairSource, elapsed: float,
+          last_loss: float) -> Path:
+    # No global RNG state: every step reseeds torch from (seed, step), so a resumed run needs none. The last step's
+    # loss travels with the checkpoint: a run resumed at its end reports it as its final loss.
     path = ckpt.save({**state.state_dict(), "step": step, "elapsed_s": elapsed, "pairs": pairs.state_dict(step),
-                      "config": dump_yaml(cfg)}, store.checkpoint_path(run_dir, step))
+                      "config": dump_yaml(cfg), "last_loss": last_loss}, store.checkpoint_path(run_dir, step))
     store.prune(run_dir, cfg.run.keep_checkpoints)
     return path
+
+
+def _logged_loss(stats_path: Path, step: int) -> float:
+    """The loss stats.jsonl logged at `step` (checkpoints written before the loss travelled with them), else NaN."""
+    try:
+        lines = [json.loads(ln) for ln in stats_path.read_text().splitlines() if ln.strip()]
+    except (OSError, ValueError):
+        return float("nan")
+    return next((float(r["loss"]) for r in reversed(lines) if r.get("step") == step and "loss" in r), float("nan"))
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN and Inf as null: summary.json is standard JSON (readers in other languages reject NaN)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    """summary.json as train() returns it (its nulls back as NaN: a run of 0 steps has no final loss)."""
+    summary = json.loads(path.read_text())
+    nan = float("nan")
+    summary.update({k: nan for k in ("final_loss", "wall_time_s", "peak_mem_mb") if summary.get(k, 0) is None})
+    summary["metrics"] = {k: nan if v is None else v for k, v in (summary.get("metrics") or {}).items()}
+    return summary
 
 
 def adopt_training(run_dir: Path, donor: Path, steps: int) -> bool:
@@ -106,7 +137,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
     data = None if summary_path.exists() else load_dataset(cfg.data, data_cache)
     _prepare_run_dir(cfg, run_dir)
     if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
+        summary = _read_summary(summary_path)
         emit("done", {"step": summary["steps"], "summary": summary})
         return summary
     device, amp = resolve_device(cfg)
@@ -122,19 +153,20 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
         fixed = (rp.x0, rp.x1, rp.y)
     pairs = PairSource(data, cfg, device, fixed)
     start, elapsed = 0, 0.0
-    last = store.latest_checkpoint(run_dir)
-    if last is not None:
-        sd = ckpt.load(last, map_location=device)
+    stats_path = run_dir / "stats.jsonl"
+    last_loss = float("nan")
+    found = ckpt.newest_valid(run_dir, map_location=device)  # a bad newest one is moved aside, an older one used
+    if found is not None:
+        sd = found[1]
         state.load_state_dict(sd)
         start, elapsed = int(sd["step"]), float(sd["elapsed_s"])
         pairs.load_state_dict(sd["pairs"], start)
-    stats_path = run_dir / "stats.jsonl"
+        last_loss = float(sd["last_loss"]) if "last_loss" in sd else _logged_loss(stats_path, start)
     _trim_stats(stats_path, start)
     null, nets = data.num_classes, state.nets()
     features = feature_distance(cfg, data, cache_root, device)
     acc: dict[str, float] = {}
     counts: dict[str, float] = {}
-    last_loss = float("nan")
     t_tick = time.perf_counter()
     # A bar on a terminal; when stderr is a file (a log), one line per log_every steps instead of every update.
     lines = cfg.run.progress and not sys.stderr.isatty()
@@ -194,14 +226,14 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
             emit("metrics", {"step": done, "metrics": metrics})
             acc, counts = {}, {}
         if done % cfg.run.checkpoint_every == 0 or done == cfg.run.steps:
-            path = _save(state, cfg, run_dir, done, pairs, elapsed + time.perf_counter() - t_tick)
+            path = _save(state, cfg, run_dir, done, pairs, elapsed + time.perf_counter() - t_tick, last_loss)
             emit("checkpoint", {"step": done, "path": str(path)})
         if evaluator and cfg.eval.every_steps and done % cfg.eval.every_steps == 0 and done != cfg.run.steps:
             rows_e, metrics_e = evaluator(nets, cfg, data, done, run_dir)
             emit("eval", {"step": done, "rows": rows_e, "metrics": metrics_e})
     bar.close()
     if start == cfg.run.steps == 0:
-        _save(state, cfg, run_dir, 0, pairs, elapsed)
+        _save(state, cfg, run_dir, 0, pairs, elapsed, last_loss)
     eval_metrics: dict[str, float] = {}
     if evaluator and cfg.eval.at_end:
         rows_e, eval_metrics = evaluator(nets, cfg, data, cfg.run.steps, run_dir)
@@ -209,7 +241,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | N
     summary = {"run_id": run_id(cfg), "steps": cfg.run.steps, "final_loss": last_loss, "wall_time_s": elapsed,
                "peak_mem_mb": peak_memory_mb(device), "params": count_params(state.model), "device": str(device),
                "resumed_from": start, "metrics": eval_metrics}
-    store.atomic_write(summary_path, json.dumps(summary, indent=2))
+    store.atomic_write(summary_path, json.dumps(_json_safe(summary), indent=2, allow_nan=False))
     emit("done", {"step": cfg.run.steps, "summary": summary})
     return summary
 

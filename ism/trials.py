@@ -13,6 +13,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from ism import checkpoint as ckpt
 from ism import machine, store, tracking
 from ism.accounting import PhaseClock
 from ism.config import ConfigError, from_dict
@@ -66,6 +67,8 @@ def ablation_trial(payload: dict[str, Any], hooks: Hooks, train_fn: Callable | N
     machine.set_threads(max(1, cfg.run.threads))
     run_dir = Path(payload["trial_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / store.SUMMARY).exists():
+        ckpt.newest_valid(run_dir)  # a bad newest checkpoint is moved aside first, so Ray's copy of it can replace it
     hooks.restore(run_dir)
     donor = adopt(cfg, run_dir, payload.get("storage"))
     log = tracking.TrialLog(payload["tracking_uri"], payload["mlflow_run_id"])

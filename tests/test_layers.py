@@ -107,7 +107,7 @@ def test_one_ray_adapter_and_no_command_code_in_the_library():
 LAYERS = [
     ["ism.errors"],
     ["ism.model_registry", "ism.schema", "ism.presets", "ism.config", "ism.metric_keys", "ism.store",
-     "ism.dburl", "ism.machine"],
+     "ism.dburl", "ism.machine", "ism.procs"],
     ["ism.rng", "ism.toys", "ism.sources", "ism.data", "ism.models", "ism.diagnostics", "ism.objective"],
     ["ism.checkpoint", "ism.run_state", "ism.sample", "ism.extractors", "ism.reflow", "ism.premetric", "ism.train"],
     ["ism.ruler", "ism.evaluate"],

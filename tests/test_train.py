@@ -125,7 +125,8 @@ def test_checkpoints_load_weights_only_and_hold_everything(tmp_path):
     s = train(cfg)
     path = store.latest_checkpoint(tmp_path / s["run_id"])
     sd = torch.load(path, weights_only=True)
-    assert set(sd) == {"model", "ema_target", "ema_infer", "optim", "step", "elapsed_s", "pairs", "config"}
+    assert set(sd) == {"model", "ema_target", "ema_infer", "optim", "step", "elapsed_s", "pairs", "config", "last_loss"}
+    assert sd["last_loss"] == s["final_loss"]  # a run resumed at its end reports it
     assert sd["step"] == cfg.run.steps and not list(path.parent.glob("*.tmp*"))
     loaded_cfg, nets, data, step = load_run(tmp_path / s["run_id"])
     assert loaded_cfg == cfg and step == cfg.run.steps and set(nets) == {"online", "target", "infer"}

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Mapping
 
 from ism import budget as B
+from ism import store
 from ism.ablate import Plan, finished_trials, load_spec, plan, reused_training
 from ism.commands import env
 from ism.commands.listing import flags, fmt_resources, fmt_s, fmt_v, ui_hint
-from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, estimate_parts, measured_scale
+from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, cost_warning, estimate_parts, measured_scale
 from ism.errors import ConfigError
 from ism.specs import SpecKindError
 
@@ -64,7 +65,8 @@ def describe_plan(p: Plan, done: set[str] = frozenset(), reused: Mapping[str, st
                  "machine; timings.json in the storage)" if measured else
                  f"  (the cost model's rates for {p.profile}; not yet measured on this machine: a sweep's finished "
                  "trials calibrate it)")
-    return "\n".join(lines)
+    warn = cost_warning(total * share / 3600, unit)
+    return "\n".join(lines + ([warn] if warn else []))
 
 
 def inline_spec(args: argparse.Namespace, argv: list[str]) -> Path:
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecKindError as e:  # a study spec: the hint keeps what ablate and study share
         raise e.with_flags(flags(profile=args.profile, storage=args.storage, tracking_uri=args.tracking_uri)) from None
     storage = env.storage(args.storage, "runs/ablate")
+    env.ui_port()  # a bad ISM_UI_PORT is an error now, not after the sweep
     tune, tuning = spec.tune(args.profile), {}
     if tune:
         from ism import tuning as TU
@@ -146,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     budget = B.parse(budget_text, "--budget" if args.budget else f"{args.spec}: budget") if budget_text else None
     p = plan(spec, args.profile, args.variants, args.seeds, tuning)
     if args.max_failures is not None:
+        if args.max_failures < 0:
+            raise ConfigError(f"--max-failures: expected an integer >= 0 (retries per trial), got {args.max_failures}")
         p = dataclasses.replace(p, max_failures=args.max_failures)
     rule = B.Rule()
 
@@ -168,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             looks = B.looks(p.trials, p.profile, p.resources, rule, done, reused)
             print("\n" + B.describe(looks, budget, rule, len(p.seeds)))
         return 0
+    store.check_writable(storage, "--storage (ISM_STORAGE)")
+    store.check_writable(env.eval_cache_root(), "ISM_CACHE")
     from ism.sweep import run_sweep  # Ray, MLflow and the trial code load only when a sweep runs
     uri = env.tracking_uri(args.tracking_uri)
     if tune and not all(a.current for a in arms):

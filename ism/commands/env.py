@@ -85,9 +85,20 @@ def report_profile() -> str | None:
     return os.environ.get("PROFILE") or None
 
 
+def port(value: str | int, what: str = "--port") -> int:
+    """A TCP port number, 1 to 65535, else a ConfigError naming `what`."""
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 65535:
+        raise ConfigError(f"{what}: {value!r} is not a port; expected a whole number from 1 to 65535")
+    return n
+
+
 def ui_port() -> int:
     """$ISM_UI_PORT, else 5000."""
-    return int(os.environ.get("ISM_UI_PORT", 5000))
+    return port(os.environ.get("ISM_UI_PORT", 5000), "ISM_UI_PORT")
 
 
 def crash_target() -> tuple[str, int] | None:

@@ -44,8 +44,9 @@ def ui_hint(uri: str, experiment: str, port: int, tracking_flag: str | None = No
 
 
 def update_index(report_md: Path) -> None:
-    """Rebuild reports/README.md when the report was written under ./reports (not for --out elsewhere)."""
-    from ism.report.index import write_index
+    """Rebuild reports/README.md when the report was written under ./reports (not for --out elsewhere, nor for another
+    profile's git-ignored folder: those never touch tracked files)."""
+    from ism.report.index import other_profile, write_index
     root = (Path.cwd() / "reports").resolve()
-    if root in Path(report_md).resolve().parents:
+    if root in Path(report_md).resolve().parents and not other_profile(Path(report_md).parent):
         print(f"index: {write_index(root)}")

@@ -5,6 +5,7 @@ import argparse
 import time
 
 from ism.commands import env
+from ism.dburl import masked
 
 
 def _counts(by: dict[str, int], order: tuple[str, ...]) -> str:
@@ -18,7 +19,7 @@ def sweep_lines(uri: str) -> list[str]:
     """One line per sweep parent run in the MLflow store."""
     from ism import tracking  # mlflow loads only here
     rows = tracking.sweeps_overview(uri)
-    lines = [f"Sweeps in {uri}:" if rows else f"No sweeps in {uri} (ism ablate SPEC runs one)."]
+    lines = [f"Sweeps in {masked(uri)}:" if rows else f"No sweeps in {masked(uri)} (ism ablate SPEC runs one)."]
     for r in rows:
         total = sum(r["children"].values())
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["start_ms"] / 1000)) if r["start_ms"] else "?"
@@ -32,7 +33,7 @@ def study_lines(url: str) -> list[str]:
     """One line per Optuna study in the storage."""
     from ism.study.storage import overview  # optuna loads only here
     rows = overview(url)
-    lines = [f"Studies in {url}:" if rows else f"No studies in {url} (ism study SPEC runs one)."]
+    lines = [f"Studies in {masked(url)}:" if rows else f"No studies in {masked(url)} (ism study SPEC runs one)."]
     for r in rows:
         best = f"; best {r['best'][0]:.5g} (#{r['best'][1]}, {r['direction']})" if r["best"] else ""
         lines.append(f"  {r['name']:<28} {sum(r['trials'].values()):>3} trials: "

@@ -6,9 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 from ism.commands import env
+from ism.config import read_yaml
 from ism.profiles import DEFAULT_PROFILE
 from ism.commands.listing import update_index
 
@@ -18,10 +17,7 @@ def is_study_spec(target: str) -> bool:
     path = Path(target)
     if path.suffix not in (".yaml", ".yml") or not path.is_file():
         return False
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        return False
+    raw = read_yaml(path, "spec")[0]  # not YAML, not UTF-8, a key twice: one clear error, whatever the spec's kind
     return isinstance(raw, dict) and "space" in raw and "objective" in raw
 
 

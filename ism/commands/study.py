@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 
 from ism.commands import env
 from ism.commands.listing import flags, fmt_s, fmt_v, ui_hint, update_index
+from ism.dburl import masked
+from ism import store
 from ism.config import IDENTITY_KEYS, ConfigError, diff, from_dict, preset_delta, run_id
-from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, estimate_s
+from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, cost_warning, estimate_s
 from ism.specs import SpecKindError
 
 if TYPE_CHECKING:
@@ -23,7 +25,7 @@ def describe_study(p: StudyPlan, url: str) -> str:
     """`ism study --dry-run`: base, space, objective, budget, pruning, the study's state and an estimated cost."""
     from ism.study.storage import FINISHED, counts, open_study
     preset_cfg = from_dict(preset_delta(p.preset))
-    lines = [f"study {p.study_name} ({p.spec.path}) - preset {p.preset} - storage {url}"]
+    lines = [f"study {p.study_name} ({p.spec.path}) - preset {p.preset} - storage {masked(url)}"]
     if p.spec.description:
         lines.append(f"  {p.spec.description}")
     d = {k: v for k, v in diff(preset_cfg, p.base).items() if k in IDENTITY_KEYS}
@@ -50,6 +52,9 @@ def describe_study(p: StudyPlan, url: str) -> str:
     k = concurrency(p.profile, p.resources, cap=p.parallelism)
     lines.append(f"estimated cost: ~{fmt_s(est)} per full trial; {left} to run -> ~{fmt_s(est * left / k)} "
                  f"wall at {k} at once (pruning shortens it)")
+    share = p.resources.get("gpu") or p.resources.get("cpu", 1)
+    warn = cost_warning(est * left * share / 3600, "GPU" if p.resources.get("gpu") else "CPU")
+    lines += [warn] if warn else []
     return "\n".join(lines)
 
 
@@ -96,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ism study: {best_line(p, url)}\n  config -> {path}\n  train it:  ism train -c {path}\n"
               f"  or use it as an ablation base:  base: {{preset: {p.preset}, overrides: <its sections>}}")
         return 0
+    env.ui_port()  # a bad ISM_UI_PORT is an error now, not after the study
+    store.check_writable(root, "--storage (ISM_STORAGE)")
+    store.check_writable(env.eval_cache_root(), "ISM_CACHE")
     uri = env.tracking_uri(args.tracking_uri)
     rc = run_study(p, url, root, uri, env.eval_cache_root())
     if rc == 130:  # interrupted: the report comes with the run that finishes the study

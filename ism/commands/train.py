@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.run.out_dir) / run_id(cfg)
     if args.dry_run:
         print(f"# run id {run_id(cfg)}  ->  {run_dir}")
+        print(f"# {cost_line(cfg)}")
         print(dump_yaml(cfg), end="")
         return 0
     if (run_dir / SUMMARY).exists():  # nothing to train: say so rather than print a fresh-looking summary
@@ -67,6 +68,18 @@ def main(argv: list[str] | None = None) -> int:
 def exit_status(summary: dict, cfg: Config) -> int:
     """1 when the run ended on a non-finite loss (a run of zero steps has none), else 0."""
     return 0 if math.isfinite(summary["final_loss"]) or cfg.run.steps == 0 else 1
+
+
+def cost_line(cfg: Config) -> str:
+    """The dry run's cost: training and evaluation at the rates of the CPU (embedded) or a GPU profile, with the
+    warning of ism.profiles.cost_warning beyond a sane bound."""
+    from ism.profiles import cost_warning, estimate_s
+    gpu = cfg.run.device.startswith("cuda")
+    s = estimate_s(cfg, "gpu-cifar10" if gpu else "embedded")
+    unit = "GPU" if gpu else "CPU"
+    warn = cost_warning(s / 3600, unit)
+    return (f"estimated cost: ~{s / 3600:,.2f} {unit}-hours at the {'gpu-cifar10' if gpu else 'embedded'} profile's "
+            "rates" + (f"\n# {warn}" if warn else ""))
 
 
 HEADLINE = ("fid", "kid", "energy_distance")  # the rest (diagnostics, guidance sweeps) is in RUN/eval/eval.csv

@@ -4,12 +4,16 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
+from ism import procs
 from ism.commands import env
+from ism.errors import ConfigError
+from ism.dburl import masked
 
 
 def _answers(url: str, wait_s: float, proc: subprocess.Popen) -> bool:
@@ -46,6 +50,17 @@ def _stop(proc: subprocess.Popen) -> None:
             return
 
 
+def _port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port yet (else a /health that answers would be another server's, not ours)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _interrupt(signum, frame) -> None:
     """SIGTERM ends `ism ui` as Ctrl-C does."""
     raise KeyboardInterrupt
@@ -69,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     """`ism ui`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
     ap = argparse.ArgumentParser(prog="ism ui", description="The MLflow UI on 127.0.0.1 over the project's store; "
                                  "Ctrl-C or SIGTERM stops the server and all its workers.")
-    ap.add_argument("--port", type=int, default=env.ui_port(),
+    ap.add_argument("--port", type=env.port, default=env.ui_port(),
                     help="port on 127.0.0.1 (default $ISM_UI_PORT, else 5000)")
     ap.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlruns/mlflow.db")
     ap.add_argument("--runs", action="store_true", help="also list each trial: variant, seed, FID and its run page")
@@ -79,26 +94,31 @@ def main(argv: list[str] | None = None) -> int:
     from ism import tracking  # mlflow (seconds to import) loads only once the command runs
     uri = env.tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
-        print(f"ism ui: the tracking URI {uri} is a server already; its experiments:")
+        print(f"ism ui: the tracking URI {masked(uri)} is a server already; its experiments:")
         print("\n".join(links(uri, uri, args.runs)) or "  (none yet)")
         return 0
     if not uri.startswith("sqlite:"):  # a database shared by a team: its server is the team's (README: Cluster storage)
-        print(f"ism ui: {uri} is a database; serve it once for everyone with\n  mlflow server --backend-store-uri "
-              f"'{uri}' --artifacts-destination DIR --host 127.0.0.1 --port {args.port}\nand point "
+        print(f"ism ui: {masked(uri)} is a database; serve it once for everyone with\n  mlflow server --backend-store-uri "
+              f"'{masked(uri)}' --artifacts-destination DIR --host 127.0.0.1 --port {args.port}\nand point "
               "MLFLOW_TRACKING_URI at that server (README: Cluster storage).")
         return 0
     url = f"http://127.0.0.1:{args.port}"
+    if not _port_free(args.port):
+        raise ConfigError(f"port {args.port} on 127.0.0.1 is in use (another server, perhaps another `ism ui`); pick "
+                          "a free one with --port or ISM_UI_PORT")
     # The links are read before the server starts (not alongside it: both would set up a new store's tables).
     listing = "\n".join(links(uri, url, args.runs)) or "  none yet: run ism ablate or ism study"
-    # Its own process group: mlflow starts uvicorn and huey consumers, which a plain terminate() would orphan.
+    # Its own process group: mlflow starts uvicorn and huey consumers, which a plain terminate() would orphan; and
+    # should this process be killed (-9 included), the server gets SIGTERM and the watchdog stops its workers.
+    procs.reap_descendants_on_exit()
     proc = subprocess.Popen(tracking.server_command(uri, port=args.port), start_new_session=True,
-                            env={**os.environ, **tracking.SERVER_ENV})
+                            env={**os.environ, **tracking.SERVER_ENV}, preexec_fn=procs.die_with_parent)
     # SIGTERM (kill, a supervisor) ends us like Ctrl-C does, so the finally below stops the group either way.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        print(f"ism ui: starting the MLflow server on {url} (store {uri})", file=sys.stderr, flush=True)
+        print(f"ism ui: starting the MLflow server on {url} (store {masked(uri)})", file=sys.stderr, flush=True)
         t0, told = time.time(), 0.0
-        while not _answers(url, 5, proc):
+        while not (_answers(url, 5, proc) and proc.poll() is None):  # our server, not one that took the port
             if proc.poll() is not None:
                 print(f"ism ui: the MLflow server exited with status {proc.returncode}", file=sys.stderr)
                 return proc.returncode or 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ism import tracking
+from ism import dburl, store, tracking
 from ism.profiles import DEFAULT_PROFILE
 from ism.report import compounding as C
 from ism.report import fairness as FR
@@ -83,7 +83,8 @@ def _clean(out: Path) -> None:
 def default_out(spec: str, profile: str | None) -> Path:
     """reports/<spec> for the embedded profile (the committed reports), reports/<spec>-<profile> for any other, so a
     smoke or GPU sweep's report never overwrites the committed embedded one."""
-    return Path("reports") / (spec if profile in (None, DEFAULT_PROFILE) else f"{spec}-{profile}")
+    name = store.check_name("spec", spec if profile in (None, DEFAULT_PROFILE) else f"{spec}-{profile}")
+    return store.under("reports", Path("reports") / name)
 
 
 def build_report(target: str, tracking_uri: str | None = None, out: str | Path | None = None,
@@ -161,7 +162,8 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
     t = tables.get
     prof = sw.parent["tags"].get("ism.profile", "?")
     b: list[Block] = [Heading(f"ism report: {sw.spec} (profile {prof})", 1),
-                      Para(f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the MLflow store `{sw.uri}`, experiment "
+                      Para(f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the MLflow store "
+                           f"`{dburl.shown(sw.uri)}`, experiment "
                            f"`{sw.experiment}`, sweep run `{sw.parent['mlflow_id']}`. Every number is read from "
                            "MLflow; intervals are 95 % t-intervals over seeds, for a strictly positive metric (FID) "
                            "computed on log values: geometric means [lo, hi] and ratios to the baseline, never "

@@ -153,7 +153,7 @@ def pick_sweep(spec: str, uri: str, profile: str | None = None, sweep: str | Non
     runs = tracking.find_sweeps(spec, profile, uri)
     if not runs:
         where = f" with profile {profile}" if profile else ""
-        raise ConfigError(f"no sweep of '{spec}'{where} in the MLflow store {uri} (experiment ism/{spec}); run "
+        raise ConfigError(f"no sweep of '{spec}'{where} in the MLflow store {dburl.masked(uri)} (experiment ism/{spec}); run "
                           f"`{ablate_hint(spec, uri, profile, spec_path)}` first, or pass --tracking-uri")
     if sweep:
         chosen = [r for r in runs if sweep in (r.info.run_id, r.data.tags.get("ism.sweep_id"))]

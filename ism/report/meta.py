@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from ism import dburl
 from ism.report.load import Sweep
 from ism.report.tables import Table, fmt
 
@@ -85,7 +86,7 @@ def metadata_table(sw: Sweep, files: dict[str, dict[str, Any]], hist: pd.DataFra
     rows = [
         ("spec / experiment", f"{sw.spec} / {sw.experiment}"),
         ("sweep", f"MLflow run {p['mlflow_id']} (sweep id {tags.get('ism.sweep_id', '?')}), status {p['status']}"),
-        ("tracking URI", sw.uri),
+        ("tracking URI", dburl.shown(sw.uri)),
         ("git commit", _uniq([tags.get("ism.git_commit"), *sw.trials["git_commit"]])),
         ("profile / preset", f"{tags.get('ism.profile', '?')} / {tags.get('ism.preset', params.get('preset', '?'))}"),
         ("dataset", f"{_param(sw, 'data.name')} at {_param(sw, 'data.resolution')} px, max_items {_param(sw, 'data.max_items')}"),

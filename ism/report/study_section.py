@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from ism import tracking  # noqa: E402
+from ism import dburl, store, tracking  # noqa: E402
 from ism.profiles import DEFAULT_PROFILE  # noqa: E402
 from ism.report.render import Block, Figure, Heading, Para, markdown, render_markdown, render_pdf  # noqa: E402
 from ism.report.tables import Table, fmt  # noqa: E402
@@ -145,20 +145,14 @@ def report_dir(p, out: str | Path | None = None) -> Path:
     so that a smoke run never overwrites the committed embedded report; `out` wins."""
     if out:
         return Path(out)
-    return Path("reports") / "studies" / (p.spec.name if p.profile == DEFAULT_PROFILE else f"{p.spec.name}-{p.profile}")
+    name = store.check_name("study", p.spec.name if p.profile == DEFAULT_PROFILE else f"{p.spec.name}-{p.profile}")
+    return store.under("reports", Path("reports") / "studies" / name)
 
 
 def _shown(x: str | Path) -> str:
-    """A path (or sqlite URL) relative to the working directory when it lies under it, as typed in a command."""
-    s, pre = str(x), ""
-    if s.startswith("sqlite:///"):
-        pre, s = "sqlite:///", s[len("sqlite:///"):]
-    elif "://" in s:
-        return s
-    try:
-        return pre + Path(s).resolve().relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return pre + s
+    """A path or URI as a report shows it (ism.dburl.shown: masked, relative to the working directory, never the
+    machine's absolute folders)."""
+    return dburl.shown(x)
 
 
 def rerun_command(p, study: optuna.Study, root: Path | None = None, url: str | None = None,
@@ -252,7 +246,8 @@ def write_study_report(p, url: str, out: str | Path | None = None, root: Path | 
         out_dir / "tables" / "trials.csv", index=False)
     logged = None
     if tracking_uri:
-        parent = (study.user_attrs.get("ism.mlflow_parent") or {}).get(tracking_uri)
+        prior = study.user_attrs.get("ism.mlflow_parent") or {}
+        parent = prior.get(dburl.masked(tracking_uri), prior.get(tracking_uri))
         if parent:
             tracking.log_folder(parent, out_dir, "report", tracking_uri)
             logged = parent

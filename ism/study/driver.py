@@ -7,14 +7,14 @@ import math
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from ism import tracking
+from ism import dburl, store, tracking
 from ism.ablate import components
 from ism.config import dump_yaml, flatten, run_id, to_dict
 from ism.profiles import PROFILES
@@ -199,6 +199,17 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root:
 
     tracking_uri: the MLflow store; cache_root: the evaluation cache, absolute (trials run in Ray's directories)."""
     from ism import ray_adapter  # Ray (seconds to import) loads only when a study runs, not for --dry-run or reports
+    with ExitStack() as stack:
+        # One driver per study on a local Ray (a second would start another Ray on the same cores); drivers that join
+        # one Ray cluster (RAY_ADDRESS) share a study by design (README: Cluster storage).
+        if not ray_adapter.joins_cluster():
+            stack.enter_context(store.driver_lock(study_dir(root, p), f"study {p.study_name}"))
+        return _run_study(p, url, root, tracking_uri, cache_root, train_fn)
+
+
+def _run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root: Path, train_fn) -> int:
+    """run_study under its driver lock."""
+    from ism import ray_adapter
     study = open_study(p, url)
     with study_lock(url, p.study_name):  # other drivers may be asking or claiming trials right now
         back = requeue_stale(study)
@@ -207,7 +218,8 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root:
     git = tracking.git_commit()
     tags = {"ism.kind": "study", "ism.spec": p.spec.name, "ism.study": p.spec.name, "ism.profile": p.profile,
             "ism.sweep_id": p.fingerprint(), "ism.git_commit": git, "ism.preset": p.preset,
-            "ism.optuna_storage": url, "ism.optuna_study": p.study_name, "ism.objective": p.objective.describe()}
+            "ism.optuna_storage": dburl.masked(url), "ism.optuna_study": p.study_name,
+            "ism.objective": p.objective.describe()}
     params = {"n_trials": p.n_trials, "parallelism": p.parallelism, "direction": p.objective.direction,
               "objective": json.dumps(dict(p.objective.terms)), "space": json.dumps({x.key: x.describe() for x in p.space}),
               "sampler": json.dumps(dict(p.sampler)), "pruner": json.dumps(dict(p.pruner)),
@@ -216,8 +228,9 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root:
         prior = study.user_attrs.get("ism.mlflow_parent") or {}
         exp, parent = tracking.start_parent(c, f"ism-study/{p.spec.name}", p.study_name.replace("/", "-"), tags, params,
                                             {"spec.yaml": p.spec.text, "base_config.yaml": dump_yaml(p.base)},
-                                            resume_run_id=prior.get(uri))
-        study.set_user_attr("ism.mlflow_parent", {**prior, uri: parent})
+                                            resume_run_id=prior.get(dburl.masked(uri), prior.get(uri)))
+        study.set_user_attr("ism.mlflow_parent", {**{k: v for k, v in prior.items() if k != uri},
+                                                 dburl.masked(uri): parent})
     books = Bookkeeper(p, study, root, uri, parent, exp, git, url)
     for n in back:
         books.say(f"#{n} was interrupted: re-queued, it resumes from its last checkpoint")
@@ -225,7 +238,8 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root:
         books.progress()
     done = sum(counts(study)[s.name] for s in FINISHED)
     todo = max(0, p.n_trials - done)
-    books.say(f"storage {url}; MLflow {uri} experiment ism-study/{p.spec.name} run {parent}; {todo} trial(s) to run")
+    books.say(f"storage {dburl.masked(url)}; MLflow {dburl.masked(uri)} experiment ism-study/{p.spec.name} run "
+              f"{parent}; {todo} trial(s) to run")
     if todo == 0:
         books.progress()
         tracking.set_status(c, parent, "FINISHED")

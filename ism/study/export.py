@@ -9,6 +9,7 @@ import yaml
 
 from ism.config import ConfigError, diff, from_dict, preset_delta, unflatten
 from ism.study.plan import StudyPlan
+from ism import store
 from ism.store import atomic_write
 from ism.study.storage import open_study
 
@@ -33,7 +34,9 @@ def export_best(p: StudyPlan, url: str, out: Path | None = None, root: Path | No
     cfg = p.portable_config(best.params)
     preset_cfg = from_dict(preset_delta(p.preset))
     delta = unflatten({k: list(b) if isinstance(b, tuple) else b for k, (_, b) in diff(preset_cfg, cfg).items()})
-    out = out or Path(root or "runs/study").resolve() / "best" / f"{p.spec.name}-{p.profile}.yaml"
+    if out is None:
+        base = Path(root or "runs/study").resolve()
+        out = store.under(base, base / "best" / f"{store.check_name('study', p.spec.name)}-{p.profile}.yaml")
     params = p.decode(best.params)
     head = [f"# Best trial #{best.number} of study '{p.study_name}' ({p.spec.path}): {p.objective.describe()} = {best.value:.6g}",
             f"# tuned: {json.dumps(params)}",

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import optuna
 
-from ism import metric_keys
+from ism import metric_keys, store
 from ism import specs as S
 from ism.config import IDENTITY_KEYS, Config, ConfigError, preset_delta, read_yaml_mapping, step_level
 from ism.errors import suggest
@@ -180,7 +180,8 @@ def load_spec(path: str | Path) -> StudySpec:
     if not isinstance(enqueue, list) or not all(isinstance(e, Mapping) for e in enqueue):
         raise ConfigError(f"{p}: enqueue: expected a list of {{key: value}} mappings (trials to run first)")
     return StudySpec(
-        name=str(raw.get("name") or p.stem), path=str(p), description=str(raw.get("description", "")).strip(),
+        name=store.check_name(f"{p}: name", raw.get("name") or p.stem), path=str(p),
+        description=str(raw.get("description", "")).strip(),
         preset=base.get("preset"), ablation=base.get("ablation"), variant=base.get("variant"),
         overrides=S.overrides(f"{p}: base.overrides", base.get("overrides")), space=space,
         objective_raw=S.mapping(f"{p}: objective", raw.get("objective")),

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ism import dburl
+from ism import dburl, store
 from ism.config import ConfigError
 from ism.study.plan import StudyPlan, make_pruner, make_sampler, plan
 from ism.study.spec import _encode, load_spec
@@ -53,7 +53,7 @@ def rdb(url: str) -> optuna.storages.RDBStorage:
 
 
 def study_dir(root: Path, p: StudyPlan) -> Path:
-    return root / "studies" / p.spec.name / p.profile
+    return store.under(root, root / "studies" / store.check_name("study", p.spec.name) / p.profile)
 
 
 def open_study(p: StudyPlan, url: str, create: bool = True, strict: bool = True) -> optuna.Study:
@@ -62,7 +62,7 @@ def open_study(p: StudyPlan, url: str, create: bool = True, strict: bool = True)
     if url.startswith("sqlite:///"):
         db = Path(url[len("sqlite:///"):])
         if not db.exists() and not create:
-            raise ConfigError(f"no study '{p.study_name}' in {url} (no such file); run `ism study {p.spec.path} "
+            raise ConfigError(f"no study '{p.study_name}' in {dburl.masked(url)} (no such file); run `ism study {p.spec.path} "
                               f"--profile {p.profile}` first")
         db.parent.mkdir(parents=True, exist_ok=True)
     # Drivers started together on a fresh database would race creating Optuna's tables (PostgreSQL: "duplicate key
@@ -76,7 +76,7 @@ def _open(p: StudyPlan, url: str, create: bool, strict: bool) -> optuna.Study:
     storage = rdb(url)
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if p.study_name not in names and not create:
-        raise ConfigError(f"no study '{p.study_name}' in {url}; run `ism study {p.spec.path} --profile {p.profile}` first")
+        raise ConfigError(f"no study '{p.study_name}' in {dburl.masked(url)}; run `ism study {p.spec.path} --profile {p.profile}` first")
     n = len(storage.get_all_trials(storage.get_study_id_from_name(p.study_name), deepcopy=False)) if p.study_name in names else 0
     if p.study_name in names:  # load_study, not create_study(load_if_exists): no "Using an existing study" line
         study = optuna.load_study(storage=storage, study_name=p.study_name, sampler=make_sampler(p, n),
@@ -85,7 +85,7 @@ def _open(p: StudyPlan, url: str, create: bool, strict: bool) -> optuna.Study:
         study = optuna.create_study(storage=storage, study_name=p.study_name, direction=p.objective.direction,
                                     sampler=make_sampler(p, n), pruner=make_pruner(p), load_if_exists=True)
     if study.direction.name.lower() != p.objective.direction:
-        raise ConfigError(f"study '{p.study_name}' in {url} was created to {study.direction.name.lower()}; the spec says "
+        raise ConfigError(f"study '{p.study_name}' in {dburl.masked(url)} was created to {study.direction.name.lower()}; the spec says "
                           f"{p.objective.direction}. Rename the study (name:) or delete it")
     name_metric(study, p)
     fp = study.user_attrs.get("ism.fingerprint")
@@ -97,9 +97,9 @@ def _open(p: StudyPlan, url: str, create: bool, strict: bool) -> optuna.Study:
         for point in p.enqueue:
             study.enqueue_trial({k: _encode(v) for k, v in point.items()}, skip_if_exists=True)
     elif fp != p.fingerprint() and strict:
-        raise ConfigError(f"study '{p.study_name}' in {url} was made from a different space, objective or base config "
+        raise ConfigError(f"study '{p.study_name}' in {dburl.masked(url)} was made from a different space, objective or base config "
                           f"(fingerprint {fp}, the spec now gives {p.fingerprint()}); give the study a new name: "
-                          f"or delete it: optuna delete-study --storage {url} --study-name '{p.study_name}'")
+                          f"or delete it: optuna delete-study --storage {dburl.masked(url)} --study-name '{p.study_name}'")
     return study
 
 
