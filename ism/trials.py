@@ -139,6 +139,7 @@ def ablation_trial(payload: dict[str, Any], hooks: Hooks, train_fn: Callable | N
 def study_trial(meta: dict[str, Any], hooks: Hooks, tracking_uri: str, objective: dict, train_fn: Callable | None = None,
                 cache_root: str | None = None) -> None:
     """One study trial: train with intermediate evaluations, report the objective, log to MLflow."""
+    clock = PhaseClock()  # the callback's logging is charged to "report", as in ablation trials
     cfg = from_dict(meta["cfg"])
     machine.set_threads(max(1, cfg.run.threads))
     obj = Objective(objective["terms"], objective["metric"], tuple(objective["steps"]), objective["direction"])

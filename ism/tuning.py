@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import yaml
 
 from ism import specs as S
+from ism.config import read_yaml
 from ism.errors import ConfigError, suggest
 from ism.store import atomic_write
 
@@ -134,7 +135,7 @@ def read_record(path: Path) -> dict[str, Any]:
     """The record's arms ({} when there is none yet)."""
     if not path.is_file():
         return {}
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path, "tuning record")[0] or {}
     if not isinstance(data, Mapping) or not isinstance(data.get("arms", {}), Mapping):
         raise ConfigError(f"{path}: not a tuning record (expected a mapping with 'arms'); delete it to re-tune")
     return dict(data.get("arms") or {})

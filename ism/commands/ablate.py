@@ -154,14 +154,15 @@ def main(argv: list[str] | None = None) -> int:
         p = dataclasses.replace(p, max_failures=args.max_failures)
     rule = B.Rule()
 
-    def budgeted(p: Plan, record) -> Plan:
+    def budgeted(p: Plan, record, say: bool = True) -> Plan:
         """The plan cut to what the budget buys (tuning trials are not charged: they run once per profile)."""
         if budget is None:
             return p
         looks = B.looks(p.trials, p.profile, p.resources, rule, finished_trials(p, storage), reused_training(p, storage))
         p, note = apply_budget(p, budget, looks, rule, lambda seeds: plan(spec, args.profile, args.variants, seeds, record),
                                "--budget" if args.budget else f"{args.spec}: budget")
-        print(note, file=sys.stderr)
+        if say:
+            print(note, file=sys.stderr)
         return p
 
     if args.dry_run:
@@ -173,11 +174,15 @@ def main(argv: list[str] | None = None) -> int:
             looks = B.looks(p.trials, p.profile, p.resources, rule, done, reused)
             print("\n" + B.describe(looks, budget, rule, len(p.seeds)))
         return 0
+    tuning_first = bool(tune) and not all(a.current for a in arms)
+    budgeted(p, tuning, say=False)  # a budget that buys nothing fails before any work (and before the tuning)
+    if not tuning_first:
+        p = budgeted(p, tuning)
     store.check_writable(storage, "--storage (ISM_STORAGE)")
     store.check_writable(env.eval_cache_root(), "ISM_CACHE")
     from ism.sweep import run_sweep  # Ray, MLflow and the trial code load only when a sweep runs
     uri = env.tracking_uri(args.tracking_uri)
-    if tune and not all(a.current for a in arms):
+    if tuning_first:
         from ism import ray_adapter
         root = storage / "tune"
         # One Ray session for the arms' studies and the sweep: each start costs tens of seconds on 2 cores.
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 p = dataclasses.replace(p, max_failures=args.max_failures)
             rc = run_sweep(budgeted(p, record), storage, uri, env.eval_cache_root(), crash=env.crash_target())
     else:
-        rc = run_sweep(budgeted(p, tuning), storage, uri, env.eval_cache_root(), crash=env.crash_target())
+        rc = run_sweep(p, storage, uri, env.eval_cache_root(), crash=env.crash_target())
     if rc != 130:  # interrupted: run_sweep said to rerun
         from ism.report import default_out
         print(f"next:\n  report:  ism report {args.spec}{flags(profile=p.profile, tracking_uri=args.tracking_uri)}   "
