@@ -475,3 +475,22 @@ def test_index_headline_comes_from_the_report(tmp_path):
     text = index_markdown(tmp_path)
     assert "- **2 of 2 trials finished**" in text and "- Best FID at 1 step: `b` 3.0" in text
     assert "noise" not in text and "Best no" not in text and "[PDF]" not in text
+
+
+def test_summary_leads_with_the_full_method_against_the_baseline(store):
+    """The first summary line is the comparison (the variant with the most components ÷ the baseline) at 1, 4 and
+    128 steps, its paired ratio interval computed here with scipy; 'Best ...' comes after it."""
+    held = _mlflow_values(store, "fid")
+    summary = (store["out"] / "report.md").read_text().split("## Summary", 1)[1].strip().splitlines()
+    first = summary[0]
+    assert first.startswith("**Full method `ig_int` ÷ baseline `sm`, FID:")
+    for s in (1, 4, 128):
+        a, b = held[("sm", s)], held[("ig_int", s)]
+        seeds = sorted(set(a) & set(b))
+        d = np.log([b[k] for k in seeds]) - np.log([a[k] for k in seeds])
+        lo, hi = stats.t.interval(0.95, len(d) - 1, loc=np.mean(d), scale=stats.sem(d))
+        cell = f"×{fmt(math.exp(np.mean(d)), 3)} [{fmt(math.exp(lo), 3)}, {fmt(math.exp(hi), 3)}]"
+        assert f"{cell} at {s} step" in first, (cell, first)
+    assert "no arm was tuned" in " ".join(summary[:3]).lower()   # the fixture's spec has no tune: block
+    best = next(i for i, ln in enumerate(summary) if ln.startswith("Best "))
+    assert best > 0

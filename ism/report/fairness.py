@@ -18,12 +18,14 @@ COMPONENTS = frozenset({"intrinsic", "interval", "wavelet", "sot", "twin_ema"})
 
 
 def full_method(sw: Sweep) -> str | None:
-    """The variant that switches every component on (the first in spec order), else the one with the most."""
+    """The variant with the most components switched on (the first in spec order), if it has more than the baseline."""
     cands = [v for v in sw.variants if v != sw.baseline and not sw.finished()[sw.finished()["variant"] == v].empty]
     if not cands:
         return None
     most = max(len(sw.components(v)) for v in cands)
-    return next(v for v in cands if len(sw.components(v)) == most) if most else None
+    if most <= len(sw.components(sw.baseline)):  # no variant adds components to the baseline: no method to headline
+        return None
+    return next(v for v in cands if len(sw.components(v)) == most)
 
 
 def _tuned_of(sw: Sweep, variant: str) -> dict | None:
