@@ -110,16 +110,19 @@ def test_ism_ablate_tunes_each_arm_then_sweeps_with_the_tuned_values_and_reuses_
 
     dry = run("--dry-run")
     assert dry.returncode == 0 and "arm a: ema.half_life_steps over 2 points; carried by c; not tuned yet" in dry.stdout
-    res = run()
-    assert res.returncode == 0, res.stderr[-4000:]
+    res = run("--tune-only")
+    assert res.returncode == 0 and "tuned values recorded" in res.stderr, res.stderr[-4000:]
     record = TU.read_record(st / "tuned" / "tuned.smoke.yaml")
+    p = ablate.plan(ablate.load_spec(spec), "smoke", tuning=record)
+    assert not any((st / "trials" / t.run_id).exists() for t in p.trials)   # stopped before the sweep
+    res = run()
+    assert res.returncode == 0 and "reuses" in res.stderr, res.stderr[-4000:]
     assert set(record) == {"a"}
     e = record["a"]
     assert e["provenance"]["budget"] == e["provenance"]["trials"] == 2 and e["provenance"]["seed"] == 100
     assert sorted(t["values"]["ema.half_life_steps"] for t in e["trials"]) == [0.5, 5.0] and e["carried_by"] == ["c"]
     best = min(e["trials"], key=lambda t: t["objective_value"])
     assert e["values"] == best["values"] and e["objective_value"] == best["objective_value"]
-    p = ablate.plan(ablate.load_spec(spec), "smoke", tuning=record)
     for t in p.trials:   # the sweep trained the tuned configs, carrier included
         assert t.cfg.ema.half_life_steps == e["values"]["ema.half_life_steps"]
         assert (st / "trials" / t.run_id / "summary.json").is_file()

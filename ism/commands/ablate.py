@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")
     ap.add_argument("--budget", default=None, help=f"what the sweep may spend: {B.FORMS} (default: the spec's "
                     "budget: key; none = every listed seed); the dry run shows what it buys")
+    ap.add_argument("--tune-only", action="store_true", help="run the spec's tuning (missing or stale arms) and write "
+                    "its record, then stop before the sweep")
     ap.add_argument("--retune", action="store_true", help="re-derive every arm's tuned values from its tuning study "
                     "(a spec's tune: block), even where the record is current")
     args = ap.parse_args(argv)
@@ -182,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     store.check_writable(env.eval_cache_root(), "ISM_CACHE")
     from ism.sweep import run_sweep  # Ray, MLflow and the trial code load only when a sweep runs
     uri = env.tracking_uri(args.tracking_uri)
+    if args.tune_only and not tuning_first:
+        print("ism ablate: " + (f"every arm's record is current ({record_path})" if tune else
+                                f"{args.spec} has no tune: block"), file=sys.stderr)
+        return 0
     if tuning_first:
         from ism import ray_adapter
         root = storage / "tune"
@@ -193,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             if rc != 0:
                 print(f"ism ablate: tuning stopped (status {rc}); rerun the same command to resume it", file=sys.stderr)
                 return rc
+            if args.tune_only:
+                print(f"ism ablate: tuned values recorded in {record_path}", file=sys.stderr)
+                return 0
             p = plan(spec, args.profile, args.variants, args.seeds, record)
             if args.max_failures is not None:
                 p = dataclasses.replace(p, max_failures=args.max_failures)
