@@ -116,7 +116,7 @@ def test_ism_ablate_tunes_each_arm_then_sweeps_with_the_tuned_values_and_reuses_
     p = ablate.plan(ablate.load_spec(spec), "smoke", tuning=record)
     assert not any((st / "trials" / t.run_id).exists() for t in p.trials)   # stopped before the sweep
     res = run()
-    assert res.returncode == 0 and "reuses" in res.stderr, res.stderr[-4000:]
+    assert res.returncode == 0 and "every arm reuses its recorded values" in res.stderr, res.stderr[-4000:]
     assert set(record) == {"a"}
     e = record["a"]
     assert e["provenance"]["budget"] == e["provenance"]["trials"] == 2 and e["provenance"]["seed"] == 100

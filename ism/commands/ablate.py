@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     store.check_writable(env.eval_cache_root(), "ISM_CACHE")
     from ism.sweep import run_sweep  # Ray, MLflow and the trial code load only when a sweep runs
     uri = env.tracking_uri(args.tracking_uri)
+    if tune and not tuning_first:
+        print(f"[{spec.name}/{args.profile}] tuning: every arm reuses its recorded values ({record_path})",
+              file=sys.stderr)
     if args.tune_only and not tuning_first:
         print("ism ablate: " + (f"every arm's record is current ({record_path})" if tune else
                                 f"{args.spec} has no tune: block"), file=sys.stderr)
