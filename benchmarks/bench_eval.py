@@ -1,6 +1,6 @@
 """Evaluation cost on CPU: FID per 1,000 samples per extractor, sampling time per step count, guided-step cost.
 
-- FID (+KID for mnist-cnn) goes through ism.evaluate.fid_kid against the cached held-out statistics of the
+- FID (+KID for mnist-cnn) goes through ism.evaluation.scorers.fid_kid against the cached held-out statistics of the
   embedded MNIST (mnist-cpu preset). It is measured on a few hundred samples and scaled to 1,000 (feature
   extraction is linear in N; the FID matrix work is a fixed cost, timed separately and added once).
 - Sampling: the mnist-cpu network (unet-tiny, untrained weights: the cost does not depend on them) from fixed
@@ -49,21 +49,21 @@ def _fid_fixed_seconds(dim: int) -> float:
 
 def fid_rows(cfg, data) -> list[dict]:
     """FID wall time per 1,000 samples for mnist-cnn and inception-fid-helper."""
-    from ism import evaluate as EV
-    from ism import extractors as E
+    from ism.evaluation import scorers as SC
+    from ism.training import extractors as E
     rows = []
     samples = data.train_x[torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))]
     # mnist-cnn: one-time classifier training (cached afterwards) and reference statistics, then per-N cost.
     cnn, t_setup, _ = _timed(lambda: E.setup("mnist-cnn", data, root=eval_cache_root()))
-    ref = EV.reference(data, cnn)
-    EV.fid_kid(samples[:10], ref, cnn, eval_cache_root() / "fidelity")  # warm the reference cache
-    _, wall, cpu = _timed(lambda: EV.fid_kid(samples[:N_FID_CNN], ref, cnn, eval_cache_root() / "fidelity"), repeats=2)
+    ref = SC.reference(data, cnn)
+    SC.fid_kid(samples[:10], ref, cnn, eval_cache_root() / "fidelity")  # warm the reference cache
+    _, wall, cpu = _timed(lambda: SC.fid_kid(samples[:N_FID_CNN], ref, cnn, eval_cache_root() / "fidelity"), repeats=2)
     fixed = _fid_fixed_seconds(128)
     per_k = (wall - fixed) * 1000 / N_FID_CNN + fixed
     rows += [
         {"case": "fid_kid_per_1k_samples/mnist-cnn", "value": per_k, "unit": "s",
          "note": f"measured {wall:.2f}s wall ({cpu:.2f}s CPU) on {N_FID_CNN} samples vs cached held-out stats, "
-                 f"scaled to 1,000 (fixed FID part {fixed:.2f}s added once); FID + KID ({EV.KID_SUBSETS} subsets)"},
+                 f"scaled to 1,000 (fixed FID part {fixed:.2f}s added once); FID + KID ({SC.KID_SUBSETS} subsets)"},
         {"case": "mnist-cnn_setup", "value": t_setup, "unit": "s",
          "note": f"classifier training or cache load (held-out acc {cnn.accuracy:.3f}); once per data fingerprint"},
     ]
@@ -72,8 +72,8 @@ def fid_rows(cfg, data) -> list[dict]:
     except Exception as e:  # noqa: BLE001 - the optional extra may be missing; say so instead of failing
         return rows + [{"case": "fid_per_1k_samples/inception-fid-helper", "value": float("nan"), "unit": "s",
                         "note": f"unavailable: {e}"}]
-    other = EV.ImageSet(data.test_x[:N_FID_INCEPTION], rgb=True)
-    _, wall, cpu = _timed(lambda: EV.fid_kid(samples[:N_FID_INCEPTION], other, inc, kid=False))
+    other = SC.ImageSet(data.test_x[:N_FID_INCEPTION], rgb=True)
+    _, wall, cpu = _timed(lambda: SC.fid_kid(samples[:N_FID_INCEPTION], other, inc, kid=False))
     fixed = _fid_fixed_seconds(2048)
     per_img = (wall - fixed) / (2 * N_FID_INCEPTION)
     rows += [
@@ -87,8 +87,8 @@ def fid_rows(cfg, data) -> list[dict]:
 
 def sampling_rows(cfg, data) -> list[dict]:
     """Seconds per 1,000 samples for each sampling step count (unet-tiny, one thread)."""
-    from ism.models import build_model
-    from ism.sample import fixed_labels, fixed_noise, sample
+    from ism.training.models import build_model
+    from ism.training.sample import fixed_labels, fixed_noise, sample
     net = build_model(cfg, data).eval()
     x0, y = fixed_noise(N_SAMPLE, data.shape, 0), fixed_labels(N_SAMPLE, data.num_classes)
     rows = []
@@ -102,8 +102,8 @@ def sampling_rows(cfg, data) -> list[dict]:
 
 def batch_rows(cfg, data) -> list[dict]:
     """CPU ms per image per sampling step by batch size (mnist-cpu samples in batches of eval.batch_size)."""
-    from ism.models import build_model
-    from ism.sample import fixed_labels, fixed_noise, sample
+    from ism.training.models import build_model
+    from ism.training.sample import fixed_labels, fixed_noise, sample
     net = build_model(cfg, data).eval()
     rows, n, steps = [], 1000, 4
     x0, y = fixed_noise(n, data.shape, 0), fixed_labels(n, data.num_classes)
@@ -121,9 +121,9 @@ def batch_rows(cfg, data) -> list[dict]:
 
 def guided_rows(data) -> list[dict]:
     """Seconds per guided sampling step: intrinsic (one pass) vs CFG at the finest level (two passes)."""
-    from ism.config import resolve
-    from ism.models import build_model
-    from ism.sample import fixed_labels, fixed_noise, sample
+    from ism.conf.config import resolve
+    from ism.training.models import build_model
+    from ism.training.sample import fixed_labels, fixed_noise, sample
     steps = 8
     base = {"shortcut.max_steps_log2": 3, "eval.steps": [1, steps], "eval.sweep_steps": [1, steps]}
     x0, y = fixed_noise(GUIDED_N, data.shape, 0), fixed_labels(GUIDED_N, data.num_classes)
@@ -153,9 +153,9 @@ def trial_eval_rows(run_dir: str, blas_threads=(2, 1)) -> list[dict]:
 
     import threadpoolctl
 
-    from ism import machine
-    from ism.evaluate import evaluate_run
-    from ism.run_state import load_run
+    from ism.system import machine
+    from ism.evaluation.evaluate import evaluate_run
+    from ism.training.run_state import load_run
     cfg, nets, data, step = load_run(run_dir)
     rows = []
     for n in blas_threads:
@@ -174,8 +174,8 @@ def trial_eval_rows(run_dir: str, blas_threads=(2, 1)) -> list[dict]:
 
 
 def run() -> list[dict]:
-    from ism.config import resolve
-    from ism.data import load_dataset
+    from ism.conf.config import resolve
+    from ism.training.data import load_dataset
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

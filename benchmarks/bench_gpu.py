@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ism import machine
+from ism.system import machine
 
 OUT = Path(__file__).resolve().parent / "out"
 FULL_ISM = {"guidance.mode": "intrinsic", "wavelet.enabled": True, "ot.enabled": True, "ema.twin": True}
@@ -50,8 +50,8 @@ def _sync(device: str) -> None:
 
 def _train(name: str, overrides: dict, size: dict, data_dir: Path, tmp: Path, device: str) -> dict:
     """Train `steps` steps through the real trainer; stats of the last K steps (one pool, warm-up excluded)."""
-    from ism.config import resolve
-    from ism.train import train
+    from ism.conf.config import resolve
+    from ism.training.train import train
     k = size["k"]
     cfg = resolve("imagenet-latents-gpu", overrides={
         "data.path": str(data_dir), "model.name": size["model"], "optim.batch_size": size["batch"],
@@ -72,7 +72,7 @@ def _pool_solves(size: dict, data_dir: Path, device: str) -> dict:
     """Seconds to solve one K-batch pool (K*B pairs) on `device`: sparse/global, auto/class (1,000 classes: ~8-pair
     sub-problems, exact), exact/global (scipy on the CPU whatever the device: the reference the others are timed
     against)."""
-    from ism.objective.coupling import ot_assign
+    from ism.training.objective.coupling import ot_assign
     z = np.load(data_dir / "latents.npz")
     n = size["k"] * size["batch"]
     x1, y = torch.from_numpy(z["x"][:n]), torch.from_numpy(z["y"][:n])
@@ -93,8 +93,8 @@ def _pool_solves(size: dict, data_dir: Path, device: str) -> dict:
 
 def _sampling(run_dir: str, size: dict, device: str) -> dict:
     """Images per second of the trained iSM model at 1 and 128 sampling steps (bf16 autocast on CUDA)."""
-    from ism.evaluate import generate
-    from ism.run_state import load_run
+    from ism.evaluation.evaluate import generate
+    from ism.training.run_state import load_run
     cfg, nets, data, _ = load_run(run_dir, device)
     net, n = nets["infer"], size["samples"]
     out = {}

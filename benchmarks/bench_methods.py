@@ -1,6 +1,6 @@
 """CPU ms per training step of each few-step method on the embedded model (unet-tiny, batch 32, one thread).
 
-A step is the training loop's work: the method's rows and targets (ism.objective.methods.build_rows, with its
+A step is the training loop's work: the method's rows and targets (ism.training.objective.methods.build_rows, with its
 no-grad target passes or MeanFlow's JVP), forward + backward on the rows, AdamW. CPU time (process_time), the
 minimum over repeats; the ratio to SM is the cost the methods report's step-time table measures on real runs.
 """
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ism.config import resolve
-from ism.models import build_model
-from ism.objective.ema import build_emas
-from ism.objective.methods import build_rows
-from ism.rng import generator
+from ism.conf.config import resolve
+from ism.training.models import build_model
+from ism.training.objective.ema import build_emas
+from ism.training.objective.methods import build_rows
+from ism.training.rng import generator
 
 CASES = (  # (label, overrides): the variants of ablations/methods.yaml's methods group
     ("sm", {}),

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ism.config import resolve
-from ism.models import build_model, count_params
+from ism.conf.config import resolve
+from ism.training.models import build_model, count_params
 
 CASES = (  # (model, data shape, batch): the batch of the preset that uses the model
     ("unet-smoke", (1, 16, 16), 16),

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ism.objective.coupling import ot_assign
-from ism.objective.ot_solvers import exact_assign, sparse_assign
+from ism.training.objective.coupling import ot_assign
+from ism.training.objective.ot_solvers import exact_assign, sparse_assign
 
 POOLS = (256, 512, 1024, 2048, 4096, 8192)
 K, BATCH = 32, 32  # the paper's pool: 32 batches; 32 is the mnist-cpu batch
@@ -29,8 +29,8 @@ _SOLVE_CACHE: dict[int, float] = {}
 def _images(n: int) -> tuple[torch.Tensor, str]:
     """n MNIST digits at 1x16x16 in [-1, 1] (tiled), or random vectors when mnist5k cannot be loaded."""
     try:
-        from ism.config import DataConfig
-        from ism.data import load_dataset
+        from ism.conf.config import DataConfig
+        from ism.training.data import load_dataset
         x = load_dataset(DataConfig(name="mnist5k", resolution=16)).train_x
         reps = -(-n // len(x))
         return x.repeat(reps, 1, 1, 1)[:n].contiguous(), f"mnist5k digits (tiled from {len(x)})"
@@ -74,8 +74,8 @@ def train_window(prefetch: bool) -> dict:
     sec_per_step and the trainer's per-step averages of ot/solve_s and ot/wait_s come from the same seconds, so
     their ratios are robust to load from other processes.
     """
-    from ism.config import resolve
-    from ism.train import train
+    from ism.conf.config import resolve
+    from ism.training.train import train
     with tempfile.TemporaryDirectory() as tmp:
         cfg = resolve("mnist-cpu", overrides={
             "run.steps": 3 * K, "run.log_every": K, "run.checkpoint_every": 10 * K, "run.progress": False,
@@ -215,8 +215,8 @@ def solver_table(kinds=("mnist", "latents"), pools=SOLVER_POOLS) -> list[dict]:
 def pool_scope_rows(pool: int = 8192, devices=(1, 2, 4, 8, 32)) -> list[dict]:
     """ot.pool_scope=device at the paper's pool (K=32 x global batch 256 = 8,192 MNIST digits): per-rank pools of
     8,192/N pairs, with the class and the global coupling (auto solver), solve CPU seconds and cost/pair after OT."""
-    from ism.config import DataConfig
-    from ism.data import load_dataset
+    from ism.conf.config import DataConfig
+    from ism.training.data import load_dataset
     torch.set_num_threads(2)
     d = load_dataset(DataConfig(name="mnist5k", resolution=16))
     reps = -(-pool // len(d.train_x))
@@ -243,9 +243,9 @@ def straightness_rows(preset: str = "mnist-cpu", overrides: dict | None = None) 
     one seed each: the embedded preset, sOT on, one global 1,024-pair pool per 32 steps (global: where the solvers'
     pairings differ most; per-class pools of ~100 pairs are within the sparse solver's exact range)."""
     from ism.commands.env import eval_cache_root
-    from ism.config import resolve
-    from ism.evaluate import make_evaluator
-    from ism.train import train
+    from ism.conf.config import resolve
+    from ism.evaluation.evaluate import make_evaluator
+    from ism.training.train import train
     rows = []
     for solver in ("exact", "sparse"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -272,8 +272,8 @@ def precision_rows(pools=(4096, 8192), repeats: int = 5) -> list[dict]:
     """The sparse solver's candidate search in bf16 against float32 on this CPU (2 threads, MNIST pools), and which
     one matmul_dtype chooses here: the fastest wall of `repeats` runs (the machine is shared: the minimum is the
     least disturbed run), the median CPU seconds, and the cost gap between the two."""
-    from ism import machine
-    from ism.objective.ot_solvers import matmul_dtype
+    from ism.system import machine
+    from ism.training.objective.ot_solvers import matmul_dtype
     torch.set_num_threads(2)
     rows = []
     for n in pools:

@@ -1,6 +1,6 @@
 """Train step time of the embedded preset: SM baseline, each iSM component alone, full iSM (ratios to baseline).
 
-Every variant runs through the real trainer (ism.train.train) on 1 torch thread, in one process. This VM's speed drifts
+Every variant runs through the real trainer (ism.training.train.train) on 1 torch thread, in one process. This VM's speed drifts
 by up to 30 % over minutes, so each variant is timed in PAIRS with the baseline, back to back and in alternating
 order; the ratio is the median over pairs of (variant / baseline), and sec/step the median of the variant's runs.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ism.config import resolve
-from ism.train import train
+from ism.conf.config import resolve
+from ism.training.train import train
 
 BASE = ["guidance.mode=cfg_finest", "wavelet.enabled=false", "ot.enabled=false", "ema.twin=false"]
 VARIANTS = {

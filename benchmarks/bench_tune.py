@@ -24,10 +24,11 @@ from pathlib import Path
 
 import yaml
 
-from ism import ablate, ray_adapter, tracking
+from ism.ablation import plan as ablate, ray_adapter
+from ism import tracking
 from ism.commands.env import eval_cache_root
-from ism.config import dump_yaml
-from ism.sweep import run_sweep
+from ism.conf.config import dump_yaml
+from ism.ablation.driver import run_sweep
 from benchmarks.support import free_port
 
 BIN = Path(sys.executable).parent

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ism import machine
+from ism.system import machine
 
 OUT = Path(__file__).resolve().parent / "out"
 

@@ -12,5 +12,5 @@ def free_port() -> int:
 
 def with_cpu(rows: list[dict]) -> list[dict]:
     """rows with this machine's CPU model and capability beside every figure (as benchmarks/run.py records them)."""
-    from ism import machine
+    from ism.system import machine
     return [{**r, "cpu": r.get("cpu") or machine.describe()} for r in rows]

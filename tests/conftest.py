@@ -52,7 +52,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.db)
         if used & RAY_FIXTURES:
             item.add_marker(pytest.mark.ray)
-        if any(item.get_closest_marker(t) for t in SLOW_TIERS):
+        if any(item.get_closest_marker(t) for t in (*SLOW_TIERS, "slow")):  # an explicit slow is never unit
             item.add_marker(pytest.mark.slow)
         else:
             item.add_marker(pytest.mark.unit)

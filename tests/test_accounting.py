@@ -5,9 +5,10 @@ import time
 
 import pytest
 
-from ism import accounting, tracking
-from ism.accounting import PREFIX, PhaseClock, sweep_totals
-from ism.config import from_dict, to_dict
+from ism.system import accounting
+from ism import tracking
+from ism.system.accounting import PREFIX, PhaseClock, sweep_totals
+from ism.conf.config import from_dict, to_dict
 
 
 def _spin(seconds: float) -> None:
@@ -81,7 +82,7 @@ class _Hooks:
 def test_a_trial_logs_its_machine_account_to_its_run(tmp_path):
     """The real trial body on a real MLflow store; the training is a stand-in that spins, and reports through the
     callback (MLflow logging: the report phase)."""
-    from ism.trials import ablation_trial
+    from ism.ablation.trials import ablation_trial
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     c = tracking.client(uri)
     exp, parent = tracking.start_parent(c, "ism/acct", "acct-smoke", {"ism.kind": "sweep"}, {"trials": 1}, {}, None)

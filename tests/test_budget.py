@@ -3,12 +3,12 @@ model), the spec's budget: key, and clear errors before anything runs."""
 import pytest
 import yaml
 
-from ism import ablate
-from ism import budget as B
+from ism.ablation import plan as ablate
+from ism.ablation import budget as B
 from ism.commands import ablate as ablate_cmd
 from ism.errors import ConfigError
-from ism.profiles import concurrency, estimate_s
-from ism.sequential import Rule
+from ism.conf.profiles import concurrency, estimate_s
+from ism.ablation.sequential import Rule
 
 
 @pytest.mark.parametrize("text, kind, amount", [
@@ -80,17 +80,3 @@ def test_bad_or_too_small_budgets_fail_before_anything_starts(tmp_path):
         ablate_cmd.main([str(spec), "--profile", "smoke", "--budget", "5 trials", "--storage", str(tmp_path / "st"),
                          "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
     assert not (tmp_path / "st").exists() and not (tmp_path / "m.db").exists()
-
-
-def test_a_budget_cuts_the_plan_to_whole_looks_and_says_what_it_left_undone(tmp_path):
-    spec = ablate.load_spec(_spec(tmp_path / "s.yaml"))
-    p = ablate.plan(spec, "smoke")
-    rule = Rule()
-    ls = B.looks(p.trials, p.profile, p.resources, rule)
-    cut, note = ablate_cmd.apply_budget(p, B.parse("10 trials"), ls, rule, lambda s: ablate.plan(spec, "smoke", None, s),
-                                        "--budget")
-    assert cut.seeds == (0, 1, 2) and len(cut.trials) == 9 and note in cut.notes
-    assert note.startswith("budget 10 trials: seeds [0, 1, 2] of [0, 1, 2, 3, 4, 5] for every config")
-    assert note.endswith("left undone: seeds [3, 4, 5]")
-    whole, note = ablate_cmd.apply_budget(p, B.parse("100h"), ls, rule, lambda s: 1 / 0, "--budget")
-    assert whole.trials == p.trials and note.endswith("left undone: nothing")

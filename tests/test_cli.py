@@ -65,7 +65,7 @@ def test_help_of_every_command_imports_no_heavy_library():
 
 
 def test_eval_offers_the_extractors_the_library_has():
-    from ism import extractors
+    from ism.training import extractors
     from ism.commands.eval import EXTRACTORS
     assert tuple(EXTRACTORS) == tuple(extractors.EXTRACTORS)
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from ism import config as C
+from ism.conf import config as C
 from ism.cli import main as cli_main
 
 
@@ -86,7 +86,7 @@ def test_cli_dry_run_prints_resolved_config(tmp_path):
 def test_config_reference_doc_is_current():
     from pathlib import Path
     doc = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
-    assert doc.read_text() == C.reference_markdown(), "regenerate: python -m ism.config > docs/config-reference.md"
+    assert doc.read_text() == C.reference_markdown(), "regenerate: python -m ism.conf.config > docs/config-reference.md"
 
 
 def test_embedded_preset_keeps_the_purpose_of_its_tuned_defaults():
@@ -94,7 +94,7 @@ def test_embedded_preset_keeps_the_purpose_of_its_tuned_defaults():
     self-consistency targets that follow the network; the slow one samples), inference w lies inside the trained w
     range, and SM's CFG samples at the same CFG-equivalent strength as intrinsic guidance (1 + w), so neither
     guidance form is handicapped against the other."""
-    from ism.config import from_dict, preset_delta
+    from ism.conf.config import from_dict, preset_delta
     cfg = from_dict(preset_delta("mnist-cpu"))
     assert 0 < cfg.ema.target_half_life_steps < cfg.ema.infer_half_life_steps
     assert 0 < cfg.eval.w <= cfg.guidance.w_max

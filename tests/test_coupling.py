@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ism.config import ConfigError, from_dict
-from ism.objective.coupling import PairSource, ot_assign
+from ism.conf.config import ConfigError, from_dict
+from ism.training.objective.coupling import PairSource, ot_assign
 
 torch.set_num_threads(1)
 
@@ -189,7 +189,7 @@ def test_prefetch_serves_the_same_pairs_and_solves_ahead():
 def _class_projection(coupling: str, tmp_path) -> tuple[dict[int, float], dict[int, int]]:
     """Mean projection of the noise that sOT hands to each MNIST class on that class's direction (mean image of the
     class minus the mean image, unit length), over 4 pools of K=16 x B=32."""
-    from ism.data import load_dataset
+    from ism.training.data import load_dataset
     data = load_dataset(from_dict({"data": {"name": "mnist5k", "resolution": 16}}).data, tmp_path)
     cfg = from_dict({"ot": {"enabled": True, "pool_batches": 16, "coupling": coupling, "prefetch": False},
                      "optim": {"batch_size": 32}})

@@ -1,4 +1,4 @@
-"""ism.data: every loader on real or test-written files, the deterministic split, the cap, fingerprints, errors."""
+"""ism.training.data: every loader on real or test-written files, the deterministic split, the cap, fingerprints, errors."""
 from __future__ import annotations
 
 import gzip
@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ism.config import ConfigError, DataConfig
-from ism.data import describe, load_dataset
-from ism.sources import read_idx
+from ism.conf.config import ConfigError, DataConfig
+from ism.training.data import describe, load_dataset
+from ism.training.sources import read_idx
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

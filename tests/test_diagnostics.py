@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ism import diagnostics as D
+from ism.evaluation import diagnostics as D
 
 
 def _gauss(n, d=2, seed=0, shift=0.0):

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from ism.config import ema_decay, from_dict
-from ism.objective.ema import EMA, build_emas
+from ism.conf.config import ema_decay, from_dict
+from ism.training.objective.ema import EMA, build_emas
 
 torch.set_num_threads(1)
 

@@ -8,13 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from ism import diagnostics as D
-from ism import evaluate as EV
-from ism import extractors as E
+from ism.evaluation import diagnostics as D
+from ism.evaluation import evaluate as EV
+from ism.evaluation import scorers as SC
+from ism.training import extractors as E
 from ism.cli import main as cli
-from ism.config import resolve
-from ism.data import load_dataset
-from ism.models import build_model
+from ism.conf.config import resolve
+from ism.training.data import load_dataset
+from ism.training.models import build_model
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +32,12 @@ def cnn(smoke, shared_cache):
 
 def test_fid_of_a_set_against_itself_is_zero_and_grows_with_noise(smoke, cnn, tmp_path):
     _, data = smoke
-    ref = EV.reference(data, cnn)
-    self_m = EV.fid_kid(data.test_x, ref, cnn, tmp_path)
+    ref = SC.reference(data, cnn)
+    self_m = SC.fid_kid(data.test_x, ref, cnn, tmp_path)
     assert abs(self_m["fid"]) < 1e-6
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(data.test_x.shape, generator=g)
-    noisy = [EV.fid_kid(data.test_x + s * noise, ref, cnn, tmp_path) for s in (0.1, 0.3, 0.6, 1.0)]
+    noisy = [SC.fid_kid(data.test_x + s * noise, ref, cnn, tmp_path) for s in (0.1, 0.3, 0.6, 1.0)]
     fids, kids = [m["fid"] for m in noisy], [m["kid"] for m in noisy]
     assert 0.1 < fids[0] < fids[1] < fids[2] < fids[3], fids
     assert kids[0] < kids[1] < kids[2] < kids[3], kids
@@ -46,27 +47,27 @@ def test_fid_of_a_set_against_itself_is_zero_and_grows_with_noise(smoke, cnn, tm
 
 def test_reference_stats_are_cached_and_invalidated_when_data_change(smoke, cnn, tmp_path):
     _, data = smoke
-    ref = EV.reference(data, cnn)
-    first = EV.fid_kid(data.test_x[:100], ref, cnn, tmp_path)
+    ref = SC.reference(data, cnn)
+    first = SC.fid_kid(data.test_x[:100], ref, cnn, tmp_path)
     assert ref.images.reads >= len(data.test_x)          # features of the held-out split computed
     files = sorted(tmp_path.glob(f"{ref.cache_name}-*.pt"))
     assert [f.name for f in files] == [f"{ref.cache_name}-mnist-cnn-features-128.pt",
                                        f"{ref.cache_name}-mnist-cnn-stat-fid-128.pt"]
     mtimes = [os.path.getmtime(f) for f in files]
-    again = EV.fid_kid(data.test_x[:100], EV.reference(data, cnn), cnn, tmp_path)
-    fresh = EV.reference(data, cnn)
-    EV.fid_kid(data.test_x[:100], fresh, cnn, tmp_path)
+    again = SC.fid_kid(data.test_x[:100], SC.reference(data, cnn), cnn, tmp_path)
+    fresh = SC.reference(data, cnn)
+    SC.fid_kid(data.test_x[:100], fresh, cnn, tmp_path)
     assert fresh.images.reads == 0                        # second and third calls: nothing recomputed
     assert [os.path.getmtime(f) for f in files] == mtimes
     assert again["fid"] == pytest.approx(first["fid"])
     # Changed data (new fingerprint): new hash, recomputed statistics, different value.
     changed = dataclasses.replace(data, test_x=data.test_x.flip(-1), fingerprint="0" * 64)
-    ref2 = EV.reference(changed, cnn)
+    ref2 = SC.reference(changed, cnn)
     assert ref2.ref_hash != ref.ref_hash
-    other = EV.fid_kid(data.test_x[:100], ref2, cnn, tmp_path)
+    other = SC.fid_kid(data.test_x[:100], ref2, cnn, tmp_path)
     assert ref2.images.reads >= len(data.test_x) and other["fid"] != pytest.approx(first["fid"])
     # The key also covers the extractor and its weights.
-    assert EV.reference(data, dataclasses.replace(cnn, key="mnist-cnn:other")).ref_hash != ref.ref_hash
+    assert SC.reference(data, dataclasses.replace(cnn, key="mnist-cnn:other")).ref_hash != ref.ref_hash
 
 
 def _small(preset, **over):
@@ -159,7 +160,7 @@ def test_cli_rejects_bad_step_counts(capsys):
 
 @pytest.mark.e2e
 def test_train_then_ism_eval_end_to_end(shared_cache, tmp_path, monkeypatch, capsys):
-    from ism.train import train
+    from ism.training.train import train
     monkeypatch.setenv("ISM_CACHE", str(shared_cache))
     cfg = resolve("smoke", overrides={"run.progress": False, "eval.steps": [1, 128]})
     events = []

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch_fidelity
 
-from ism import extractors as E
-from ism.config import ConfigError, resolve
-from ism.data import load_dataset
+from ism.training import extractors as E
+from ism.conf.config import ConfigError, resolve
+from ism.training.data import load_dataset
 
 
 class Images(torch.utils.data.Dataset):

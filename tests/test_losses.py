@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from ism.config import ConfigError, resolve
-from ism.objective.losses import row_loss
+from ism.conf.config import ConfigError, resolve
+from ism.training.objective.losses import row_loss
 
 
 def cfg_of(*over):
@@ -79,7 +79,7 @@ class TinyLPIPS(torch.nn.Module):
 
 
 def _rows(pred):
-    from ism.objective.targets import Rows
+    from ism.training.objective.targets import Rows
     n = pred.shape[0]
     g = torch.Generator().manual_seed(3)
     return Rows(torch.randn(pred.shape, generator=g), torch.rand(n, generator=g), torch.zeros(n, dtype=torch.long),
@@ -87,7 +87,7 @@ def _rows(pred):
 
 
 def test_lpips_huber_loads_a_local_torchscript_network_and_uses_it(tmp_path):
-    from ism.premetric import feature_distance
+    from ism.training.premetric import feature_distance
     path = tmp_path / "lpips.pt"
     torch.jit.script(TinyLPIPS()).save(str(path))
     cfg = cfg_of("loss.distance=lpips_huber", f"loss.lpips_weights={path}")
@@ -113,8 +113,8 @@ def test_lpips_huber_loads_a_local_torchscript_network_and_uses_it(tmp_path):
 
 
 def test_feature_huber_adds_the_domain_cnn_feature_distance_and_its_gradient(shared_cache):
-    from ism.data import load_dataset
-    from ism.premetric import feature_distance
+    from ism.training.data import load_dataset
+    from ism.training.premetric import feature_distance
     cfg = cfg_of("loss.distance=feature_huber")
     fn = feature_distance(cfg, load_dataset(cfg.data), shared_cache, torch.device("cpu"))
     pred, target = _pair(4)
@@ -135,7 +135,7 @@ def test_feature_huber_adds_the_domain_cnn_feature_distance_and_its_gradient(sha
 def test_training_with_feature_huber_logs_the_feature_term(shared_cache, tmp_path):
     import json
 
-    from ism.train import train
+    from ism.training.train import train
     cfg = cfg_of("loss.distance=feature_huber", f"run.out_dir={tmp_path}", "run.progress=false", "eval.at_end=false",
                  "run.steps=2", "run.log_every=1")
     train(cfg, tmp_path / "r", cache_root=shared_cache)
@@ -145,8 +145,8 @@ def test_training_with_feature_huber_logs_the_feature_term(shared_cache, tmp_pat
 
 # ----------------------------------------------------------------------------------------------- kind weighting
 def test_kind_weighting_row_share_is_the_plain_mean_and_per_kind_the_paper_sum():
-    from ism.config import resolve
-    from ism.objective.losses import batch_loss
+    from ism.conf.config import resolve
+    from ism.training.objective.losses import batch_loss
     per_row = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 10.0, 4.0])
     kind = torch.tensor([0, 0, 0, 0, 0, 0, 1, 2])   # six velocity rows, one consistency row, one guidance row
     share = batch_loss(per_row, kind, resolve("toy2d", [], []))
@@ -156,8 +156,8 @@ def test_kind_weighting_row_share_is_the_plain_mean_and_per_kind_the_paper_sum()
 
 
 def test_per_kind_weighting_gives_a_rare_kind_the_weight_of_a_common_one():
-    from ism.config import resolve
-    from ism.objective.losses import batch_loss
+    from ism.conf.config import resolve
+    from ism.training.objective.losses import batch_loss
     per_row = torch.ones(10, requires_grad=True)
     kind = torch.tensor([0] * 9 + [1])
     batch_loss(per_row, kind, resolve("toy2d", [], ["loss.kind_weighting=per_kind"])).backward()

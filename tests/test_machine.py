@@ -5,7 +5,7 @@ import os
 import threadpoolctl
 import torch
 
-from ism import machine
+from ism.system import machine
 
 
 def _blas_threads() -> set[int]:

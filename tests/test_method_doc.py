@@ -86,7 +86,7 @@ def test_every_open_choice_key_exists_in_the_schema():
     """The open-choices table names config keys; each must be a real key (or a section.* family)."""
     import dataclasses
 
-    from ism.config import Config
+    from ism.conf.config import Config
     cfg = Config()
     sections = {f.name: {g.name for g in dataclasses.fields(getattr(cfg, f.name))} for f in dataclasses.fields(cfg)}
     text = METHOD.read_text().split("## Open choices", 1)[1]

@@ -6,15 +6,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ism import toys
-from ism.config import ConfigError, from_dict, resolve, run_id
-from ism.models import build_model
-from ism.objective import consistency as C
-from ism.objective import meanflow as MF
-from ism.objective.methods import build_rows
-from ism.objective.targets import FM, SC, interpolate, velocity
-from ism.rng import generator
-from ism.sample import sample
+from ism.training import toys
+from ism.conf.config import ConfigError, from_dict, resolve, run_id
+from ism.training.models import build_model
+from ism.training.objective import consistency as C
+from ism.training.objective import meanflow as MF
+from ism.training.objective.methods import build_rows
+from ism.training.objective.targets import FM, SC, interpolate, velocity
+from ism.training.rng import generator
+from ism.training.sample import sample
 
 NULL = 3
 
@@ -150,7 +150,7 @@ def _rk4(mix, x, t0: float, t1: float, n: int = 64):
     return x
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_meanflow_learns_the_exact_average_velocity_on_a_toy():
     """Two 2-D Gaussians with exact velocities: after 400 steps u(z, 0, 1) is near the exact one-jump average
     velocity (RK4 of the exact ODE), far nearer than the zero guess and than the instantaneous velocity a

@@ -1,4 +1,4 @@
-"""ism.models: registry, shapes, zero-init, conditioning paths (t, k, y, w), kind checks, errors."""
+"""ism.training.models: registry, shapes, zero-init, conditioning paths (t, k, y, w), kind checks, errors."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from ism.config import ConfigError, resolve
-from ism.models import MODELS, build_model, count_params
+from ism.conf.config import ConfigError, resolve
+from ism.training.models import MODELS, build_model, count_params
 
 torch.set_num_threads(1)
 
@@ -192,7 +192,7 @@ def test_w_embed_scale_reaches_every_family(name):
 def test_a_smaller_w_embed_scale_makes_neighbouring_w_values_more_alike():
     # The purpose of the key: at scale 100 the sin/cos features of neighbouring grid values (0.25 apart) are far
     # from parallel, so each w is learned from its own rows; a small scale lets neighbours share.
-    from ism.models import sincos_features
+    from ism.training.models import sincos_features
     w = torch.arange(0, 3.75, 0.25)
 
     def neighbour_cosine(scale):

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ism.config import ConfigError, from_dict
-from ism.objective import ot_solvers
-from ism.objective.coupling import PairSource, ot_assign
-from ism.objective.ot_solvers import assign, exact_assign, sparse_assign
+from ism.conf.config import ConfigError, from_dict
+from ism.training.objective import ot_solvers
+from ism.training.objective.coupling import PairSource, ot_assign
+from ism.training.objective.ot_solvers import assign, exact_assign, sparse_assign
 
 torch.set_num_threads(1)
 
@@ -103,7 +103,7 @@ def test_bf16_pools_are_within_one_percent_deterministic_and_match_float32():
 
 
 def _flags_from_cpuinfo() -> set[str]:
-    """This machine's CPU flags, read here independently of ism.machine."""
+    """This machine's CPU flags, read here independently of ism.system.machine."""
     try:
         lines = open("/proc/cpuinfo").read().splitlines()
     except OSError:
@@ -257,6 +257,6 @@ def test_device_pools_solve_each_shard_alone():
 
 def test_the_gpu_presets_choose_auto():
     """(That the solver keys keep stored run ids: tests/test_run_identity.py.)"""
-    from ism.config import resolve
+    from ism.conf.config import resolve
     for preset in ("fashion-gpu", "cifar10-gpu", "imagenet-latents-gpu"):  # 8,192-pair pools: exact would stall
         assert resolve(preset, overrides={"data.path": "x"}).ot.solver == "auto"

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ism import ablate, progress, trials
+from ism.ablation import plan as ablate, progress, trials
 
 
 def _trial(run_id, result=None):
@@ -123,7 +123,7 @@ def test_eta_comes_from_measured_trial_times_and_never_grows_while_trials_run_no
     text = describe_plan(plan, measured=(scale, n))
     assert f"x {scale:.2f}, measured on {n} smoke trial(s)" in text
     from ism.commands.listing import fmt_s
-    from ism.profiles import estimate_s
+    from ism.conf.profiles import estimate_s
     t = plan.trials[0]
     assert f"run {t.run_id}  est {fmt_s(scale * estimate_s(t.cfg, 'smoke')):>6}" in text
 

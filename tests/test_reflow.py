@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from ism.config import ConfigError, resolve, run_id
-from ism.objective.coupling import PairSource
-from ism.reflow import CHUNK, reflow_pairs
-from ism.run_state import load_run
-from ism.sample import default_guidance, sample
-from ism.train import train
+from ism.conf.config import ConfigError, resolve, run_id
+from ism.training.objective.coupling import PairSource
+from ism.training.reflow import CHUNK, reflow_pairs
+from ism.training.run_state import load_run
+from ism.training.sample import default_guidance, sample
+from ism.training.train import train
 
 FAST = ["run.progress=false", "eval.at_end=false"]
 
@@ -76,7 +76,7 @@ def test_student_trains_on_the_fixed_pairs(teacher, tmp_path):
     root, _ = teacher
     cfg = student(root)
     p = reflow_pairs(cfg, root / "x")
-    from ism.data import load_dataset
+    from ism.training.data import load_dataset
     src = PairSource(load_dataset(cfg.data), cfg, fixed=(p.x0, p.x1, p.y))
     x1, y, x0, diag = src.batch(3)
     idx = src.data_indices(3)

@@ -10,13 +10,14 @@ import pytest
 import torch
 from scipy import stats
 
-from ism import ablate, tracking
-from ism.config import ConfigError, flatten
+from ism.ablation import plan as ablate
+from ism import tracking
+from ism.conf.config import ConfigError, flatten
 from ism.report import build_report
 from ism.report import figures as F
 from ism.report.ci import delta_ci, mean_ci
 from ism.report.tables import fmt
-from ism.sample import save_grid
+from ism.training.sample import save_grid
 
 SPEC = """
 name: fixture

@@ -31,7 +31,7 @@ def sweep(tmp_path_factory):
     spec = root / "e2e.yaml"
     spec.write_text(SPEC)
     uri = f"sqlite:///{root}/mlruns/mlflow.db"
-    # ism.ablate's command-line API in a child process: Ray pickles the sweep's progress callback, which holds
+    # ism.ablation.plan's command-line API in a child process: Ray pickles the sweep's progress callback, which holds
     # the stderr stream, and pytest's captured stream cannot be pickled.
     res = subprocess.run([sys.executable, "-m", "ism.cli", "ablate", str(spec), "--profile", "smoke", "--storage",
                           str(root / "st"), "--tracking-uri", uri], capture_output=True, text=True, cwd=root,

@@ -199,3 +199,21 @@ def test_other_diagnostics_keep_the_paired_delta():
     assert r.delta.mean == pytest.approx(delta_ci({0: 0.9, 1: 0.91, 2: 0.92}, {0: 0.3, 1: 0.312, 2: 0.324}).mean)
 
 
+
+
+def test_the_variant_plot_draws_dots_at_the_geometric_means_not_bars_and_aliases_once(captured, tmp_path):
+    """Bars on a log axis have no meaningful length: each variant is a dot at its geometric mean with its interval as
+    a line; two names for one trial (identical configs) are one row, labelled with both."""
+    from matplotlib.patches import Rectangle
+    sw = sweep(FEW)
+    sw.trials.loc[sw.trials["variant"] == "sot", "variants"] = "sot,sot_alias"
+    alias = sw.trials[sw.trials["variant"] == "sot"].assign(variant="sot_alias")
+    sw.trials = pd.concat([sw.trials, alias], ignore_index=True)
+    sw.variants = [*sw.variants, "sot_alias"]
+    F.ablation_bars(sw, "fid", tmp_path / "b.png")
+    ax = captured[0].axes[0]
+    assert not [p for p in ax.patches if isinstance(p, Rectangle) and p.get_width() > 0], "no bars"
+    dots = sorted(float(ln.get_xdata()[0]) for ln in ax.lines if ln.get_marker() == "o")
+    assert dots == pytest.approx(sorted([math.sqrt(10.0 * 80.0), math.sqrt(6.0 * 50.0), 12.0]))
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(labels) == 3 and "sot (= sot_alias)" in labels

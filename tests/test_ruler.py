@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from ism import ruler as R
-from ism import toys
-from ism.config import resolve
-from ism.data import load_dataset
+from ism.evaluation import ruler as R
+from ism.training import toys
+from ism.conf.config import resolve
+from ism.training.data import load_dataset
 
 TOLERANCE = 0.10          # relative error allowed on a recovered scale (measured: 0.966, 1.929, 3.882, 7.818)
 KNOWN = (1.0, 2.0, 4.0, 8.0)
@@ -133,7 +133,7 @@ def test_the_domain_classifier_separates_4x_from_1x_guided_mnist(shared_cache):
     around each), sampled by its exact CFG ODE (64 Euler steps) at scales 1 and 4 from the same noise. Measured:
     logit margin -1.0 +- 0.6 at 1x and 3.3 +- 0.5 at 4x (about 6 standard errors apart); read against the wrong
     class (a ruler blind to the intended class) -12.7 and -13.2, no rise."""
-    from ism import extractors as E
+    from ism.training import extractors as E
     data = load_dataset(resolve("mnist-cpu").data)
     clf = E.domain_classifier(E.setup("mnist-cnn", data, root=shared_cache))
     idx = torch.cat([torch.nonzero(data.train_y == c).flatten()[:50] for c in range(10)])
@@ -166,7 +166,7 @@ class ExactNet(torch.nn.Module):
 def test_the_evaluator_reads_an_exact_models_scale_in_cfg_units(mode, guidance, expected):
     """End to end through the evaluator's sampling, noise, labels and units: the exact model sampled with 128-step
     CFG 2 reads 2; an intrinsic 'model' that ignores its w input is unguided at any w and reads 1 (not 1 + w)."""
-    from ism import evaluate as EV
+    from ism.evaluation import evaluate as EV
     key = "eval.cfg_scale" if mode != "intrinsic" else "eval.w"
     cfg = resolve("toy2d", overrides={"data.toy": "overlap3", "guidance.mode": mode, key: guidance,
                                       "guidance.t_interval": 0.0, "eval.num_samples": 256})
@@ -211,7 +211,7 @@ class _Recorder(torch.nn.Module):
 def test_cfg_calibration_samples_plain_cfg_with_w_zero_and_the_interval():
     """sample(cfg_calibration=True) on an intrinsic run: two passes with w = 0 inputs, scale s above t_interval and 1
     below it (the run's own interval guidance), so its samples are true CFG in the CFG-equivalent unit."""
-    from ism.sample import sample
+    from ism.training.sample import sample
     cfg = resolve("toy2d", overrides={"guidance.mode": "intrinsic", "guidance.t_interval": 0.5,
                                       "shortcut.max_steps_log2": 2, "eval.steps": [1, 4], "eval.sweep_steps": [4]})
     net = _Recorder(8)

@@ -2,7 +2,7 @@
 after the pins keeping every stored run's id until they are set."""
 import pytest
 
-from ism.config import deep_merge, diff, from_dict, replace, resolve, run_id, training_id
+from ism.conf.config import deep_merge, diff, from_dict, replace, resolve, run_id, training_id
 
 # Every stored run cycled its self-consistency levels (the only layout before shortcut.level_allocation existed):
 # with that value set, a stored run keeps its id; the new default (SM's layout) must move every one of them.

@@ -2,14 +2,15 @@
 paths built from names stay under their roots."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ism import store
+from ism.system import store
 from ism.commands import main
-from ism.config import ConfigError, parse_yaml, read_yaml
+from ism.conf.config import ConfigError, parse_yaml, read_yaml
 from test_study import TOY, with_
 
 
@@ -41,7 +42,7 @@ def test_variant_name_that_is_no_identifier_is_refused_by_the_dry_run(tmp_path, 
 
 def test_shipped_names_are_identifiers():
     root = Path(__file__).resolve().parent.parent
-    from ism import ablate
+    from ism.ablation import plan as ablate
     from ism.study import load_spec
     for f in sorted((root / "ablations").glob("*.yaml")):
         s = ablate.load_spec(f)
@@ -130,8 +131,8 @@ def _spoil(path: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
 def test_resume_skips_a_bad_newest_checkpoint_and_moves_it_aside(tmp_path, capsys, how):
-    from ism.config import resolve
-    from ism.train import train
+    from ism.conf.config import resolve
+    from ism.training.train import train
     cfg = resolve("smoke", [], [f"run.out_dir={tmp_path}", *FAST])
     ref = train(cfg, tmp_path / "ref")
     run = tmp_path / "run"
@@ -148,8 +149,8 @@ def test_resume_skips_a_bad_newest_checkpoint_and_moves_it_aside(tmp_path, capsy
 
 
 def test_every_checkpoint_bad_starts_over(tmp_path, capsys):
-    from ism.config import resolve
-    from ism.train import train
+    from ism.conf.config import resolve
+    from ism.training.train import train
     cfg = resolve("smoke", [], [f"run.out_dir={tmp_path}", *FAST])
     train(cfg, tmp_path / "r")
     (tmp_path / "r" / store.SUMMARY).unlink()
@@ -160,8 +161,8 @@ def test_every_checkpoint_bad_starts_over(tmp_path, capsys):
 
 
 def test_a_run_resumed_at_its_end_finishes_with_its_real_final_loss(tmp_path, capsys):
-    from ism.config import resolve
-    from ism.train import train
+    from ism.conf.config import resolve
+    from ism.training.train import train
     args = [f"run.out_dir={tmp_path}", *FAST]
     ref = train(resolve("smoke", [], args), tmp_path / "ref")
     run = tmp_path / "run"
@@ -174,8 +175,8 @@ def test_a_run_resumed_at_its_end_finishes_with_its_real_final_loss(tmp_path, ca
 
 
 def test_summary_json_is_standard_json_even_without_a_final_loss(tmp_path):
-    from ism.config import resolve
-    from ism.train import train
+    from ism.conf.config import resolve
+    from ism.training.train import train
     cfg = resolve("smoke", [], [f"run.out_dir={tmp_path}", "run.progress=false", "eval.at_end=false", "run.steps=0"])
     assert train(cfg, tmp_path / "z")["final_loss"] != train(cfg, tmp_path / "z")["final_loss"]  # NaN, read back
     assert _strict_json(tmp_path / "z" / store.SUMMARY)["final_loss"] is None
@@ -269,8 +270,8 @@ def test_every_dry_run_has_a_cost_line_and_warns_beyond_a_sane_bound(tmp_path, c
 
 
 def test_shipped_sweeps_are_priced_below_the_sane_bound():
-    from ism import ablate
-    from ism.profiles import PROFILES, SANE_DEVICE_HOURS, estimate_s
+    from ism.ablation import plan as ablate
+    from ism.conf.profiles import PROFILES, SANE_DEVICE_HOURS, estimate_s
     root = Path(__file__).resolve().parent.parent
     for f in sorted((root / "ablations").glob("*.yaml")):
         s = ablate.load_spec(f)
@@ -285,8 +286,8 @@ def test_cifar_batch_loads_numpy_arrays_and_refuses_any_other_callable(tmp_path)
     import pickle
 
     import numpy as np
-    from ism.config import DataConfig
-    from ism.data import load_dataset
+    from ism.conf.config import DataConfig
+    from ism.training.data import load_dataset
     planes = np.zeros((4, 3072), np.uint8)
     for proto in (2, pickle.HIGHEST_PROTOCOL):
         with open(tmp_path / "data_batch_1", "wb") as fh:
@@ -306,7 +307,7 @@ def test_cifar_batch_loads_numpy_arrays_and_refuses_any_other_callable(tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------- one driver at a time
-HOLD = "import sys, time; from ism import store\nwith store.driver_lock(sys.argv[1], 'sweep x'):\n    print('held', flush=True); time.sleep(600)\n"
+HOLD = "import sys, time; from ism.system import store\nwith store.driver_lock(sys.argv[1], 'sweep x'):\n    print('held', flush=True); time.sleep(600)\n"
 
 
 def test_a_second_driver_is_refused_naming_the_holder_and_a_killed_holder_frees_the_lock(tmp_path):
@@ -332,7 +333,8 @@ def test_a_second_driver_is_refused_naming_the_holder_and_a_killed_holder_frees_
         holder.wait()
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.e2e
 def test_two_ablate_drivers_started_at_once_one_runs_the_other_exits_2(tmp_path):
     import os
     import subprocess
@@ -369,7 +371,7 @@ def test_ui_on_a_busy_port_is_exit_2_and_starts_no_server(tmp_path, capsys):
 
 
 def _alive(procs: dict[int, int]) -> dict[int, int]:
-    from ism.procs import _stat
+    from ism.system.procs import _stat
     return {p: t for p, t in procs.items() if (s := _stat(p)) is not None and s[1] == t}
 
 
@@ -379,7 +381,7 @@ def _gone_after_kill9(proc, ready, what: str) -> None:
     import os
     import signal
     import time
-    from ism.procs import descendants
+    from ism.system.procs import descendants
     deadline = time.time() + 300
     kids: dict[int, int] = {}
     while not ready(kids):
@@ -407,7 +409,7 @@ def _names(kids) -> str:
                     for p in kids)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_mlflow_server_of_a_killed_ui_dies_with_it(tmp_path):
     import os
     import subprocess
@@ -428,7 +430,8 @@ def test_the_mlflow_server_of_a_killed_ui_dies_with_it(tmp_path):
     _gone_after_kill9(proc, answering, "ism ui")
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.e2e
 def test_a_local_ray_of_a_killed_ablate_driver_dies_with_it(tmp_path):
     import os
     import subprocess
@@ -452,7 +455,7 @@ REPORTS = Path(__file__).resolve().parent.parent / "reports"
 
 
 def test_committed_text_reports_hold_no_machine_path():
-    """Reports are portable: store URIs relative to the repo or without the machine's folders (ism.dburl.shown)."""
+    """Reports are portable: store URIs relative to the repo or without the machine's folders (ism.system.dburl.shown)."""
     found = [f"{p.relative_to(REPORTS)}: {m.group(0)}" for p in sorted(REPORTS.rglob("*"))
              if p.suffix in (".md", ".csv", ".tex") for m in ABSOLUTE.finditer(p.read_text())]
     assert not found, found[:10]
@@ -488,7 +491,7 @@ def test_reports_of_other_profiles_never_touch_the_tracked_index(tmp_path, monke
 
 def test_report_headers_show_store_uris_without_the_machine_path(tmp_path, monkeypatch):
     from ism.report.study_section import rerun_command  # noqa: F401 - the study report's header uses the same helper
-    from ism import dburl
+    from ism.system import dburl
     monkeypatch.chdir(tmp_path)
     assert dburl.shown(f"sqlite:///{tmp_path}/mlruns/mlflow.db") == "sqlite:///mlruns/mlflow.db"
     assert not ABSOLUTE.search(dburl.shown("sqlite:////elsewhere/store/study/optuna.db"))
@@ -496,9 +499,9 @@ def test_report_headers_show_store_uris_without_the_machine_path(tmp_path, monke
 
 
 def test_load_run_of_a_run_dir_skips_a_bad_newest_checkpoint(tmp_path, capsys):
-    from ism.config import resolve
-    from ism.run_state import load_run
-    from ism.train import train
+    from ism.conf.config import resolve
+    from ism.training.run_state import load_run
+    from ism.training.train import train
     cfg = resolve("smoke", [], [f"run.out_dir={tmp_path}", *FAST])
     train(cfg, tmp_path / "r")
     _spoil(store.checkpoint_path(tmp_path / "r", 8), "truncated")
@@ -522,3 +525,55 @@ def test_a_second_study_driver_on_a_local_ray_exits_2_naming_the_holder(tmp_path
     finally:
         holder.kill()
         holder.wait()
+
+
+class _SavedCopyHooks:
+    """A trial's hooks whose scheduler persisted a copy of the trial's last reported checkpoint (Ray's, here a folder)."""
+
+    def __init__(self, saved: Path):
+        self.saved = saved
+
+    def report(self, metrics):
+        pass
+
+    def report_checkpoint(self, metrics, path):
+        pass
+
+    def restore(self, run_dir):  # what RayHooks.restore does with Ray's copy
+        store.adopt_newer_checkpoint(run_dir, self.saved)
+
+    def node(self):
+        return "node", "127.0.0.1"
+
+
+def test_a_trial_whose_newest_checkpoint_is_bad_resumes_from_the_schedulers_intact_copy(tmp_path, capsys):
+    """The trial body (ism.ablation.trials) on a run dir whose only checkpoint, the newest, was spoiled, while the
+    scheduler holds an intact copy of it: the bad one is moved aside, the copy adopted, and the trial ends exactly where
+    an uninterrupted run ends, instead of failing on every retry."""
+    from ism import tracking
+    from ism.ablation.trials import ablation_trial
+    from ism.conf.config import resolve, to_dict
+    from ism.training.train import train
+    cfg = resolve("smoke", [], [f"run.out_dir={tmp_path}", *FAST])
+    ref = train(cfg, tmp_path / "ref")
+    run = tmp_path / "run"
+    train(cfg, run)
+    (run / store.SUMMARY).unlink()
+    saved = tmp_path / "ray-copy" / "checkpoints"
+    saved.mkdir(parents=True)
+    shutil.copy2(store.checkpoint_path(run, 8), saved / store.checkpoint_path(run, 8).name)
+    store.checkpoint_path(run, 4).unlink()  # the node lost it
+    _spoil(store.checkpoint_path(run, 8), "truncated")
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    c = tracking.client(uri)
+    exp, parent = tracking.start_parent(c, "ism/restore", "restore-smoke", {"ism.kind": "sweep"}, {"trials": 1}, {}, None)
+    rid = tracking.child_run(c, exp, parent, run, "t", {}, {})
+    payload = {"cfg": to_dict(cfg), "trial_dir": str(run), "tracking_uri": uri, "mlflow_run_id": rid,
+               "cache_root": str(tmp_path / "cache"), "storage": None}
+    ablation_trial(payload, _SavedCopyHooks(saved.parent))
+    got = _strict_json(run / store.SUMMARY)
+    assert got["resumed_from"] == 8 and got["final_loss"] == ref["final_loss"]
+    assert len(list((run / "checkpoints").glob("ckpt-00000008.pt.bad-*"))) == 1
+    assert c.get_run(rid).info.status == "FINISHED"
+    # without the copy the same trial would start over: the oracle that the copy, not luck, resumed it
+    assert store.adopt_newer_checkpoint(run, tmp_path / "nothing") is None

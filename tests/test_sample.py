@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from ism.config import ConfigError, resolve
+from ism.conf.config import ConfigError, resolve
 from ism.commands.sample import main as sample_main
-from ism.sample import fixed_labels, fixed_noise, sample
-from ism.train import train
+from ism.training.sample import fixed_labels, fixed_noise, sample
+from ism.training.train import train
 
 
 class Recorder(torch.nn.Module):
@@ -109,9 +109,9 @@ def test_sample_cli_writes_png_grids(tmp_path):
                                           ("intrinsic", (0.5, 2.0)), ("none", (1.5, 3.0))])
 def test_equal_guidance_effects_give_equal_samples_and_different_ones_differ(mode, scales):
     """guidance_effect is what lets evaluation reuse samples: checked against sample() itself on a real network."""
-    from ism.data import load_dataset
-    from ism.models import build_model
-    from ism.sample import guidance_effect
+    from ism.training.data import load_dataset
+    from ism.training.models import build_model
+    from ism.training.sample import guidance_effect
     cfg = resolve("toy2d", overrides={"guidance.mode": mode, "shortcut.max_steps_log2": 3, "eval.steps": [1, 4, 8],
                                       "eval.sweep_steps": [1, 8], "data.conditional": mode != "none"})
     data = load_dataset(cfg.data)
@@ -132,11 +132,11 @@ def test_equal_guidance_effects_give_equal_samples_and_different_ones_differ(mod
 def test_a_guidance_sweep_reuses_samples_it_already_drew_with_the_same_scores(tmp_path):
     """The sweep at the run's own guidance, and CFG scales below 2^K steps, reuse drawn samples: fewer forward
     passes, and every sweep score equals a fresh draw's."""
-    from ism import diagnostics as D
-    from ism import evaluate as EV
-    from ism.data import load_dataset
-    from ism.metric_keys import key
-    from ism.models import build_model
+    from ism.evaluation import diagnostics as D
+    from ism.evaluation import evaluate as EV
+    from ism.training.data import load_dataset
+    from ism.conf.metric_keys import key
+    from ism.training.models import build_model
     cfg = resolve("toy2d", overrides={"guidance.mode": "cfg_finest", "eval.cfg_scale": 1.5, "shortcut.max_steps_log2": 3,
                                       "eval.steps": [1, 2, 8], "eval.sweep_steps": [1, 8], "eval.num_samples": 64,
                                       "eval.guidance_sweep": [1.0, 1.5, 3.0], "eval.diagnostics": False})

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ism import dburl
+from ism.system import dburl
 from test_study import TOY, with_
 
 MARKER = "Mk7secretPw"
@@ -70,7 +70,8 @@ def _database_text(url: str) -> str:
         engine.dispose()
 
 
-@pytest.mark.slow
+@pytest.mark.db
+@pytest.mark.e2e
 def test_no_command_shows_or_stores_the_database_password(pg, tmp_path):
     ml = pg.url("secret_mlflow").replace("postgres@", f"postgres:{MARKER}@")  # trust auth: any password connects
     opt = pg.url("secret_optuna").replace("postgres@", f"postgres:{MARKER}@")

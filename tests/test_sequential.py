@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ism.sequential import Comparison, Rule, next_requests, paired_interval, simulate_false_decisions
+from ism.ablation.sequential import Comparison, Rule, next_requests, paired_interval, simulate_false_decisions
 
 REPS = 40000  # Monte-Carlo error of a 5 % rate: ~0.11 percentage points
 

@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from cluster import stop_session
-from ism import specs
+from ism.conf import specs
 from ism import study as S
 from ism.commands import study as study_cmd
-from ism.config import ConfigError, resolve
+from ism.conf.config import ConfigError, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -163,7 +163,7 @@ def test_ablation_variant_base(tmp_path):
 
 @pytest.mark.parametrize("name", ["wavelet", "sot", "ema", "guidance", "optim", "sm-guidance"])
 def test_shipped_specs_plan_on_every_profile(name):
-    from ism.profiles import PROFILES
+    from ism.conf.profiles import PROFILES
     spec = S.load_spec(ROOT / "studies" / f"{name}.yaml")
     for profile in PROFILES:
         p = S.plan(spec, profile)
@@ -337,7 +337,7 @@ def _check_study_report(out: Path, study: optuna.Study, spec_path: Path) -> str:
     for state, n in Counter(t.state.name for t in study.trials).items():
         assert f"| {state.lower()} | {n} |" in md
     assert f"| **all** | **{len(study.trials)}** |" in md and "Profile `smoke`: preset `toy2d`" in md
-    from ism.dburl import shown  # paths outside the working directory without the machine's folders (issue 23)
+    from ism.system.dburl import shown  # paths outside the working directory without the machine's folders (issue 23)
     assert f"`ism study {shown(spec_path)} --profile smoke" in md and f"--storage {shown(spec_path.parent / 'store')}`" in md
     assert f"`ism report {shown(spec_path)} --profile smoke`" in md and str(spec_path.parent) not in md
     best = study.best_trial
@@ -378,7 +378,7 @@ def test_study_report_is_rebuilt_from_storage(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray for the module's studies (run_study reuses an initialised Ray and leaves it running)."""
-    from ism import ray_adapter
+    from ism.ablation import ray_adapter
     with ray_adapter.ray_session(num_cpus=2):
         yield
 
@@ -514,3 +514,19 @@ def test_study_resumes_after_kill_without_lost_or_duplicated_trials(tmp_path, ra
     assert sorted(int(r.data.tags["ism.trial_number"]) for r in children) == [0, 1, 2]
     assert all(r.info.status == "FINISHED" for r in children)
     assert len(list((tmp_path / "store" / "studies" / "toyk" / "smoke" / "trials").iterdir())) == 3
+
+
+def test_optunas_info_lines_appear_only_with_verbose():
+    """'A new study created ...' is an INFO record of optuna.study.study: without --verbose ism drops it at the logger
+    (after import, since Optuna resets its level to INFO when it configures its handler), with it keeps it."""
+    import logging
+
+    import optuna  # noqa: F401
+
+    from ism.study.storage import quiet_optuna
+    where = logging.getLogger("optuna.study.study")
+    quiet_optuna(False)
+    assert not where.isEnabledFor(logging.INFO) and where.isEnabledFor(logging.WARNING)
+    quiet_optuna(True)
+    assert where.isEnabledFor(logging.INFO)
+    quiet_optuna(False)

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from ism.config import resolve
-from ism.objective import targets as T
-from ism.rng import generator
+from ism.conf.config import resolve
+from ism.training.objective import targets as T
+from ism.training.rng import generator
 
 NULL = 3
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from ism.config import ConfigError, replace, resolve
-from ism.objective import targets as T
-from ism.objective.timesteps import DENSITIES, density, draw_fm_t, grid_weights
-from ism.rng import generator
+from ism.conf.config import ConfigError, replace, resolve
+from ism.training.objective import targets as T
+from ism.training.objective.timesteps import DENSITIES, density, draw_fm_t, grid_weights
+from ism.training.rng import generator
 
 NULL = 3
 

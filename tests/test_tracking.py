@@ -241,7 +241,7 @@ def test_a_database_that_never_answers_is_refused_after_the_connect_timeout():
     the connect timeout libpq would wait forever; with it, a ConfigError naming the URI."""
     import socket
     import time
-    from ism import dburl
+    from ism.system import dburl
     from ism.errors import ConfigError
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -290,7 +290,7 @@ def _browser():
     return browser
 
 
-@pytest.mark.slow
+@pytest.mark.browser
 def test_experiment_page_shows_every_trials_fid_in_a_real_browser(store, tmp_path):
     """What ism's link opens, rendered by headless Chromium: the trials as rows, grouped by variant, with their FID at
     1, 4 and 128 steps, without a click; a trial's run page (from `ism ui --runs`) shows its FIDs too. With

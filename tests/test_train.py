@@ -4,14 +4,14 @@ import json
 import pytest
 import torch
 
-from ism import checkpoint as ckpt
-from ism import store
-from ism.config import ConfigError, replace, resolve
-from ism.objective import losses
-from ism.sample import fixed_labels, fixed_noise, sample
+from ism.training import checkpoint as ckpt
+from ism.system import store
+from ism.conf.config import ConfigError, replace, resolve
+from ism.training.objective import losses
+from ism.training.sample import fixed_labels, fixed_noise, sample
 from ism.commands.train import main as train_main
-from ism.run_state import load_run
-from ism.train import Diverged, train
+from ism.training.run_state import load_run
+from ism.training.train import Diverged, train
 
 FAST = ["run.progress=false", "eval.at_end=false"]
 
@@ -80,7 +80,7 @@ def test_finished_run_is_not_retrained(tmp_path):
 def test_a_run_stored_before_a_changed_default_is_never_reused(tmp_path):
     # Stored runs cycled their self-consistency levels; the default is now SM's layout. The old run must not be
     # found (nor adopted) under the new default, and must still be found when its old behaviour is asked for.
-    from ism import config as C
+    from ism.conf import config as C
     old_cfg = smoke(tmp_path, "shortcut.level_allocation=cycle")
     # what the code before the key computed: the same identity without the key
     before_the_key = C._hash({k: v for k, v in C.identity_dict(old_cfg).items() if k != "shortcut.level_allocation"})
@@ -107,7 +107,7 @@ def test_nan_loss_stops_with_diverged_and_keeps_last_good_checkpoint(tmp_path, m
         per_row, diag = real(pred, target, cfg, *rest)
         return (per_row * float("nan") if calls["n"] > 5 else per_row), diag
 
-    monkeypatch.setattr("ism.train.row_loss", poisoned)
+    monkeypatch.setattr("ism.training.train.row_loss", poisoned)
     cfg = smoke(tmp_path, "run.checkpoint_every=2")
     with pytest.raises(Diverged, match="diverged at step 5"):
         train(cfg, tmp_path / "run")
@@ -168,7 +168,7 @@ def class_energy_distance(x, y, ref_x, ref_y):
 def test_tiny_2d_run_improves_one_step_samples(tmp_path):
     cfg = resolve("toy2d", [], [f"run.out_dir={tmp_path}", *FAST, "run.steps=400", "run.checkpoint_every=400",
                                 "guidance.mode=intrinsic", "ema.twin=true"])
-    from ism.data import load_dataset
+    from ism.training.data import load_dataset
     data = load_dataset(cfg.data)
     ref_x, ref_y = data.test_x, data.test_y
     x0 = fixed_noise(2000, data.shape, 0)
@@ -207,8 +207,8 @@ def test_grad_clip_bounds_the_update(tmp_path):
         return max((ckpt.load(store.latest_checkpoint(run))["model"][k] - v).abs().max().item()
                    for k, v in initial.items() if v.is_floating_point())
 
-    from ism.data import load_dataset
-    from ism.run_state import State
+    from ism.training.data import load_dataset
+    from ism.training.run_state import State
     cfg0 = smoke(tmp_path)
     initial = State(cfg0, load_dataset(cfg0.data), torch.device("cpu")).model.state_dict()
     free, clipped = moved(), moved("optim.grad_clip=1e-12")
@@ -218,7 +218,7 @@ def test_grad_clip_bounds_the_update(tmp_path):
 
 @pytest.mark.parametrize("precision, dtype", [("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_precision_picks_the_autocast_dtype(tmp_path, precision, dtype):
-    from ism.run_state import resolve_device
+    from ism.training.run_state import resolve_device
     assert resolve_device(smoke(tmp_path, "run.device=cpu", f"run.precision={precision}")) == (torch.device("cpu"), dtype)
     assert resolve_device(smoke(tmp_path, "run.device=cpu", "run.precision=auto")) == (torch.device("cpu"), None)
 
@@ -240,8 +240,8 @@ def test_adopted_training_is_resumed_at_its_end_and_only_evaluated(tmp_path):
     """A config that differs only in evaluation settings shares the training: adopt_training links the final
     checkpoint and copies the stats, and train() then trains nothing."""
     import os
-    from ism.config import run_id, training_id
-    from ism.train import adopt_training
+    from ism.conf.config import run_id, training_id
+    from ism.training.train import adopt_training
     donor_cfg = smoke(tmp_path, "run.steps=4")
     other = replace(donor_cfg, **{"eval.w": 1.5})
     assert training_id(other) == training_id(donor_cfg) and run_id(other) != run_id(donor_cfg)

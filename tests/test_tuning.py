@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ism import ablate
-from ism import tuning as TU
-from ism.config import ConfigError
+from ism.ablation import plan as ablate
+from ism.ablation import tuning as TU
+from ism.conf.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,7 +95,8 @@ def test_the_record_of_a_non_default_profile_stays_out_of_the_checkout(tmp_path)
     assert TU.record_path(spec, "components", "smoke", tmp_path, "embedded") == tmp_path / "tuned" / "components.smoke.yaml"
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.e2e
 def test_ism_ablate_tunes_each_arm_then_sweeps_with_the_tuned_values_and_reuses_the_record(tmp_path):
     one_arm = {**TUNE, "arms": {"a": TUNE["arms"]["a"]}}
     spec = write(tmp_path / "tuned.yaml", tune=one_arm, seeds=[0], variants={

@@ -10,8 +10,8 @@ import pywt
 import torch
 import torch.nn.functional as F
 
-from ism.config import ConfigError, WaveletConfig
-from ism.objective.wavelet import dwt2, idwt2, max_levels, wavelet_loss
+from ism.conf.config import ConfigError, WaveletConfig
+from ism.training.objective.wavelet import dwt2, idwt2, max_levels, wavelet_loss
 
 torch.set_num_threads(1)
 
@@ -117,8 +117,8 @@ def test_per_band_diag_keys():
 @pytest.mark.parametrize("name,reduction,distance", [("haar", "band_mean", "l2"), ("db2", "band_mean", "l1"),
                                                       ("haar", "sum", "charbonnier"), ("db2", "sum", "l2")])
 def test_dense_operator_path_equals_convolutions_and_band_formula(monkeypatch, name, reduction, distance):
-    import ism.objective.wavelet as W
-    from ism.config import WaveletConfig
+    import ism.training.objective.wavelet as W
+    from ism.conf.config import WaveletConfig
     cfg = WaveletConfig(enabled=True, wavelet=name, reduction=reduction, distance=distance,
                         level_weights=(1.0, 0.5, 2.0) if name == "haar" else (), ll_weight=0.7, mse_weight=0.1)
     g = torch.Generator().manual_seed(0)
@@ -162,7 +162,7 @@ def _unit_band_error(h: int, w: int, levels: int, band: tuple[int, int]) -> torc
 
 
 def _preset_wavelet(name: str) -> WaveletConfig:
-    from ism.config import from_dict, preset_delta
+    from ism.conf.config import from_dict, preset_delta
     return replace(from_dict(preset_delta(name)).wavelet, enabled=True)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import shlex
 import sys
@@ -9,14 +10,15 @@ from pathlib import Path
 
 from typing import Mapping
 
-from ism import budget as B
-from ism import store
-from ism.ablate import Plan, finished_trials, load_spec, plan, reused_training
-from ism.commands import env
+from ism.ablation import budget as B
+from ism.system import store
+from ism.ablation.plan import Plan, finished_trials, load_spec, plan, reused_training
+from ism.commands import env, options
 from ism.commands.listing import flags, fmt_resources, fmt_s, fmt_v, ui_hint
-from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, cost_warning, estimate_parts, measured_scale
+from ism.conf.profiles import DEFAULT_PROFILE, PROFILES, concurrency, cost_warning, estimate_parts
+from ism.ablation.progress import measured_scale
 from ism.errors import ConfigError
-from ism.specs import SpecKindError
+from ism.conf.specs import SpecKindError
 
 
 def csv(kind):
@@ -81,36 +83,57 @@ def inline_spec(args: argparse.Namespace, argv: list[str]) -> Path:
     return vary.write_spec(path, text, lambda p: plan(load_spec(p), args.profile, args.variants, None))
 
 
-def apply_budget(p: Plan, budget: B.Budget, looks: list[B.Look], rule: B.Rule, replan, where: str) -> tuple[Plan, str]:
-    """The plan cut to the seeds every config can have within the budget (whole looks of the rule), and the note that
-    says so (recorded on the parent run, shown in the report); a ConfigError when not even the first look fits.
-    replan(seeds) -> Plan: the same spec, profile and variants with those seeds."""
-    n = B.affordable([lk for lk in looks if lk.seeds <= len(p.seeds)], budget)
-    if n == 0:
-        raise B.ConfigError(f"{where}: {budget.describe()} does not cover the first {rule.looks[0]} seeds of every "
-                            f"config (~{looks[0].total_wall_s / 60:.0f} min wall, {looks[0].total_trials} trials)")
-    keep = sorted(p.seeds)[:looks[n - 1].seeds]
-    left = sorted(set(p.seeds) - set(keep))
-    note = (f"budget {budget.describe()}: seeds {keep} of {list(p.seeds)} for every config ("
-            f"~{looks[n - 1].total_wall_s / 60:.0f} min wall estimated); left undone: "
-            + (f"seeds {left}" if left else "nothing"))
-    if left:
-        p = dataclasses.replace(replan(keep), max_failures=p.max_failures)
-    return dataclasses.replace(p, notes=p.notes + (note,)), note
+@dataclasses.dataclass
+class Job:
+    """One spec of an `ism ablate` run, validated before any work: its plan, and its tuning state when it tunes."""
+    path: str
+    spec: object
+    plan: Plan
+    tune: object = None
+    arms: list = dataclasses.field(default_factory=list)
+    record_path: Path | None = None
+
+    @property
+    def tuning_first(self) -> bool:
+        return bool(self.tune) and not all(a.current for a in self.arms)
+
+
+def prepare(path: str, args: argparse.Namespace, storage: Path) -> Job:
+    """Load, tune-check and plan one spec (ConfigErrors here come before any work)."""
+    try:
+        spec = load_spec(path)
+    except SpecKindError as e:  # a study spec: the hint keeps what ablate and study share
+        raise e.with_flags(flags(profile=args.profile, storage=args.storage, tracking_uri=args.tracking_uri)) from None
+    tune, arms, record_path, tuning = spec.tune(args.profile), [], None, {}
+    if tune:
+        from ism.ablation import tuning as TU
+        from ism.study import tune as ST  # Optuna loads only for specs that tune
+        from ism.study.storage import quiet_optuna
+        quiet_optuna(args.verbose)
+        record_path = TU.record_path(spec.path, spec.name, args.profile, storage, DEFAULT_PROFILE)
+        arms = ST.status(spec, tune, args.profile, TU.read_record(record_path), args.retune)
+        tuning = {a.arm.variant: a.entry for a in arms if a.current}
+    p = plan(spec, args.profile, args.variants, args.seeds, tuning)
+    if args.max_failures is not None:
+        if args.max_failures < 0:
+            raise ConfigError(f"--max-failures: expected an integer >= 0 (retries per trial), got {args.max_failures}")
+        p = dataclasses.replace(p, max_failures=args.max_failures)
+    return Job(path, spec, p, tune, arms, record_path)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`ism ablate`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
-    ap = argparse.ArgumentParser(prog="ism ablate", description="Run an ablation spec as Ray Tune trials tracked in MLflow. "
-                                 "Rerunning the same command resumes an interrupted sweep.")
-    ap.add_argument("spec", nargs="?", help="ablation spec, e.g. ablations/components.yaml (or --vary instead)")
-    ap.add_argument("--profile", default=env.profile(),
-                    help=f"one of {', '.join(PROFILES)} (default {DEFAULT_PROFILE}; env PROFILE)")
+    ap = argparse.ArgumentParser(prog="ism ablate", description="Run ablation specs as Ray Tune trials tracked in MLflow. "
+                                 "Rerunning the same command resumes. With a budget, seeds are added adaptively "
+                                 "and one budget covers every spec given, in order.")
+    ap.add_argument("spec", nargs="*", help="ablation spec(s), e.g. ablations/components.yaml (or --vary instead); "
+                    "several specs run in the given order under one budget and one Ray session")
+    options.profile(ap)
     ap.add_argument("--dry-run", action="store_true", help="list the trials, their config diff, resources and cost; run nothing")
     ap.add_argument("--variants", type=csv(str), default=None, help="comma-separated subset of variants")
     ap.add_argument("--seeds", type=csv(int), default=None, help="comma-separated seeds (overrides the spec)")
-    ap.add_argument("--storage", default=None, help="root of trial run dirs and Ray results (default runs/ablate; env ISM_STORAGE)")
-    ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
+    options.storage(ap, "runs/ablate", "root of trial run dirs and Ray results")
+    options.tracking_uri(ap)
     ap.add_argument("--max-failures", type=int, default=None, help="retries per trial (default from the spec)")
     ap.add_argument("--vary", action="append", metavar="KEY=A,B,...", help="inline sweep instead of a spec: one variant "
                     "per value (several --vary are crossed); the generated spec is written beside its report, "
@@ -119,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                     "profile's preset)")
     ap.add_argument("--name", default=None, help="inline sweep: its name (default [<base>-]vary-<keys>)")
     ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")
-    ap.add_argument("--budget", default=None, help=f"what the sweep may spend: {B.FORMS} (default: the spec's "
-                    "budget: key; none = every listed seed); the dry run shows what it buys")
+    ap.add_argument("--budget", default=None, help=f"what the run may spend: {B.FORMS} (default: the spec's "
+                    "budget: key; none = every listed seed). With a budget, seeds come in rounds at the adaptive rule's "
+                    "looks, to the comparisons still undecided; the dry run shows what it buys")
     ap.add_argument("--tune-only", action="store_true", help="run the spec's tuning (missing or stale arms) and write "
                     "its record, then stop before the sweep")
     ap.add_argument("--retune", action="store_true", help="re-derive every arm's tuned values from its tuning study "
@@ -128,92 +152,135 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     env.quiet_libraries(args.verbose)
     if args.vary:
-        args.spec = str(inline_spec(args, argv or []))
+        args.spec = [str(inline_spec(args, argv or []))]
     elif args.base or args.name or not args.spec:
         raise ConfigError("give an ablation spec (e.g. ablations/components.yaml), or an inline sweep: --vary KEY=A,B "
                           "[--vary KEY2=C,D] [--base PRESET] [--seeds 0,1] [--name NAME]")
-    try:
-        spec = load_spec(args.spec)
-    except SpecKindError as e:  # a study spec: the hint keeps what ablate and study share
-        raise e.with_flags(flags(profile=args.profile, storage=args.storage, tracking_uri=args.tracking_uri)) from None
     storage = env.storage(args.storage, "runs/ablate")
     env.ui_port()  # a bad ISM_UI_PORT is an error now, not after the sweep
-    tune, tuning = spec.tune(args.profile), {}
-    if tune:
-        from ism import tuning as TU
-        from ism.profiles import DEFAULT_PROFILE as DEFAULT
-        from ism.study import tune as ST  # Optuna loads only for specs that tune
-        from ism.study.storage import storage_url
-        record_path = TU.record_path(spec.path, spec.name, args.profile, storage, DEFAULT)
-        arms = ST.status(spec, tune, args.profile, TU.read_record(record_path), args.retune)
-        tuning = {a.arm.variant: a.entry for a in arms if a.current}
-    budget_text = args.budget or spec.budget_for(args.profile)
-    budget = B.parse(budget_text, "--budget" if args.budget else f"{args.spec}: budget") if budget_text else None
-    p = plan(spec, args.profile, args.variants, args.seeds, tuning)
-    if args.max_failures is not None:
-        if args.max_failures < 0:
-            raise ConfigError(f"--max-failures: expected an integer >= 0 (retries per trial), got {args.max_failures}")
-        p = dataclasses.replace(p, max_failures=args.max_failures)
+    jobs = [prepare(path, args, storage) for path in args.spec]
+    first = jobs[0]
+    budget_text = args.budget or (first.spec.budget_for(args.profile) if len(jobs) == 1 else None)
+    where = "--budget" if args.budget else f"{first.path}: budget"
+    budget = B.parse(budget_text, where) if budget_text else None
     rule = B.Rule()
+    scale = (measured_scale(storage, args.profile) or (1.0, 0))[0]
 
-    def budgeted(p: Plan, record, say: bool = True) -> Plan:
-        """The plan cut to what the budget buys (tuning trials are not charged: they run once per profile)."""
-        if budget is None:
-            return p
-        looks = B.looks(p.trials, p.profile, p.resources, rule, finished_trials(p, storage), reused_training(p, storage))
-        p, note = apply_budget(p, budget, looks, rule, lambda seeds: plan(spec, args.profile, args.variants, seeds, record),
-                               "--budget" if args.budget else f"{args.spec}: budget")
-        if say:
-            print(note, file=sys.stderr)
-        return p
+    def looks(j: Job) -> list[B.Look]:
+        p = j.plan
+        return B.looks(p.trials, p.profile, p.resources, rule, finished_trials(p, storage), reused_training(p, storage))
 
     if args.dry_run:
-        if tune:
-            print(ST.describe(tune, arms, record_path) + "\n")
-        done, reused = finished_trials(p, storage), reused_training(p, storage)
-        print(describe_plan(p, done, reused, measured_scale(storage, p.profile)))
-        if budget is not None:
-            looks = B.looks(p.trials, p.profile, p.resources, rule, done, reused)
-            print("\n" + B.describe(looks, budget, rule, len(p.seeds)))
+        for j in jobs:
+            if j.tune:
+                from ism.study import tune as ST
+                print(ST.describe(j.tune, j.arms, j.record_path) + "\n")
+            done, reused = finished_trials(j.plan, storage), reused_training(j.plan, storage)
+            print(describe_plan(j.plan, done, reused, measured_scale(storage, j.plan.profile)))
+            if budget is not None:
+                print("\n" + B.describe(looks(j), budget, rule, len(j.plan.seeds), partial=len(jobs) > 1) + "\n")
+        if budget is not None and len(jobs) > 1:
+            print(f"one budget for the {len(jobs)} specs, spent in the order given: {budget.describe()}; a spec it "
+                  "does not reach is reported as not run")
         return 0
-    tuning_first = bool(tune) and not all(a.current for a in arms)
-    budgeted(p, tuning, say=False)  # a budget that buys nothing fails before any work (and before the tuning)
-    if not tuning_first:
-        p = budgeted(p, tuning)
+    if budget is not None and len(jobs) == 1 and \
+            B.affordable([lk for lk in looks(first) if lk.seeds <= len(first.plan.seeds)], budget) == 0:
+        lk = looks(first)[0]  # one spec: a budget that buys nothing fails before any work (and before the tuning)
+        raise ConfigError(f"{where}: {budget.describe()} does not cover the first {rule.looks[0]} seeds of every "
+                          f"config (~{lk.total_wall_s / 60:.0f} min wall, {lk.total_trials} trials)")
     store.check_writable(storage, "--storage (ISM_STORAGE)")
     store.check_writable(env.eval_cache_root(), "ISM_CACHE")
-    from ism.sweep import run_sweep  # Ray, MLflow and the trial code load only when a sweep runs
+    if args.tune_only:
+        return _tune_only(jobs, args, storage)
+    from ism.ablation import ray_adapter
+    from ism.ablation.adaptive import Clock
     uri = env.tracking_uri(args.tracking_uri)
-    if tune and not tuning_first:
-        print(f"[{spec.name}/{args.profile}] tuning: every arm reuses its recorded values ({record_path})",
-              file=sys.stderr)
-    if args.tune_only and not tuning_first:
-        print("ism ablate: " + (f"every arm's record is current ({record_path})" if tune else
-                                f"{args.spec} has no tune: block"), file=sys.stderr)
-        return 0
-    if tuning_first:
-        from ism import ray_adapter
-        root = storage / "tune"
-        # One Ray session for the arms' studies and the sweep: each start costs tens of seconds on 2 cores.
-        with ray_adapter.ray_session(num_cpus=PROFILES[p.profile].cpus or None):
-            rc, record = ST.ensure_tuned(spec, tune, args.profile, record_path, storage_url(env.optuna_url(None), root),
-                                         root, uri, env.eval_cache_root(), args.retune,
-                                         say=lambda m: print(f"[{spec.name}/{args.profile}] {m}", file=sys.stderr))
-            if rc != 0:
-                print(f"ism ablate: tuning stopped (status {rc}); rerun the same command to resume it", file=sys.stderr)
-                return rc
-            if args.tune_only:
-                print(f"ism ablate: tuned values recorded in {record_path}", file=sys.stderr)
-                return 0
-            p = plan(spec, args.profile, args.variants, args.seeds, record)
-            if args.max_failures is not None:
-                p = dataclasses.replace(p, max_failures=args.max_failures)
-            rc = run_sweep(budgeted(p, record), storage, uri, env.eval_cache_root(), crash=env.crash_target())
-    else:
-        rc = run_sweep(p, storage, uri, env.eval_cache_root(), crash=env.crash_target())
-    if rc != 130:  # interrupted: run_sweep said to rerun
+    clock = Clock(budget)
+    work = budget is not None or any(j.tuning_first or finished_trials(j.plan, storage) != {t.run_id for t in j.plan.trials}
+                                     for j in jobs)
+    status = 0
+    with contextlib.ExitStack() as stack:
+        if work:  # one Ray session for every spec, round and tuning study: each start costs tens of seconds here
+            stack.enter_context(ray_adapter.ray_session(num_cpus=PROFILES[args.profile].cpus or None))
+        for j in jobs:
+            rc = _run_job(j, args, storage, uri, clock, rule, scale)
+            status = rc if rc == 130 else max(status, rc)
+            if rc == 130:
+                break
+    if status != 130:
         from ism.report import default_out
-        print(f"next:\n  report:  ism report {args.spec}{flags(profile=p.profile, tracking_uri=args.tracking_uri)}   "
-              f"(-> {default_out(p.spec.name, p.profile)}/report.md and .pdf)\n"
-              + ui_hint(uri, f"ism/{p.spec.name}", env.ui_port(), args.tracking_uri), file=sys.stderr)
-    return rc
+        for j in jobs:
+            p = j.plan
+            print(f"next:\n  report:  ism report {j.path}{flags(profile=p.profile, tracking_uri=args.tracking_uri)}   "
+                  f"(-> {default_out(p.spec.name, p.profile)}/report.md and .pdf)", file=sys.stderr)
+        print(ui_hint(uri, f"ism/{first.plan.spec.name}", env.ui_port(), args.tracking_uri), file=sys.stderr)
+    return status
+
+
+def _tune_only(jobs: list[Job], args: argparse.Namespace, storage: Path) -> int:
+    """--tune-only: run each spec's missing or stale tuning arms and write the records; no sweep."""
+    status = 0
+    for j in jobs:
+        if not j.tuning_first:
+            print("ism ablate: " + (f"every arm's record is current ({j.record_path})" if j.tune else
+                                    f"{j.path} has no tune: block"), file=sys.stderr)
+            continue
+        from ism.ablation import ray_adapter
+        with ray_adapter.ray_session(num_cpus=PROFILES[args.profile].cpus or None):
+            rc = _tune(j, args, storage, env.tracking_uri(args.tracking_uri))
+        if rc != 0:
+            return rc
+        print(f"ism ablate: tuned values recorded in {j.record_path}", file=sys.stderr)
+    return status
+
+
+def _tune(j: Job, args: argparse.Namespace, storage: Path, uri: str) -> int:
+    """Tune the spec's missing or stale arms (in the running Ray session) and re-plan with the record."""
+    from ism.study import tune as ST
+    from ism.study.storage import storage_url
+    root = storage / "tune"
+    spec = j.spec
+    rc, record = ST.ensure_tuned(spec, j.tune, args.profile, j.record_path, storage_url(env.optuna_url(None), root),
+                                 root, uri, env.eval_cache_root(), args.retune,
+                                 say=lambda m: print(f"[{spec.name}/{args.profile}] {m}", file=sys.stderr))
+    if rc != 0:
+        print(f"ism ablate: tuning stopped (status {rc}); rerun the same command to resume it", file=sys.stderr)
+        return rc
+    p = plan(spec, args.profile, args.variants, args.seeds, record)
+    if args.max_failures is not None:
+        p = dataclasses.replace(p, max_failures=args.max_failures)
+    j.plan = p
+    return 0
+
+
+def _run_job(j: Job, args: argparse.Namespace, storage: Path, uri: str, clock, rule: B.Rule, scale: float) -> int:
+    """One spec: its tuning when missing or stale (not charged to the budget: it runs once per profile), then the sweep,
+    adaptive under a budget (ism.ablation.adaptive), every listed seed without one."""
+    from ism.ablation import adaptive
+    from ism.ablation.driver import record_plan, run_sweep
+    name = f"[{j.plan.spec.name}/{j.plan.profile}]"
+    if j.tuning_first and clock.budget is not None and clock.left() <= 0:
+        print(f"{name} tuning skipped: the budget is spent (the spec is reported as not run)", file=sys.stderr)
+    elif j.tuning_first:
+        rc = _tune(j, args, storage, uri)
+        if rc != 0:
+            return rc
+    elif j.tune:
+        print(f"{name} tuning: every arm reuses its recorded values ({j.record_path})", file=sys.stderr)
+    sweep = lambda p: run_sweep(p, storage, uri, env.eval_cache_root(), crash=env.crash_target())  # noqa: E731
+    if clock.budget is None:
+        return sweep(j.plan)
+    print(f"{name} adaptive seeds under {clock.budget.describe()} ({_left(clock)} left): {rule.describe()}",
+          file=sys.stderr)
+    rescale = lambda: (measured_scale(storage, j.plan.profile) or (scale, 0))[0]  # noqa: E731  (trials just timed)
+    out = adaptive.run(j.plan, storage, clock, sweep, rule, rescale, say=lambda m: print(f"{name} {m}", file=sys.stderr),
+                       record=lambda p: record_plan(p, storage, uri))
+    print(f"{name} adaptive seeds stopped: {out.stopped}; {len(out.rounds)} round(s)", file=sys.stderr)
+    return out.rc
+
+
+def _left(clock) -> str:
+    left = clock.left()
+    if clock.budget.kind == "trials":
+        return f"{max(0, left):.0f} trials"
+    return f"{max(0.0, left) / 60:.0f} min" + (" CPU" if clock.budget.kind == "cpu_s" else "")

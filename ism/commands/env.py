@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 
 from ism.errors import ConfigError
-from ism.profiles import DEFAULT_PROFILE
-from ism.store import storage_root
+from ism.conf.profiles import DEFAULT_PROFILE
+from ism.system.store import storage_root
 
 CRASH_ENV = "ISM_INJECT_CRASH"
 
@@ -39,7 +39,8 @@ def storage(flag: str | None, default: str) -> Path:
 
 # Library lines that say nothing a user of ism needs (ism prints what happened in its own words); --verbose keeps them.
 # Ray 2.60 warns on every local start that it turned token authentication on (it stays on: the local Ray is ours).
-QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
+QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup",
+                 "ray.tune.analysis.experiment_analysis")  # "Failed to fetch metrics" of trials interrupted or skipped
 QUIET_ENV = (("MLFLOW_LOGGING_LEVEL", "WARNING"),                  # "Creating initial MLflow database tables", ...
              ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"))    # tqdm's "Downloading artifacts" bars
 

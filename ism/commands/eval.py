@@ -7,12 +7,12 @@ import math
 import sys
 
 from ism.commands.env import data_cache_root, eval_cache_root
-from ism.config import ConfigError, replace, step_level
-from ism.schema import EvalConfig
-from ism.store import run_dir_of
+from ism.conf.config import ConfigError, replace, step_level
+from ism.conf.schema import EvalConfig
+from ism.system.store import run_dir_of
 
 
-# The schema's choices, the same names as ism.extractors.EXTRACTORS, read without importing torch.
+# The schema's choices, the same names as ism.training.extractors.EXTRACTORS, read without importing torch.
 EXTRACTORS = next(f.metadata["choices"] for f in dataclasses.fields(EvalConfig) if f.name == "extractor")
 
 
@@ -37,7 +37,7 @@ def _float_list(text: str, what: str) -> list[float]:
 
 def overrides(args: argparse.Namespace, cfg) -> dict:
     """The eval.* keys the options change for this run; --guidance sets the key of the run's guidance mode."""
-    from ism.sample import guidance_key
+    from ism.training.sample import guidance_key
     over: dict = {}
     if args.steps is not None:
         steps = _int_list(args.steps, "--steps")
@@ -80,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     # torch and torch-fidelity (seconds to import) loads only once the command runs, so --help answers at once.
     import torch
 
-    from ism.evaluate import check_available, evaluate_run
-    from ism.run_state import load_run
+    from ism.evaluation.evaluate import check_available, evaluate_run
+    from ism.training.run_state import load_run
     cfg, nets, data, step = load_run(args.run, data_cache=data_cache_root())
     over = overrides(args, cfg)
     cfg = replace(cfg, **over) if over else cfg
     check_available(cfg)
     if cfg.run.threads:
-        from ism import machine  # torch and BLAS threads together
+        from ism.system import machine  # torch and BLAS threads together
         machine.set_threads(cfg.run.threads)
     run_dir = run_dir_of(args.run)
     rows, metrics = evaluate_run(nets, cfg, data, step, run_dir, eval_cache_root())

@@ -25,7 +25,7 @@ def fmt_v(v: Any) -> str:
 def flags(**given: str | int | None) -> str:
     """' --profile smoke --tracking-uri URI' for the options a command was given (None left out), so that a hint
     it prints reaches the same store and sweep when copied; database passwords are masked."""
-    from ism.dburl import masked
+    from ism.system.dburl import masked
     return "".join(f" --{k.replace('_', '-')} {shlex.quote(masked(str(v)) if '@' in str(v) else str(v))}"
                    for k, v in given.items() if v is not None)
 

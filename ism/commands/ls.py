@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from ism.commands import env
-from ism.dburl import masked
+from ism.commands import env, options
+from ism.system.dburl import masked
 
 
 def _counts(by: dict[str, int], order: tuple[str, ...]) -> str:
@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     """`ism ls`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
     ap = argparse.ArgumentParser(prog="ism ls", description="The sweeps (MLflow) and studies (Optuna) in the store, "
                                  "with their state and trial counts.")
-    ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
-    ap.add_argument("--storage", default=None, help="root of the study storage (default runs/study; env ISM_STORAGE)")
+    options.tracking_uri(ap)
+    options.storage(ap, "runs/study", "root of the study storage")
     ap.add_argument("--optuna-storage", default=None, help="Optuna RDB URL (default $OPTUNA_STORAGE or sqlite "
                     "<storage>/optuna.db)")
     ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ism.commands import env
-from ism.config import read_yaml
-from ism.profiles import DEFAULT_PROFILE
+from ism.commands import env, options
+from ism.conf.config import read_yaml
+from ism.conf.profiles import DEFAULT_PROFILE
 from ism.commands.listing import update_index
 
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "study spec (studies/X.yaml), the study's report read from its Optuna storage.")
     ap.add_argument("target", help="spec file (ablations/components.yaml or studies/wavelet.yaml), spec name, or "
                     "experiment (ism/components)")
-    ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
+    options.tracking_uri(ap)
     ap.add_argument("--out", default=None, help="output folder (default reports/<spec> for an embedded sweep, "
                     "reports/<spec>-<profile> for another; studies: reports/studies/<name>/ on the embedded profile, "
                     "reports/studies/<name>-<profile>/ on another)")
@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                     "studies: the study of this profile (default embedded)")
     ap.add_argument("--sweep", default=None, help="a specific sweep: its parent MLflow run id or ism.sweep_id")
     ap.add_argument("--no-log", action="store_true", help="do not log the report as artifacts of the sweep's parent run")
-    ap.add_argument("--storage", default=None, help="study specs (studies/X.yaml): root of the study storage "
-                    "(default runs/study; env ISM_STORAGE)")
+    options.storage(ap, "runs/study", "study specs (studies/X.yaml): root of the study storage")
     ap.add_argument("--optuna-storage", default=None, help="study specs: Optuna RDB URL (default $OPTUNA_STORAGE or "
                     "sqlite <storage>/optuna.db)")
     ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")

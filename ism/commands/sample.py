@@ -6,9 +6,9 @@ import sys
 import time
 from pathlib import Path
 
-from ism.config import ConfigError, step_level
+from ism.conf.config import ConfigError, step_level
 from ism.commands.env import data_cache_root
-from ism.store import run_dir_of
+from ism.system.store import run_dir_of
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     # torch (seconds to import) loads only once the command runs, so --help answers at once.
     import torch
 
-    from ism.run_state import load_run
-    from ism.sample import fixed_noise, sample, save_grid
+    from ism.training.run_state import load_run
+    from ism.training.sample import fixed_noise, sample, save_grid
     cfg, nets, data, step = load_run(args.run, data_cache=data_cache_root())
     steps = [int(s) for s in args.steps.split(",") if s.strip()]
     for s in steps:

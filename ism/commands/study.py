@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ism.commands import env
+from ism.commands import env, options
 from ism.commands.listing import flags, fmt_s, fmt_v, ui_hint, update_index
-from ism.dburl import masked
-from ism import store
-from ism.config import IDENTITY_KEYS, ConfigError, diff, from_dict, preset_delta, run_id
-from ism.profiles import DEFAULT_PROFILE, PROFILES, concurrency, cost_warning, estimate_s
-from ism.specs import SpecKindError
+from ism.system.dburl import masked
+from ism.system import store
+from ism.conf.config import IDENTITY_KEYS, ConfigError, diff, from_dict, preset_delta, run_id
+from ism.conf.profiles import concurrency, cost_warning, estimate_s
+from ism.conf.specs import SpecKindError
 
 if TYPE_CHECKING:
     from ism.study.plan import StudyPlan
@@ -63,21 +63,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ism study", description="Run an Optuna study as Ray Tune trials tracked in MLflow. "
                                  "Rerunning the same command continues an interrupted study.")
     ap.add_argument("spec", help="study spec, e.g. studies/wavelet.yaml")
-    ap.add_argument("--profile", default=env.profile(),
-                    help=f"one of {', '.join(PROFILES)} (default {DEFAULT_PROFILE}; env PROFILE)")
+    options.profile(ap)
     ap.add_argument("--n-trials", type=int, default=None, help="trial budget (finished trials in all), overrides the spec")
     ap.add_argument("--dry-run", action="store_true", help="show the base, space, objective, study state and cost; run nothing")
     ap.add_argument("--export-best", action="store_true", help="write the best trial as a delta config YAML and exit")
     ap.add_argument("--out", default=None, help="path for --export-best (default <storage>/best/<name>-<profile>.yaml)")
-    ap.add_argument("--storage", default=None, help="root of trial dirs and Ray results (default runs/study; env ISM_STORAGE)")
+    options.storage(ap, "runs/study", "root of trial dirs and Ray results")
     ap.add_argument("--optuna-storage", default=None, help="Optuna RDB URL (default $OPTUNA_STORAGE or sqlite <storage>/optuna.db)")
-    ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite under mlruns/)")
+    options.tracking_uri(ap)
     ap.add_argument("--report-out", default=None, help="folder of the study report written when the study finishes "
                     "(default reports/studies/<name>/ on the embedded profile, reports/studies/<name>-<profile>/ otherwise)")
     ap.add_argument("--no-report", action="store_true", help="do not write the study report")
     ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")
     args = ap.parse_args(argv)
     env.quiet_libraries(args.verbose)
+    from ism.study.storage import quiet_optuna
+    quiet_optuna(args.verbose)
     if args.n_trials is not None and args.n_trials < 1:
         raise ConfigError(f"--n-trials: expected an integer >= 1, got {args.n_trials}")
     # Optuna, MLflow and pandas (seconds to import) load only once the command runs, so --help answers at once.

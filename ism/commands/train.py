@@ -6,10 +6,10 @@ import math
 import sys
 from pathlib import Path
 
-from ism import metric_keys
+from ism.conf import metric_keys
 from ism.commands.env import eval_cache_root
-from ism.config import DEFAULT_PRESET, PRESETS, Config, dump_yaml, resolve, run_id
-from ism.store import SUMMARY, list_checkpoints, read_json
+from ism.conf.config import DEFAULT_PRESET, PRESETS, Config, dump_yaml, resolve, run_id
+from ism.system.store import SUMMARY, list_checkpoints, read_json
 
 
 def add_config_args(ap: argparse.ArgumentParser) -> None:
@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         print(summary_text(summary, run_dir))
         return exit_status(summary, cfg)
     # torch and torch-fidelity (seconds to import) load only once a run starts, so `ism train --help` is instant.
-    from ism.evaluate import make_evaluator
-    from ism.train import Diverged, train
+    from ism.evaluation.evaluate import make_evaluator
+    from ism.training.train import Diverged, train
     # Evaluations during training (eval.every_steps) need the evaluator as much as the one at the end.
     wants_eval = cfg.eval.at_end or cfg.eval.every_steps > 0
     evaluator = make_evaluator(cfg, eval_cache_root()) if wants_eval and not args.no_eval else None
@@ -72,8 +72,8 @@ def exit_status(summary: dict, cfg: Config) -> int:
 
 def cost_line(cfg: Config) -> str:
     """The dry run's cost: training and evaluation at the rates of the CPU (embedded) or a GPU profile, with the
-    warning of ism.profiles.cost_warning beyond a sane bound."""
-    from ism.profiles import cost_warning, estimate_s
+    warning of ism.conf.profiles.cost_warning beyond a sane bound."""
+    from ism.conf.profiles import cost_warning, estimate_s
     gpu = cfg.run.device.startswith("cuda")
     s = estimate_s(cfg, "gpu-cifar10" if gpu else "embedded")
     unit = "GPU" if gpu else "CPU"

@@ -10,10 +10,10 @@ import sys
 import time
 import urllib.request
 
-from ism import procs
-from ism.commands import env
+from ism.system import procs
+from ism.commands import env, options
 from ism.errors import ConfigError
-from ism.dburl import masked
+from ism.system.dburl import masked
 
 
 def _answers(url: str, wait_s: float, proc: subprocess.Popen) -> bool:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "Ctrl-C or SIGTERM stops the server and all its workers.")
     ap.add_argument("--port", type=env.port, default=env.ui_port(),
                     help="port on 127.0.0.1 (default $ISM_UI_PORT, else 5000)")
-    ap.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlruns/mlflow.db")
+    options.tracking_uri(ap)
     ap.add_argument("--runs", action="store_true", help="also list each trial: variant, seed, FID and its run page")
     ap.add_argument("-v", "--verbose", action="store_true", help="keep the log lines of MLflow, Ray and Optuna")
     args = ap.parse_args(argv)

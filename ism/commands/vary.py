@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from ism.errors import ConfigError
-from ism.store import atomic_write
+from ism.system.store import atomic_write
 
 
 def parse_vary(item: str) -> tuple[str, list[Any]]:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ism import dburl, store, tracking
-from ism.profiles import DEFAULT_PROFILE
+from ism.system import dburl, store
+from ism import tracking
+from ism.conf.profiles import DEFAULT_PROFILE
 from ism.report import compounding as C
 from ism.report import fairness as FR
 from ism.report import figures as F
@@ -47,6 +48,11 @@ def _summary(sw: L.Sweep, metric: str) -> list[str]:
     n_done = sw.finished()["mlflow_id"].nunique()
     n_plan = len(sw.plan.get("trials", [])) or sw.trials["mlflow_id"].nunique()
     lines = FR.headline(sw, metric)  # the comparison first; the best variant after
+    if n_done == 0 and SQ.exhausted(sw):
+        lines.append(f"**Not run: the budget ({(sw.plan.get('adaptive') or {}).get('budget')}) was spent before this "
+                     "spec's turn** (`make ablation-all` spends one budget over the specs in order; rerun with a "
+                     "larger BUDGET to add it: finished trials are kept). Earlier reports of this spec, made under "
+                     "earlier defaults, are in the repository's history (`git log -- reports/" + sw.spec + "`).")
     lines += [f"**{n_done} of {n_plan} trials finished** ({len(sw.variants)} variants × seeds {sw.seeds}); "
               f"baseline: `{sw.baseline}`."]
     steps = sw.steps_of(metric)
@@ -109,7 +115,7 @@ def build_report(target: str, tracking_uri: str | None = None, out: str | Path |
                   config_diff_table(sw), missing_table(sw), C.compounding_table(sw), transfer_table(sw, m1),
                   step_time_table(sw, m1), *group_tables(sw, m1), FR.tuning_table(sw),
                   FR.selected_table(sw, m1),
-                  SQ.sequential_table(sw, m1), SQ.machine_table(sw)):
+                  SQ.sequential_table(sw, m1, budget_left=not SQ.exhausted(sw)), SQ.machine_table(sw)):
             if t is not None:
                 tables[t.name] = t
         figs: dict[str, Path | str] = {
@@ -169,20 +175,28 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
                            "computed on log values: geometric means [lo, hi] and ratios to the baseline, never "
                            "below 0."),
                       Heading("Summary")]
+    if prof == "smoke":
+        b.insert(2, Para("**Smoke profile: a plumbing check, not an experiment.** Its trials train for a handful of "
+                         "steps on a few hundred images, so FIDs in the thousands mean untrained samples; nothing "
+                         "below says anything about the methods. Real numbers: the embedded or GPU profiles."))
     b += [Para(x) for x in _summary(sw, m1)]
+    if t("cumulative"):  # the paper's own table first, where the reader compares with it
+        b += [Heading("Cumulative ablation (the paper's order)"), tables["cumulative"]]
     if t("tuning"):
         b += [Heading("Tuning"), tables["tuning"]]
     b.append(Heading("Missing and failed trials"))
     b.append(t("missing") or Para("None: every planned trial finished with its metrics."))
     b += [Heading("Claims check"), tables["claims"]]
     if t(f"{m1}_sequential") or t("machine"):  # the adaptive-seed verdicts and what the sweep spent (issue 26)
-        b += [Heading("Seeds, decisions and the machine")] + [x for x in (t(f"{m1}_sequential"), t("machine")) if x]
+        b += [Heading("Seeds, decisions and the machine")] + [Para(x) for x in SQ.adaptive_summary(sw)]
+        b += [x for x in (t(f"{m1}_sequential"), t("machine")) if x]
     if t("compounding"):
         b += [Heading("Compounding guidance (Prop. 1)")] + [Para(x) for x in C.summary(sw)]
         b += [tables["compounding"], _fig(figs, "compounding", "Effective CFG-equivalent scale versus sampling steps "
                                           "(log2 axes; dashed: each mode's prediction)")]
     if t("transfer") or t("step_time"):
-        b.append(Heading("Few-step methods: transfer of iSM's fixes and training cost"))
+        b.append(Heading("Few-step methods: transfer of iSM's fixes and training cost" if t("transfer") else
+                         "Training cost per step"))
         b += [x for x in (t("transfer"), t("step_time")) if x]
     b.append(Heading(f"{m1.upper()} and {sw.primary[1].upper()} versus sampling steps"))
     b += [x for x in (t(f"{m1}_by_steps"), t(f"{sw.primary[1]}_by_steps")) if x] or [Para("No FID/KID was logged.")]
@@ -190,13 +204,14 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
     b += [_fig(figs, "metric_vs_steps", f"{m1.upper()} versus steps (log2 x axis, {scale(m1)}95 % CI bands)"),
           _fig(figs, "metric2_vs_steps", f"{sw.primary[1].upper()} versus steps (log2 x axis, "
                f"{scale(sw.primary[1])}95 % CI bands)"),
-          _fig(figs, "ablation_bars", f"Ablation bars at 1, 4 and 128 steps ({m1.upper()}"
+          _fig(figs, "ablation_bars", f"Each variant at 1, 4 and 128 steps: mean and 95 % interval ({m1.upper()}"
                + (", log x axis)" if log_metric(sw, m1) else ")"))]
     b.append(Heading("Ratios and differences to the baseline"))
     b += [x for m in (m1, sw.primary[1]) for x in (t(f"{m}_ratio"), t(f"{m}_delta")) if x] \
         or [Para("No variant besides the baseline.")]
-    b.append(Heading("Cumulative ablation"))
-    b.append(t("cumulative") or Para("This spec has no cumulative-order group (a group whose name contains 'cumul')."))
+    if not t("cumulative"):  # said where the reader of a paper-style report looks for it
+        b += [Heading("Cumulative ablation"),
+              Para("This spec has no cumulative-order group (a group whose name contains 'cumul').")]
     groups = [x for k, x in tables.items() if k.startswith("group_")]
     if groups:
         b += [Heading("Other groups of the spec")] + groups

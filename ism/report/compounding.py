@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ism.conf.config import cfg_equivalent
 from ism.report.ci import Interval, log_mean_ci, mean_ci
 from ism.report.load import Sweep
 from ism.report.tables import Table, _frame, expected_seeds, fmt, seed_columns
@@ -51,7 +52,7 @@ def mode_of(sw: Sweep, v: str) -> Mode | None:
         return None
     K = int(p.get("shortcut.max_steps_log2", 7))
     if mode == "intrinsic":
-        w = 1.0 + float(p.get("eval.w", "nan"))
+        w = cfg_equivalent(mode, float(p.get("eval.w", "nan")))
         return Mode(mode, w, w, K)
     return Mode(mode, float(p.get("guidance.cfg_scale", "nan")), float(p.get("eval.cfg_scale", "nan")), K)
 

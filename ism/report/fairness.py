@@ -1,5 +1,5 @@
 """What makes a comparison fair, as the report states it first: the full method against the baseline (ratios with
-intervals at 1, 4 and 128 steps), how every arm was tuned (equal budgets, ism.tuning), and guidance compared at each
+intervals at 1, 4 and 128 steps), how every arm was tuned (equal budgets, ism.ablation.tuning), and guidance compared at each
 arm's own best strength selected on held-out noise (eval.select_guidance), with the learned guidance response.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ism.conf.config import cfg_equivalent
 from ism.report.ci import positive
 from ism.report.load import Sweep
 from ism.report.tables import Table, compare_ci, compare_cell, fmt, log_metric
@@ -144,7 +145,7 @@ def guidance_response(sw: Sweep, path: Path) -> Path | str:
         for metric, style in (("guidance_displacement", "-"), ("cfg_displacement", ":")):
             for s, g in sub[sub["metric"] == metric].groupby("steps"):
                 m = g.groupby("guidance")["value"].mean()
-                x = [(1 + w) if intrinsic else w for w in m.index]
+                x = [cfg_equivalent("intrinsic" if intrinsic else "cfg", w) for w in m.index]
                 what = "learned" if metric == "guidance_displacement" else "two-pass CFG"
                 ax.plot(x, m.values, style, marker="o", ms=3, color=colors(i % 10),
                         label=f"{v} {what}, {int(s)} step{'s' * (s > 1)}")

@@ -103,44 +103,44 @@ def metric_vs_steps(sw: Sweep, metric: str, path: Path) -> Path | str:
 
 
 def ablation_bars(sw: Sweep, metric: str, path: Path, wanted=(1, 4, 128)) -> Path | str:
-    """Horizontal bars per variant at 1, 4 and 128 steps (those measured), CI error bars, baseline line; a strictly
-    positive metric (FID) on a log x-axis with the log-scale interval; each seed as a point."""
+    """Dot-and-interval plot per variant at 1, 4 and 128 steps (those measured): the mean as a dot, its 95 % interval as
+    a line, each seed as a cross, the baseline dashed. Dots, not bars: on the log axis a strictly positive metric
+    (FID) needs, a bar's length would mean nothing. One row per trial (aliases named together)."""
+    from ism.report.load import distinct, label
     have = sw.steps_of(metric)
     steps = [s for s in wanted if s in have]
     if not steps:
         return f"{metric} was not measured at {', '.join(map(str, wanted))} steps"
-    n = len(sw.variants)
+    names = distinct(sw)
+    n = len(names)
     log = log_metric(sw, metric)
-    fig, axes = plt.subplots(1, len(steps), figsize=(4.2 * len(steps), 0.35 * n + 1.6),
+    fig, axes = plt.subplots(1, len(steps), figsize=(4.2 * len(steps), 0.32 * n + 1.6),
                              squeeze=False, sharey=True, layout="constrained")
     ys = np.arange(n)[::-1]
     colors = _colors(n)
     for ax, s in zip(axes[0], steps):
-        per = [sw.values(metric, s).get(v, {}) for v in sw.variants]
+        per = [sw.values(metric, s).get(v, {}) for v in names]
         ivs = [center_ci(x.values(), log) for x in per]
         means = np.array([i.mean for i in ivs])
         lo = np.array([i.lo if i.has_ci else i.mean for i in ivs])
         hi = np.array([i.hi if i.has_ci else i.mean for i in ivs])
-        err = np.nan_to_num(np.vstack([means - lo, hi - means]))  # asymmetric on the log scale
-        if log:  # bars on a log axis start at a floor below every interval and seed (a bar from 0 has no length)
-            seen = [x for x in (*lo, *means, *(w for d in per for w in d.values())) if math.isfinite(x) and x > 0]
-            floor = 10 ** math.floor(math.log10(min(seen))) if seen else 1.0
-            ok = np.isfinite(means)
-            ax.barh(ys[ok], means[ok] - floor, left=floor, xerr=err[:, ok], color=[c for c, k in zip(colors, ok) if k],
-                    alpha=0.85, capsize=2)
-            _set_log(ax, "x")
-        else:
-            ax.barh(ys, np.nan_to_num(means), xerr=err, color=colors, alpha=0.85, capsize=2)
+        for y, m, a_, b_, c in zip(ys, means, lo, hi, colors):
+            if math.isfinite(m):
+                ax.plot([a_, b_], [y, y], color=c, lw=2.2, solid_capstyle="butt")
+                ax.plot([m], [y], "o", color=c, ms=5, mec="k", mew=0.5, zorder=3)
         for y, d in zip(ys, per):
             _seed_points(ax, [y], [d], "k", horizontal=True)
-        if sw.baseline in sw.variants:
-            b = means[sw.variants.index(sw.baseline)]
-            if math.isfinite(b):
-                ax.axvline(b, color="k", ls="--", lw=0.8)
+        if sw.baseline in names:
+            base = means[names.index(sw.baseline)]
+            if math.isfinite(base):
+                ax.axvline(base, color="k", ls="--", lw=0.8)
+        if log:
+            _set_log(ax, "x")
         ax.set_title(f"{s} step{'s' * (s > 1)}")
         ax.set_xlabel(metric.upper() + (" (log scale)" if log else ""))
         ax.grid(axis="x", alpha=0.3, which="both" if log else "major")
-    axes[0][0].set_yticks(ys, sw.variants, fontsize=8)
+        ax.grid(axis="y", alpha=0.15)
+    axes[0][0].set_yticks(ys, [label(sw, v) for v in names], fontsize=7)
     fig.suptitle(f"{metric.upper()} per variant, " + ("geometric mean, 95 % log-scale interval" if log else
                  "mean, 95 % t-interval") + f" (dashed: baseline '{sw.baseline}'; × = single seeds)", fontsize=10)
     return _save(fig, path)
@@ -193,7 +193,7 @@ def grid_tiles(png: Path, resolution: int) -> np.ndarray:
 def spectra(sw: Sweep, grids: dict[str, dict[int, Path]], path: Path) -> Path | str:
     """Radially averaged power spectra of each variant's samples (from its sample grids) at the grid step counts."""
     import torch
-    from ism.diagnostics import radial_power_spectrum
+    from ism.evaluation.diagnostics import radial_power_spectrum
     if not grids:
         return "no sample grids were logged as artifacts, so no spectra"
     if all(_is_points(sw, v) for v in grids):

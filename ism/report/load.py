@@ -15,12 +15,14 @@ from typing import Any
 
 import pandas as pd
 
-from ism import dburl, metric_keys, tracking
-from ism.config import ConfigError
+from ism.system import dburl
+from ism.ablation.adaptive import baseline_of
+from ism.conf import metric_keys
+from ism import tracking
+from ism.conf.config import ConfigError
 
 LOSS_KEYS = ("loss", "loss_fm", "loss_sc", "loss_guid")
 PRIMARY = (("fid", "kid"), ("energy_distance", "sliced_wasserstein"))  # images, then 2-D points
-BASELINE_NAMES = ("sm", "baseline", "base")
 
 
 @dataclass
@@ -110,7 +112,7 @@ def spec_name(target: str) -> str:
     p = Path(target)
     if p.suffix in (".yaml", ".yml"):
         if p.is_file():
-            from ism.ablate import load_spec  # a spec may set its own name
+            from ism.ablation.plan import load_spec  # a spec may set its own name
             return load_spec(p).name
         return p.stem
     return target[len("ism/"):] if target.startswith("ism/") else target
@@ -234,10 +236,12 @@ def _missing(plan: dict, trials: pd.DataFrame, scores: pd.DataFrame) -> pd.DataF
     """Planned trials without a finished result, each with its reason; finished trials lacking eval metrics too."""
     rows = []
     seen = set(trials["run_id"])
+    not_run = (plan.get("adaptive") or {}).get("not_run") or {}  # adaptive seeds: left out on purpose, with the reason
     for t in plan.get("trials", []):
         if t["run_id"] not in seen:
-            rows.append({"variants": ",".join(t["variants"]), "seed": t["seed"], "run_id": t["run_id"], "status": "MISSING",
-                         "reason": "planned but no MLflow run exists under this sweep (not started)"})
+            rows.append({"variants": ",".join(t["variants"]), "seed": t["seed"], "run_id": t["run_id"],
+                         "status": "NOT RUN" if t["run_id"] in not_run else "MISSING",
+                         "reason": not_run.get(t["run_id"]) or "planned but no MLflow run exists under this sweep (not started)"})
     per_run = trials.drop_duplicates("mlflow_id")
     scored = set(scores["mlflow_id"]) if len(scores) else set()
     for r in per_run.itertuples():
@@ -250,14 +254,9 @@ def _missing(plan: dict, trials: pd.DataFrame, scores: pd.DataFrame) -> pd.DataF
 
 
 def baseline(sw: Sweep) -> str:
-    """The variant every delta is taken against: the spec's base (empty config diff), else a variant named sm/baseline."""
-    for t in sw.plan.get("trials", []):
-        if not {k for k in t.get("diff", {}) if k != "run.seed"}:
-            return t["variants"][0]
-    for name in BASELINE_NAMES:
-        if name in sw.variants:
-            return name
-    return sw.variants[0] if sw.variants else ""
+    """The variant every delta is taken against: the spec's base (empty config diff), else a variant named sm/baseline
+    (the rule the adaptive seeds use too)."""
+    return baseline_of(sw.variants, ((t["variants"], t.get("diff", {})) for t in sw.plan.get("trials", [])))
 
 
 def histories(sw: Sweep, keys: tuple[str, ...] = LOSS_KEYS + ("wall_time_s",)) -> pd.DataFrame:
@@ -307,3 +306,36 @@ def sample_grids(sw: Sweep, workdir: Path, steps: tuple[int, ...] = (1, 4, 128))
             if p is not None:
                 out.setdefault(v, {})[s] = p
     return out
+
+
+# ----------------------------------------------------------------------------------------------- variants
+def expected_seeds(sw: Sweep, variant: str) -> int:
+    """Seeds planned for a variant: under adaptive seeds the seeds its last round asked for, else the plan's seed list,
+    else the seeds seen."""
+    rounds = (sw.plan.get("adaptive") or {}).get("rounds") or []
+    if rounds and variant in rounds[-1].get("seeds", {}):
+        return int(rounds[-1]["seeds"][variant])
+    return len(sw.seeds) or max(1, len(sw.trials[sw.trials["variant"] == variant]))
+
+
+def distinct(sw: Sweep) -> list[str]:
+    """The variants, one per trial: of names that share a trial (identical configs) only the first, which label()
+    names with its aliases, so the tables and bars show each result once."""
+    seen: set[str] = set()
+    out = []
+    for v in sw.variants:
+        t = sw.trials[sw.trials["variant"] == v]
+        group = frozenset(t.iloc[0]["variants"].split(",")) if not t.empty else frozenset([v])
+        if group & seen and v != sw.baseline:
+            continue
+        seen |= group
+        out.append(v)
+    return out
+
+
+def label(sw: Sweep, v: str) -> str:
+    """A variant's row label; variants sharing one trial (identical configs) are named together."""
+    t = sw.trials[sw.trials["variant"] == v]
+    other = t.iloc[0]["variants"].split(",") if not t.empty else [v]
+    same = [x for x in other if x != v]
+    return v + (" (= " + ", ".join(same) + ")" if same else "") + (" [baseline]" if v == sw.baseline else "")

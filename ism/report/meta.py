@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from ism import dburl
+from ism.system import dburl
 from ism.report.load import Sweep
 from ism.report.tables import Table, fmt
 

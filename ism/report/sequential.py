@@ -1,16 +1,16 @@
 """The report's adaptive-seed section: per comparison (each variant against the baseline at the headline step counts)
-the seeds it has, its interval at each pre-set look of the rule (ism.sequential), and why it stopped; and the sweep's
-machine account (ism.accounting) against every core busy."""
+the seeds it has, its interval at each pre-set look of the rule (ism.ablation.sequential), and why it stopped; and the sweep's
+machine account (ism.system.accounting) against every core busy."""
 from __future__ import annotations
 
 import math
 
 import pandas as pd
 
-from ism.accounting import PHASES, PREFIX
+from ism.system.accounting import PHASES, PREFIX
 from ism.report.load import Sweep
 from ism.report.tables import Table, fmt, label, log_metric
-from ism.sequential import Comparison, Rule
+from ism.ablation.sequential import Comparison, Rule
 
 STEPS = (1, 4)  # the headline comparisons: the full method against the baseline at 1 and 4 steps
 
@@ -47,6 +47,31 @@ def sequential_table(sw: Sweep, metric: str, rule: Rule | None = None, steps=STE
             "with the same seeds gives the same decisions.")
     return Table(f"{metric}_sequential", f"Adaptive seeds: {metric.upper()} decisions at pre-set looks",
                  ["variant", "steps", "paired seeds", "looks", "verdict"], rows, bold, note, pd.DataFrame(raw))
+
+
+def exhausted(sw: Sweep) -> bool:
+    """Whether the sweep's adaptive seeds stopped because the budget ran out (plan.json's adaptive record)."""
+    return bool((sw.plan.get("adaptive") or {}).get("exhausted"))
+
+
+def adaptive_summary(sw: Sweep) -> list[str]:
+    """How the seeds were spent: the budget, each round's seeds per variant, why the rounds stopped, what was left."""
+    a = sw.plan.get("adaptive") or {}
+    if not a:
+        return ["Seeds: every listed seed of every variant (no budget, so no adaptive rounds)."]
+    lines = [f"Seeds were added adaptively under {a.get('budget') or 'no budget'}: {len(a.get('rounds', []))} "
+             f"round(s); stopped: {a.get('stopped') or 'still running'}. Rule: {a.get('rule', '')}."]
+    for i, r in enumerate(a.get("rounds", []), 1):
+        seeds = r.get("seeds", {})
+        counts = sorted({(n, v) for v, n in seeds.items()})
+        by_n: dict[int, list[str]] = {}
+        for n, v in counts:
+            by_n.setdefault(n, []).append(v)
+        shape = "; ".join(f"{n} seeds: {', '.join(vs)}" for n, vs in sorted(by_n.items(), reverse=True))
+        lines.append(f"Round {i}: {shape}. Ran {len(r.get('ran', []))} trial(s)"
+                     + (f"; left undone by the budget: {', '.join(r['left_undone'])}" if r.get("left_undone") else "")
+                     + ".")
+    return lines
 
 
 def machine_table(sw: Sweep) -> Table | None:

@@ -22,8 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from ism import dburl, store, tracking  # noqa: E402
-from ism.profiles import DEFAULT_PROFILE  # noqa: E402
+from ism.system import dburl, store
+from ism import tracking  # noqa: E402
+from ism.conf.profiles import DEFAULT_PROFILE  # noqa: E402
 from ism.report.render import Block, Figure, Heading, Para, markdown, render_markdown, render_pdf  # noqa: E402
 from ism.report.tables import Table, fmt  # noqa: E402
 from ism.study.storage import FINISHED, open_study, storage_url  # noqa: E402
@@ -150,7 +151,7 @@ def report_dir(p, out: str | Path | None = None) -> Path:
 
 
 def _shown(x: str | Path) -> str:
-    """A path or URI as a report shows it (ism.dburl.shown: masked, relative to the working directory, never the
+    """A path or URI as a report shows it (ism.system.dburl.shown: masked, relative to the working directory, never the
     machine's absolute folders)."""
     return dburl.shown(x)
 

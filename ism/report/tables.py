@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from ism.report.ci import Interval, delta_ci, log_mean_ci, mean_ci, positive, ratio_ci
-from ism.report.load import Sweep
+from ism.report.load import Sweep, distinct, expected_seeds, label  # noqa: F401  (used here and by the other tables)
 
 # The paper's cumulative ablation (ImageNet-256, 250K iterations, FID 1-step / 4-step), quoted from
 # docs/method.md#paper-numbers: a reference column, never one of our results.
@@ -108,19 +108,6 @@ def delta_cell(iv: Interval) -> str:
     return sign(iv.mean) + (f" [{sign(iv.lo)}, {sign(iv.hi)}]" if iv.has_ci else " (no CI)")
 
 
-def expected_seeds(sw: Sweep, variant: str) -> int:
-    """Seeds planned for a variant (the plan's seed list, else the seeds seen)."""
-    return len(sw.seeds) or max(1, len(sw.trials[sw.trials["variant"] == variant]))
-
-
-def label(sw: Sweep, v: str) -> str:
-    """A variant's row label; variants sharing one trial (identical configs) are named together."""
-    t = sw.trials[sw.trials["variant"] == v]
-    other = t.iloc[0]["variants"].split(",") if not t.empty else [v]
-    same = [x for x in other if x != v]
-    return v + (" (= " + ", ".join(same) + ")" if same else "") + (" [baseline]" if v == sw.baseline else "")
-
-
 # ----------------------------------------------------------------------------------------------- metric × steps
 def metric_table(sw: Sweep, metric: str, title: str) -> Table | None:
     """Mean and 95 % t-CI over seeds per variant × step count; best (lowest mean) per column in bold.
@@ -133,7 +120,7 @@ def metric_table(sw: Sweep, metric: str, title: str) -> Table | None:
     log = log_metric(sw, metric)
     cols = ["variant", "seeds"] + [f"{s} step{'s' * (s > 1)}" for s in steps]
     rows, raw, means = [], [], {}
-    for i, v in enumerate(sw.variants):
+    for i, v in enumerate(distinct(sw)):
         exp = expected_seeds(sw, v)
         row, nmax = [label(sw, v), ""], 0
         for j, s in enumerate(steps):
@@ -174,7 +161,7 @@ def delta_table(sw: Sweep, metric: str) -> Table | None:
     base = {s: sw.values(metric, s).get(sw.baseline, {}) for s in steps}
     cols = [f"variant {'÷' if log else '−'} " + sw.baseline] + [f"{s} step{'s' * (s > 1)}" for s in steps] + ["interval"]
     rows, bold, raw = [], set(), []
-    for v in sw.variants:
+    for v in distinct(sw):
         if v == sw.baseline:
             continue
         row, methods = [label(sw, v)], set()
@@ -338,7 +325,7 @@ def diagnostics_table(sw: Sweep) -> Table | None:
         return None
     cols = ["variant"] + [f"{m} @{s}" if s else m for m, s in colspec]
     rows, raw = [], []
-    for v in sw.variants:
+    for v in distinct(sw):
         row = [label(sw, v)]
         for m, s in colspec:
             vals = sw.values(m, s).get(v, {})
@@ -392,6 +379,13 @@ def missing_table(sw: Sweep) -> Table | None:
     """Missing, failed or unfinished trials with their reasons (never silently dropped)."""
     if sw.missing.empty:
         return None
-    rows = [[r.variants, str(r.seed), r.run_id, r.status, r.reason] for r in sw.missing.itertuples()]
+    rows, grouped = [], {}
+    for r in sw.missing.itertuples():
+        if r.status == "NOT RUN":  # left out on purpose by the adaptive seeds: one row per config, its seeds listed
+            grouped.setdefault((r.variants, r.reason), []).append(int(r.seed))
+        else:
+            rows.append([r.variants, str(r.seed), r.run_id, r.status, r.reason])
+    rows += [[v, ", ".join(map(str, sorted(seeds))), "", "NOT RUN", reason] for (v, reason), seeds in grouped.items()]
     return Table("missing", "Missing and failed trials", ["variant(s)", "seed", "run id", "status", "reason"], rows,
-                 set(), "These trials contribute no numbers to the tables above.", sw.missing.copy())
+                 set(), "These trials contribute no numbers to the tables above. NOT RUN: left out by the adaptive "
+                 "seeds (decided, or the budget), one row per config.", sw.missing.copy())

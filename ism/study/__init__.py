@@ -1,8 +1,8 @@
-"""Optuna studies over config keys, run as Ray Tune trials (through ism.ray_adapter) and tracked in MLflow.
+"""Optuna studies over config keys, run as Ray Tune trials (through ism.ablation.ray_adapter) and tracked in MLflow.
 
 A study spec (studies/*.yaml) names a base (a preset or an ablation variant, plus overrides), a search space over
 config keys, an objective over evaluation metrics, a direction, a trial budget, parallelism, a seeded sampler and a
-pruner. Every key and bound is checked against ism.config before Ray starts.
+pruner. Every key and bound is checked against ism.conf.config before Ray starts.
 
 The Optuna storage is the source of truth, not Ray's experiment state (Tuner.restore has been known to drop a
 searcher's state, and a killed driver leaves no usable Ray checkpoint): each run of `ism study` opens the study,
@@ -26,7 +26,7 @@ from ism.study.spec import (BASE_KEYS, METRICS, PARAM_KEYS, PARAM_TYPES, PROFILE
                             flatten_space, load_spec, parse_objective, parse_param)
 from ism.study.storage import (FINISHED, check_url, counts, is_stale, load_study, open_study, rdb, requeue_stale,
                                storage_url, study_dir, study_lock)
-from ism.trial_objective import METRIC, Objective
+from ism.ablation.trial_objective import METRIC, Objective
 
 __all__ = ["BASE_KEYS", "CORNER_LIMIT", "FINISHED", "METRIC", "METRICS", "PARAM_KEYS", "PARAM_TYPES", "PROFILE_KEYS",
            "SPEC_KEYS", "Bookkeeper", "Objective", "Param", "StudyPlan", "StudySpec", "check_point", "check_url",

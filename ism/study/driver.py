@@ -1,4 +1,4 @@
-"""The study driver: trials asked from the Optuna study through the Ray adapter (ism.ray_adapter.run_search), each
+"""The study driver: trials asked from the Optuna study through the Ray adapter (ism.ablation.ray_adapter.run_search), each
 tracked as an MLflow child run and told to the study by the Bookkeeper; rerunning resumes an interrupted study."""
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ism import dburl, store, tracking
-from ism.ablate import components
-from ism.config import dump_yaml, flatten, run_id, to_dict
-from ism.profiles import PROFILES
+from ism.system import dburl, store
+from ism import tracking
+from ism.ablation.plan import components
+from ism.conf.config import dump_yaml, flatten, run_id, to_dict
+from ism.conf.profiles import PROFILES
 from ism.study.plan import StudyPlan, make_sampler
 from ism.study.storage import (FINISHED, HEARTBEAT_S, counts, is_stale, open_study, owner, requeue_stale, study_dir,
                                study_lock)
@@ -159,7 +160,7 @@ class Bookkeeper:
             metrics["best_objective"] = top[0]
         tracking.log_metrics(self.client(), self.parent, metrics, step=done)
 
-    # What the search tells the study at a trial's end (ism.ray_adapter.StudySearch), and MLflow with it.
+    # What the search tells the study at a trial's end (ism.ablation.ray_adapter.StudySearch), and MLflow with it.
     def reject(self, ot, reason: str) -> None:
         """A sampled point whose config is invalid: FAIL, and the search draws another."""
         self.study.tell(ot, state=TrialState.FAIL)
@@ -198,7 +199,7 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root:
     """Run (or continue) a study to p.n_trials finished trials; 0 when done, 1 when trials failed, 130 when interrupted.
 
     tracking_uri: the MLflow store; cache_root: the evaluation cache, absolute (trials run in Ray's directories)."""
-    from ism import ray_adapter  # Ray (seconds to import) loads only when a study runs, not for --dry-run or reports
+    from ism.ablation import ray_adapter  # Ray (seconds to import) loads only when a study runs, not for --dry-run or reports
     with ExitStack() as stack:
         # One driver per study on a local Ray (a second would start another Ray on the same cores); drivers that join
         # one Ray cluster (RAY_ADDRESS) share a study by design (README: Cluster storage).
@@ -209,7 +210,7 @@ def run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root:
 
 def _run_study(p: StudyPlan, url: str, root: Path, tracking_uri: str, cache_root: Path, train_fn) -> int:
     """run_study under its driver lock."""
-    from ism import ray_adapter
+    from ism.ablation import ray_adapter
     study = open_study(p, url)
     with study_lock(url, p.study_name):  # other drivers may be asking or claiming trials right now
         back = requeue_stale(study)

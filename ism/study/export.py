@@ -7,10 +7,10 @@ from pathlib import Path
 
 import yaml
 
-from ism.config import ConfigError, diff, from_dict, preset_delta, unflatten
+from ism.conf.config import ConfigError, diff, from_dict, preset_delta, unflatten
 from ism.study.plan import StudyPlan
-from ism import store
-from ism.store import atomic_write
+from ism.system import store
+from ism.system.store import atomic_write
 from ism.study.storage import open_study
 
 

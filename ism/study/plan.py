@@ -12,14 +12,14 @@ from typing import Any, Mapping
 
 import optuna
 
-from ism import profiles
-from ism import specs as S
-from ism.ablate import load_spec as load_ablation_spec
-from ism.config import Config, ConfigError, deep_merge, flatten, from_dict, identity_dict, preset_delta, unflatten
+from ism.conf import profiles
+from ism.conf import specs as S
+from ism.ablation.plan import load_spec as load_ablation_spec
+from ism.conf.config import Config, ConfigError, deep_merge, flatten, from_dict, identity_dict, preset_delta, unflatten
 from ism.errors import suggest
-from ism.profiles import DEFAULT_PROFILE
+from ism.conf.profiles import DEFAULT_PROFILE
 from ism.study.spec import Param, StudySpec, _encode, flatten_space, parse_objective, parse_param
-from ism.trial_objective import Objective
+from ism.ablation.trial_objective import Objective
 
 CORNER_LIMIT = 64                    # check every corner of the space when there are at most this many
 

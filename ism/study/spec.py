@@ -1,6 +1,6 @@
 """Study specs (studies/*.yaml): read the file and shape-check its base, search space, objective and profiles.
 
-Keys and bounds are checked against ism.config here; ism.study.plan checks the configs they give.
+Keys and bounds are checked against ism.conf.config here; ism.study.plan checks the configs they give.
 """
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from typing import Any, Mapping
 
 import optuna
 
-from ism import metric_keys, store
-from ism import specs as S
-from ism.config import IDENTITY_KEYS, Config, ConfigError, preset_delta, read_yaml_mapping, step_level
+from ism.conf import metric_keys
+from ism.system import store
+from ism.conf import specs as S
+from ism.conf.config import IDENTITY_KEYS, Config, ConfigError, read_yaml_mapping, step_level
 from ism.errors import suggest
-from ism.profiles import PROFILES
-from ism.trial_objective import Objective
+from ism.conf.profiles import PROFILES
+from ism.ablation.trial_objective import Objective
 
 SPEC_KEYS = ("name", "description", "base", "space", "objective", "n_trials", "parallelism", "sampler", "pruner",
              "resources", "max_failures", "seed", "enqueue", "profiles")
@@ -155,10 +156,7 @@ def load_spec(path: str | Path) -> StudySpec:
     raw, text = read_yaml_mapping(p, "study spec", f"a mapping with keys {', '.join(SPEC_KEYS)}")
     S.check_kind(p, raw, "study")
     S.check_keys(str(p), raw, SPEC_KEYS)
-    base = S.mapping(f"{p}: base", raw.get("base"))
-    S.check_keys(f"{p}: base", base, BASE_KEYS)
-    if base.get("preset") is not None:
-        preset_delta(base["preset"])
+    base, base_over = S.base(p, raw, BASE_KEYS)
     if bool(base.get("ablation")) != bool(base.get("variant")):
         raise ConfigError(f"{p}: base: 'ablation' (a spec path) and 'variant' (one of its variants) go together")
     if base.get("ablation") and base.get("preset"):
@@ -183,7 +181,7 @@ def load_spec(path: str | Path) -> StudySpec:
         name=store.check_name(f"{p}: name", raw.get("name") or p.stem), path=str(p),
         description=str(raw.get("description", "")).strip(),
         preset=base.get("preset"), ablation=base.get("ablation"), variant=base.get("variant"),
-        overrides=S.overrides(f"{p}: base.overrides", base.get("overrides")), space=space,
+        overrides=base_over, space=space,
         objective_raw=S.mapping(f"{p}: objective", raw.get("objective")),
         n_trials=S.integer(f"{p}: n_trials", raw.get("n_trials", 20)),
         parallelism=S.integer(f"{p}: parallelism", raw.get("parallelism", 1)),

@@ -14,12 +14,18 @@ from typing import Any, Iterator
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ism import dburl, store
-from ism.config import ConfigError
+from ism.system import dburl, store
+from ism.conf.config import ConfigError
 from ism.study.plan import StudyPlan, make_pruner, make_sampler, plan
 from ism.study.spec import _encode, load_spec
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def quiet_optuna(verbose: bool) -> None:
+    """Optuna's INFO lines ("A new study created in RDB ...", "Using an existing study ...") only with --verbose: ism
+    says what happened in its own words. Optuna resets its logger to INFO when imported, so this runs after."""
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
 
 
 def storage_url(url: str | None, root: Path) -> str:

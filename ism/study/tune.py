@@ -1,7 +1,7 @@
 """Equal-budget tuning of an ablation spec's arms, each arm one study through the study machinery (ism.study.driver).
 
 Every arm gets exactly `budget` trials (its grid, enqueued), on the held-out tuning seed, judged by the spec's one
-objective; its best point becomes the arm's tuned values in the record (ism.tuning), with the provenance that
+objective; its best point becomes the arm's tuned values in the record (ism.ablation.tuning), with the provenance that
 decides reuse: the study's fingerprint (the arm's base-config identity, space and objective), budget, trials, seed.
 """
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from ism import tuning as TU
-from ism.ablate import Spec
-from ism.profiles import PROFILES, concurrency
+from ism.ablation import tuning as TU
+from ism.ablation.plan import Spec
+from ism.conf.profiles import PROFILES, concurrency
 from ism.study.plan import StudyPlan, plan as study_plan
 from ism.study.spec import Param, StudySpec
 

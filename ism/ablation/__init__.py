@@ -1,0 +1,1 @@
+"""Ablation specs to plans, the Ray sweep driver, tuning, budgets and adaptive seeds."""

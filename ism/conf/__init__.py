@@ -1,0 +1,1 @@
+"""Configuration: the typed schema, presets, profiles, the model registry, metric keys, spec checks."""

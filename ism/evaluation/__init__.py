@@ -1,0 +1,1 @@
+"""FID/KID against sampling steps, the guidance ruler, plain-tensor diagnostics."""
