@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ism.commands.sample import main as sample_main
 from ism.commands.train import main as train_main
 
@@ -70,6 +72,7 @@ def test_eval_offers_the_extractors_the_library_has():
     assert tuple(EXTRACTORS) == tuple(extractors.EXTRACTORS)
 
 
+@pytest.mark.e2e  # a whole `ism train` process: ~5-15 s, out of the 2-minute unit tier
 def test_bad_data_path_leaves_nothing_behind(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "ism.cli", "train", "--preset", "smoke", "--run-dir", str(run),
@@ -79,6 +82,7 @@ def test_bad_data_path_leaves_nothing_behind(tmp_path):
     assert not run.exists(), "a rejected config must not leave runs/<id>/config.yaml"
 
 
+@pytest.mark.e2e  # two whole `ism train` processes: ~5-15 s, out of the 2-minute unit tier
 def test_ctrl_c_ends_with_one_line_and_exit_130_and_the_rerun_resumes(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "ism.cli", "train", "--preset", "smoke", "--run-dir", str(run), "run.steps=100000",
@@ -152,6 +156,7 @@ def _stderr_of(code: str) -> str:
     return proc.stderr
 
 
+@pytest.mark.e2e  # two interpreters that import MLflow: ~5-15 s, out of the 2-minute unit tier
 def test_mlflow_creates_its_store_quietly_unless_verbose(tmp_path):
     code = ("from ism.commands import env\nenv.quiet_libraries({v})\nfrom ism import tracking\n"
             "assert tracking.ism_experiments('sqlite:///{db}') == []")

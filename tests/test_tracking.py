@@ -236,13 +236,14 @@ def test_a_server_uri_nobody_answers_is_refused_quickly(tmp_path):
     assert "s3cret" not in str(e.value) and time.monotonic() - t0 < 5
 
 
-def test_a_database_that_never_answers_is_refused_after_the_connect_timeout():
+def test_a_database_that_never_answers_is_refused_after_the_connect_timeout(monkeypatch):
     """A port that accepts the TCP connection but never speaks PostgreSQL (a hung server, a wrong service): without
     the connect timeout libpq would wait forever; with it, a ConfigError naming the URI."""
     import socket
     import time
     from ism.system import dburl
     from ism.errors import ConfigError
+    monkeypatch.setattr(dburl, "CONNECT_TIMEOUT_S", 2)  # libpq's smallest connect_timeout; the default 5 s is the same path
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen(1)  # the kernel completes the handshake; nobody ever reads or answers
