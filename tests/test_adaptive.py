@@ -67,10 +67,31 @@ def test_seeds_go_only_to_undecided_comparisons_and_a_rerun_takes_the_same_decis
     assert again == [] and [r["seeds"] for r in out2.rounds] == [r["seeds"] for r in out.rounds]
 
 
-def test_the_first_round_runs_every_config_at_two_seeds_baseline_first(tmp_path):
+def test_the_first_round_runs_the_headline_pair_first_then_every_config_seed_major(tmp_path):
     p = _spec(tmp_path / "s.yaml")
+    assert A.plan_full_method(p) == "c"  # intrinsic + interval guidance: two components, the wavelet variant one
     first = A.wanted(p, {v: 2 for v in p.variants})
-    assert [t.label for t in first] == ["a/s0", "b/s0", "c/s0", "a/s1", "b/s1", "c/s1"]
+    assert [t.label for t in first] == ["a/s0", "c/s0", "a/s1", "c/s1", "b/s0", "b/s1"]
+
+
+def test_a_budget_below_one_round_still_gives_the_headline_comparison_its_interval(tmp_path):
+    """Seed-major order alone would spend four trials on a/s0, b/s0, c/s0, a/s1: the full method c would have one
+    seed and the headline ratio no paired interval."""
+    p = _spec(tmp_path / "s.yaml")
+    ran: list[str] = []
+    out = A.run(p, tmp_path / "st", A.Clock(Budget("trials", 4)), _fake_round(tmp_path / "st", ran), Rule())
+    assert out.exhausted and sorted(ran) == ["a/s0", "a/s1", "c/s0", "c/s1"]
+    comps = {c.name: c for c in A.comparisons(p, tmp_path / "st", Rule())}
+    assert [look.seeds for look in comps["c@1"].looks] == [2]
+
+
+def test_no_full_method_when_no_variant_adds_more_components_than_the_baseline(tmp_path):
+    spec = {"name": "flat", "variants": {"a": {"reason": "x"}, "b": {"reason": "y", "overrides": {"optim.lr": 0.002}}},
+            "seeds": [0, 1]}
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump(spec))
+    p = ablate.plan(ablate.load_spec(tmp_path / "f.yaml"), "smoke")
+    assert A.plan_full_method(p) is None
+    assert [t.label for t in A.wanted(p, {"a": 2, "b": 2})] == ["a/s0", "b/s0", "a/s1", "b/s1"]
 
 
 def test_a_budget_stops_the_rounds_and_the_record_says_what_it_left_undone(tmp_path):
@@ -143,7 +164,7 @@ def test_one_budget_over_two_specs_runs_what_it_pays_for_and_reports_the_rest_as
     assert "[second/smoke] round 1: the budget pays for none of its 4 trial(s) left" in res.stderr
     first = tracking.child_runs(tracking.find_sweeps("first", "smoke", uri)[0].info.run_id, uri)
     assert sorted((r.data.tags["ism.variant"], r.data.tags["ism.seed"]) for r in first) == \
-        [("base", "0"), ("base", "1"), ("wav", "0")], "the baseline's seeds first, then seed-major"
+        [("base", "0"), ("base", "1"), ("wav", "0")], "the headline pair (base, wav: the most components) first"
     assert not tracking.child_runs(tracking.find_sweeps("second", "smoke", uri)[0].info.run_id, uri)
     from ism.report import build_report
     for name, path in (("first", a), ("second", b)):
@@ -171,7 +192,7 @@ def test_a_round_the_budget_cannot_pay_at_once_runs_in_passes_rescaled_by_the_tr
         return rounds(sp)
     out = A.run(p, tmp_path / "st", A.Clock(Budget("wall_s", 3.5 * each)), run, Rule(), scale=lambda: next(scales))
     assert passes[:2] == [3, 6], "round 1 in two passes: 3 trials, then the other 3 with the rescaled model"
-    assert out.rounds[0]["ran"] == ["a/s0", "b/s0", "c/s0", "a/s1", "b/s1", "c/s1"]
+    assert out.rounds[0]["ran"] == ["a/s0", "c/s0", "a/s1", "c/s1", "b/s0", "b/s1"]
     assert len(out.rounds) >= 2, "the decisions of round 1 were taken once it was whole"
 
 

@@ -1,7 +1,9 @@
 """Adaptive seeds, live: a sweep runs in rounds at the rule's looks, and a budget is spent where a comparison the spec
 cares about is still undecided (the rule and its error rate: ism.ablation.sequential).
 
-- Round 1 gives every config its first `rule.looks[0]` seeds (2: the least a paired interval needs), baseline first.
+- Round 1 gives every config its first `rule.looks[0]` seeds (2: the least a paired interval needs). The headline
+  pair goes first at all of its seeds, the baseline and the full method (the variant with the most iSM components),
+  then the rest seed-major: a budget too small for the round still decides the comparison the report leads with.
 - After each round every comparison (each variant against the baseline, FID as a ratio at 1 and 4 steps) is assessed
   on the finished seeds. The undecided ones ask both their arms for the next look (`next_requests`: nearest to a
   decision first), and the next round runs those trials, in that order.
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from ism.ablation.budget import Budget
-from ism.ablation.plan import Plan, Trial, finished_trials, teacher_of
+from ism.ablation.plan import Plan, Trial, components, finished_trials, teacher_of
 from ism.ablation.sequential import Comparison, Rule, next_requests
 from ism.conf import metric_keys
 from ism.conf.profiles import concurrency, estimate_s
@@ -49,6 +51,18 @@ def baseline_of(variants: Sequence[str], trials: Iterable[tuple[Sequence[str], I
 
 def plan_baseline(p: Plan) -> str:
     return baseline_of(p.variants, ((t.variants, t.diff) for t in p.trials))
+
+
+def plan_full_method(p: Plan) -> str | None:
+    """The variant with the most iSM components on, if more than the baseline's (first in spec order): the report's
+    headline compares it with the baseline (ism.report.fairness.full_method reads the same tags back)."""
+    count = {v: sum(components(t.cfg).values()) for t in p.trials for v in t.variants}
+    base = plan_baseline(p)
+    cands = [v for v in p.variants if v != base and v in count]
+    if not cands:
+        return None
+    best = max(cands, key=lambda v: (count[v], -p.variants.index(v)))
+    return best if count[best] > count.get(base, 0) else None
 
 
 @dataclass
@@ -136,7 +150,8 @@ def _rank(p: Plan) -> dict[str, int]:
 
 def wanted(p: Plan, want: Mapping[str, int]) -> list[Trial]:
     """The trials with fewer than want[variant] seeds before them for any of their variants, plus their reflow
-    teachers; baseline first, then seed-major in the plan's order."""
+    teachers; the headline pair (baseline, full method) first at every wanted seed, then seed-major in the plan's
+    order, baseline first."""
     rank = _rank(p)
     ids = {t.run_id for t in p.trials if any(rank[t.run_id] < want.get(v, 0) for v in t.variants)}
     by_id = {t.run_id: t for t in p.trials}
@@ -147,8 +162,10 @@ def wanted(p: Plan, want: Mapping[str, int]) -> list[Trial]:
             ids.add(tid)
             todo.append(tid)
     base = plan_baseline(p)
+    full = plan_full_method(p)
+    pair = {base, full} if full else set()  # no full method: no headline pair, seed-major from the baseline
     return sorted((t for t in p.trials if t.run_id in ids),
-                  key=lambda t: (rank[t.run_id], base not in t.variants))
+                  key=lambda t: (pair.isdisjoint(t.variants), rank[t.run_id], base not in t.variants))
 
 
 @dataclass

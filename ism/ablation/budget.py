@@ -117,7 +117,7 @@ def describe(ls: Sequence[Look], budget: Budget | None, rule: Rule, seeds_availa
         if n == 0:
             lines.append(f"budget {budget.describe()}: not enough for the first look ({rule.looks[0]} seeds per "
                          f"config, ~{fmt(ls[0].total_wall_s)} wall, {ls[0].total_trials} trials); "
-                         + ("the trials it pays for run, baseline first, the rest are reported as not run" if partial
+                         + ("the trials it pays for run, baseline and full method first, the rest are reported as not run" if partial
                             else "nothing would run"))
         else:
             lk = ls[n - 1]
