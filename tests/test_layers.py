@@ -156,3 +156,33 @@ def test_no_module_is_over_400_lines():
     """A module that grows past ~400 lines holds more than one concern: split it by concern (docs/architecture.md)."""
     long = {str(p.relative_to(PKG.parent)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
     assert not long, f"modules over 400 lines: {long}"
+
+
+REASON = "# Over 60 lines on purpose:"
+
+
+def long_functions_without_reason(src: str, limit: int = 60) -> list[str]:
+    """Functions longer than `limit` lines with no REASON comment directly above them (or above their decorators)."""
+    lines = src.splitlines()
+    out = []
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > limit:
+            top = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1  # 0-based index of the first line
+            above = [ln for ln in lines[max(0, top - 4):top] if ln.lstrip().startswith("#")]
+            if not any(ln.lstrip().startswith(REASON) for ln in above):
+                out.append(node.name)
+    return out
+
+
+def test_no_function_is_over_60_lines_without_a_reason():
+    """Issue 24: a function past ~60 lines is split, or says above it why its steps belong together."""
+    found = {f"{p.relative_to(PKG.parent)}::{name}" for p in PKG.rglob("*.py")
+             for name in long_functions_without_reason(p.read_text())}
+    assert not found, f"functions over 60 lines without '{REASON}': {sorted(found)}"
+
+
+def test_the_function_length_check_catches_a_long_function_and_accepts_its_reason():
+    body = "".join(f"    x{i} = {i}\n" for i in range(70))
+    assert long_functions_without_reason(f"def f():\n{body}") == ["f"]
+    assert long_functions_without_reason(f"{REASON} why.\n@dec\ndef f():\n{body}") == []
+    assert long_functions_without_reason(f"def f():\n{body[:200]}") == []

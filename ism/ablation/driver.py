@@ -85,6 +85,8 @@ def record_plan(plan: Plan, storage: Path, tracking_uri: str) -> bool:
     return True
 
 
+# Over 60 lines on purpose: one ExitStack owns the driver lock, Ray, the MLflow parent and the progress thread for the whole
+# sweep; their setup and teardown order is the point.
 def run_sweep(plan: Plan, storage: Path, tracking_uri: str, cache_root: Path, crash: tuple[str, int] | None = None,
               train_fn: Callable | None = None, progress_every_s: float = 20.0) -> int:
     """Run (or resume) a sweep; returns 0 when every trial finished, 1 when some failed, 130 when interrupted.

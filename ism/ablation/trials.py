@@ -59,6 +59,8 @@ def adopt(cfg, run_dir: Path, storage: str | None) -> str | None:
     return Path(store.read_json(run_dir / store.TRAINING_FROM).get("run_dir", "")).name or None
 
 
+# Over 60 lines on purpose: a trial's lifecycle in order (restore, adopt, train, evaluate, log, account); each phase is timed by
+# one PhaseClock and a retry must re-enter at the same point, so the phases stay in one readable sequence.
 def ablation_trial(payload: dict[str, Any], hooks: Hooks, train_fn: Callable | None = None) -> None:
     """One ablation trial: train (resuming), report progress, log to the trial's MLflow child run."""
     train_fn = train_fn or train

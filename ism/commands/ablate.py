@@ -121,8 +121,8 @@ def prepare(path: str, args: argparse.Namespace, storage: Path) -> Job:
     return Job(path, spec, p, tune, arms, record_path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`ism ablate`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
+def _parser() -> argparse.ArgumentParser:
+    """`ism ablate`'s arguments."""
     ap = argparse.ArgumentParser(prog="ism ablate", description="Run ablation specs as Ray Tune trials tracked in MLflow. "
                                  "Rerunning the same command resumes. With a budget, seeds are added adaptively "
                                  "and one budget covers every spec given, in order.")
@@ -149,7 +149,38 @@ def main(argv: list[str] | None = None) -> int:
                     "its record, then stop before the sweep")
     ap.add_argument("--retune", action="store_true", help="re-derive every arm's tuned values from its tuning study "
                     "(a spec's tune: block), even where the record is current")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _dry_run(jobs: list[Job], storage: Path, budget, rule, looks) -> int:
+    """Print each job's tuning state, trials, cost and (with a budget) what the budget buys; run nothing."""
+    for j in jobs:
+        if j.tune:
+            from ism.study import tune as ST
+            print(ST.describe(j.tune, j.arms, j.record_path) + "\n")
+        done, reused = finished_trials(j.plan, storage), reused_training(j.plan, storage)
+        print(describe_plan(j.plan, done, reused, measured_scale(storage, j.plan.profile)))
+        if budget is not None:
+            print("\n" + B.describe(looks(j), budget, rule, len(j.plan.seeds), partial=len(jobs) > 1) + "\n")
+    if budget is not None and len(jobs) > 1:
+        print(f"one budget for the {len(jobs)} specs, spent in the order given: {budget.describe()}; a spec it "
+              "does not reach is reported as not run")
+    return 0
+
+
+def _next_steps(jobs: list[Job], args, uri: str) -> None:
+    """The report command of each spec (with the flags given) and the MLflow UI link, on stderr."""
+    from ism.report import default_out
+    for j in jobs:
+        p = j.plan
+        print(f"next:\n  report:  ism report {j.path}{flags(profile=p.profile, tracking_uri=args.tracking_uri)}   "
+              f"(-> {default_out(p.spec.name, p.profile)}/report.md and .pdf)", file=sys.stderr)
+    print(ui_hint(uri, f"ism/{jobs[0].plan.spec.name}", env.ui_port(), args.tracking_uri), file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`ism ablate`; the exit status (ConfigErrors reach ism.commands.main: status 2)."""
+    args = _parser().parse_args(argv)
     env.quiet_libraries(args.verbose)
     if args.vary:
         args.spec = [str(inline_spec(args, argv or []))]
@@ -171,18 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return B.looks(p.trials, p.profile, p.resources, rule, finished_trials(p, storage), reused_training(p, storage))
 
     if args.dry_run:
-        for j in jobs:
-            if j.tune:
-                from ism.study import tune as ST
-                print(ST.describe(j.tune, j.arms, j.record_path) + "\n")
-            done, reused = finished_trials(j.plan, storage), reused_training(j.plan, storage)
-            print(describe_plan(j.plan, done, reused, measured_scale(storage, j.plan.profile)))
-            if budget is not None:
-                print("\n" + B.describe(looks(j), budget, rule, len(j.plan.seeds), partial=len(jobs) > 1) + "\n")
-        if budget is not None and len(jobs) > 1:
-            print(f"one budget for the {len(jobs)} specs, spent in the order given: {budget.describe()}; a spec it "
-                  "does not reach is reported as not run")
-        return 0
+        return _dry_run(jobs, storage, budget, rule, looks)
     if budget is not None and len(jobs) == 1 and \
             B.affordable([lk for lk in looks(first) if lk.seeds <= len(first.plan.seeds)], budget) == 0:
         lk = looks(first)[0]  # one spec: a budget that buys nothing fails before any work (and before the tuning)
@@ -208,12 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             if rc == 130:
                 break
     if status != 130:
-        from ism.report import default_out
-        for j in jobs:
-            p = j.plan
-            print(f"next:\n  report:  ism report {j.path}{flags(profile=p.profile, tracking_uri=args.tracking_uri)}   "
-                  f"(-> {default_out(p.spec.name, p.profile)}/report.md and .pdf)", file=sys.stderr)
-        print(ui_hint(uri, f"ism/{first.plan.spec.name}", env.ui_port(), args.tracking_uri), file=sys.stderr)
+        _next_steps(jobs, args, uri)
     return status
 
 

@@ -132,6 +132,8 @@ def effective_guidance_rows(net, cfg: Config, data, samples: dict[int, torch.Ten
 
 
 # ----------------------------------------------------------------------------------------------- the evaluation
+# Over 60 lines on purpose: the sections share one cache of drawn samples (`drawn`, equal noise and effect: equal samples),
+# which saves most of the guidance sweep's cost; per data kind the scorer (evaluation/scorers.py) differs, not this flow.
 def evaluate_run(nets: dict, cfg: Config, data, step: int, run_dir: str | Path,
                  cache_root: str | Path) -> tuple[list[dict], dict[str, float]]:
     """Every metric of cfg.eval for the infer net; writes run_dir/eval/eval.{csv,json} and sample grids.

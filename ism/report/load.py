@@ -166,6 +166,8 @@ def pick_sweep(spec: str, uri: str, profile: str | None = None, sweep: str | Non
     return runs[0], runs
 
 
+# Over 60 lines on purpose: the read order of one sweep (store check, parent, children, metrics, plan artifact); each step
+# needs the previous one's result.
 def load_sweep(target: str, uri: str | None = None, profile: str | None = None, sweep: str | None = None,
                workdir: Path | None = None) -> Sweep:
     """Read one sweep from MLflow into a Sweep (runs, metrics, plan); artifacts go to workdir."""

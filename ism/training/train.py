@@ -202,6 +202,8 @@ def _log_line(stats_path: Path, done: int, metrics: dict[str, float], bar, lines
               f"{metrics['sec_per_step']:.3f} s/step", file=sys.stderr, flush=True)
 
 
+# Over 60 lines on purpose: the loop of one step index: resume, step, log, checkpoint and evaluate are each a helper, and their order
+# within a step is what bit-identical resume depends on (tests/test_train.py); one function keeps it in view.
 def train(cfg: Config, run_dir: str | Path | None = None, callback: Callback | None = None,
           evaluator: Evaluator | None = None, crash_at_step: int | None = None,
           cache_root: str | Path | None = None) -> dict[str, Any]:

@@ -144,6 +144,8 @@ def _solve_transport(g: Tensor, c: Tensor, w: Tensor, grp: Tensor, sizes: Tensor
     return perm
 
 
+# Over 60 lines on purpose: one algorithm (centre, candidate search in row blocks, dual sample, sparse LAP) whose steps
+# share the same blocks and norms; the module doc walks through it step by step.
 @torch.no_grad()
 def sparse_assign(a: Tensor, b: Tensor, candidates: int = 32, block_bytes: int = BLOCK_BYTES, seed: int = 0,
                   dtype: torch.dtype | None = None) -> Tensor:
