@@ -72,6 +72,8 @@ def test_the_first_round_runs_the_headline_pair_first_then_every_config_seed_maj
     assert A.plan_full_method(p) == "c"  # intrinsic + interval guidance: two components, the wavelet variant one
     first = A.wanted(p, {v: 2 for v in p.variants})
     assert [t.label for t in first] == ["a/s0", "c/s0", "a/s1", "c/s1", "b/s0", "b/s1"]
+    # a pass launches in the same order whatever order its scope arrives in (the driver gets a set)
+    assert [t.label for t in A.launch_order(p, reversed(first))] == [t.label for t in first]
 
 
 def test_a_budget_below_one_round_still_gives_the_headline_comparison_its_interval(tmp_path):

@@ -161,11 +161,17 @@ def wanted(p: Plan, want: Mapping[str, int]) -> list[Trial]:
         if tid and tid not in ids:
             ids.add(tid)
             todo.append(tid)
+    return launch_order(p, [t for t in p.trials if t.run_id in ids])
+
+
+def launch_order(p: Plan, trials: Iterable[Trial]) -> list[Trial]:
+    """Trials in the order a pass launches them: the headline pair (baseline, full method) at every seed, then
+    seed-major in the plan's order, baseline first (an interrupted pass has decided what the report leads with)."""
+    rank = _rank(p)
     base = plan_baseline(p)
     full = plan_full_method(p)
     pair = {base, full} if full else set()  # no full method: no headline pair, seed-major from the baseline
-    return sorted((t for t in p.trials if t.run_id in ids),
-                  key=lambda t: (pair.isdisjoint(t.variants), rank[t.run_id], base not in t.variants))
+    return sorted(trials, key=lambda t: (pair.isdisjoint(t.variants), rank[t.run_id], base not in t.variants))
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from ism.system import accounting, dburl, store
 from ism.conf import metric_keys
-from ism.ablation import ray_adapter
+from ism.ablation import adaptive, ray_adapter
 from ism import tracking
 from ism.ablation.plan import Plan, Trial, components, finished_trials, phases, reused_training, sweep_dir, teacher_of
 from ism.conf.config import flatten, to_dict
@@ -111,8 +111,9 @@ def run_sweep(plan: Plan, storage: Path, tracking_uri: str, cache_root: Path, cr
             tracking.log_sweep_summary(c, parent, summary_rows(plan, c, children))
             tracking.set_status(c, parent, "FINISHED")
             return 0
-        # Seed-major order: an interrupted or time-boxed sweep still covers every variant with its first seeds.
-        pending = sorted(pending, key=lambda t: t.seed)
+        # The headline pair at every seed, then seed-major: an interrupted or time-boxed pass has decided what the
+        # report leads with and covers every variant with its first seeds (the adaptive pass's scope is a set).
+        pending = adaptive.launch_order(plan, pending)
         payloads = {t.run_id: {"cfg": to_dict(t.cfg), "trial_dir": str(store.trial_dir(storage, t.run_id)),
                                "tracking_uri": uri, "mlflow_run_id": children[t.run_id], "cache_root": str(cache_root),
                                "storage": str(storage),
