@@ -40,11 +40,13 @@ bench: $(VENV)/.installed ## benchmarks -> benchmarks/out/*.json and *.md
 	$(BIN)/python -m benchmarks.run $(ARGS)
 
 ablation-all: $(VENV)/.installed ## every spec in ablations/ on PROFILE (default embedded) under one BUDGET, then the reports
-	@status=0; $(BIN)/ism ablate $(SPECS) --profile $(PROFILE) $(if $(BUDGET),--budget "$(BUDGET)") $(ARGS) || status=1; \
+	@status=0; $(BIN)/ism ablate $(SPECS) --profile $(PROFILE) $(if $(BUDGET),--budget "$(BUDGET)") $(ARGS) || status=$$?; \
+	[ $$status -eq 130 ] && exit 130; status=$$(( status != 0 )); \
 	for spec in $(SPECS); do $(BIN)/ism report $$spec --profile $(PROFILE) || status=1; done; exit $$status
 
 ablation: $(VENV)/.installed ## one spec: make ablation NAME=components [PROFILE=...]
-	@status=0; $(BIN)/ism ablate ablations/$(NAME).yaml --profile $(PROFILE) $(ARGS) || status=1; \
+	@status=0; $(BIN)/ism ablate ablations/$(NAME).yaml --profile $(PROFILE) $(ARGS) || status=$$?; \
+	[ $$status -eq 130 ] && exit 130; status=$$(( status != 0 )); \
 	$(BIN)/ism report ablations/$(NAME).yaml --profile $(PROFILE) || status=1; exit $$status
 
 report: $(VENV)/.installed ## report of one spec: make report NAME=components

@@ -215,3 +215,27 @@ def test_a_failed_trial_is_reported_failed_not_as_not_run_and_the_record_runs_no
     assert out.rc == 1 and out.stopped == "trials failed"
     assert len(records) == 1 and broken.run_id in records[0].scope
     assert broken.run_id not in records[0].adaptive["not_run"]
+
+
+def test_before_any_trial_is_timed_on_this_machine_a_pass_is_one_wave(tmp_path):
+    """The cost model can be far off on an unmeasured machine (1.6x on an AMD EPYC): the first pass is one wave of
+    concurrent trials, then the passes are sized by the measured rate. Once calibrated, a pass is what the budget pays."""
+    from ism.conf.profiles import concurrency
+    p = _spec(tmp_path / "s.yaml")
+    k = concurrency(p.profile, p.resources)
+    sizes = []
+    timed = {"yes": False}
+
+    def run(sp):
+        before = len(ran)
+        rc = rounds(sp)
+        sizes.append(len(ran) - before)
+        timed["yes"] = True  # the trials just run are timed
+        return rc
+    for calibrated, first in ((lambda: timed["yes"], k), (True, 6)):
+        ran: list[str] = []
+        rounds = _fake_round(tmp_path / f"st{first}", ran)
+        sizes.clear()
+        A.run(p, tmp_path / f"st{first}", A.Clock(Budget("wall_s", 1e6)), run, Rule(), calibrated=calibrated)
+        assert sizes[0] == first and 6 > k  # round 1 wants 3 variants x 2 seeds
+        assert sum(sizes[:2]) == 6 or first == 6  # uncalibrated: the rest of round 1 in the next pass

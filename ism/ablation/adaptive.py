@@ -185,12 +185,15 @@ class Outcome:
 
 def run(p: Plan, storage: Path, clock: Clock, run_round: Callable[[Plan], int], rule: Rule | None = None,
         scale: float | Callable[[], float] = 1.0, say: Callable[[str], None] = lambda m: None,
-        record: Callable[[Plan], bool] | None = None) -> Outcome:
+        record: Callable[[Plan], bool] | None = None, calibrated: bool | Callable[[], bool] = True) -> Outcome:
     """Run a plan in rounds (module doc); run_round(plan with its scope) runs one pass and returns its status.
 
     A round the budget cannot pay for at once runs in passes: the trials it pays for now, then, with the cost model
     rescaled by the trials just timed (`scale`: a number, or a function read before each pass), as many of the rest
-    as it still pays for; the budget is exhausted only when it pays for none. Decisions wait for a whole round.
+    as it still pays for; the budget is exhausted only when it pays for none. Until trials have been timed on this
+    machine (`calibrated`: False, or a function), a pass is one wave (as many trials as run at once): a machine
+    slower than the cost model would otherwise overrun the budget by a whole pass (1.6x on 2026-12-07's AMD EPYC,
+    docs/results.md "Wall time of the commands"). Decisions wait for a whole round.
     Every pass's plan carries the record so far, so an interrupted job leaves a truthful plan.json. At the end the
     record goes to the sweep without running anything (`record(plan)`: False when the sweep has no parent run yet,
     as for a spec the budget never reached; then one empty pass opens it)."""
@@ -208,6 +211,9 @@ def run(p: Plan, storage: Path, clock: Clock, run_round: Callable[[Plan], int], 
             rounds.append({"seeds": {v: want[v] for v in p.variants}, "ran": [], "left_undone": []})
         if new:  # a pass of this round
             fit = clock.fit(new, p.profile, p.resources, scale() if callable(scale) else scale)
+            wave = clock.budget is not None and not (calibrated() if callable(calibrated) else calibrated)
+            if wave:
+                fit = fit[:concurrency(p.profile, p.resources)]  # one wave, then the measured rate sizes the passes
             rounds[-1]["left_undone"] = [t.label for t in new[len(fit):]]
             if not fit:
                 exhausted, stopped = True, "budget exhausted"
@@ -216,8 +222,9 @@ def run(p: Plan, storage: Path, clock: Clock, run_round: Callable[[Plan], int], 
             rounds[-1]["ran"] += [t.label for t in fit]
             attempted |= {t.run_id for t in fit}
             scope = frozenset(t.run_id for t in todo if t.run_id in done) | {t.run_id for t in fit}
-            say(f"round {len(rounds)}: {len(fit)} trial(s) to run" + (f", {len(new) - len(fit)} wait for the budget"
-                                                                        if len(fit) < len(new) else ""))
+            say(f"round {len(rounds)}: {len(fit)} trial(s) to run" + (
+                "" if len(fit) == len(new) else f", {len(new) - len(fit)} wait for the budget"
+                + (" (sized once these are timed on this machine)" if wave else "")))
             rc = run_round(_scoped(p, scope, rule, clock, rounds, False, ""))
             clock.trials_run += len(fit)
             if rc != 0:

@@ -289,7 +289,8 @@ def _run_job(j: Job, args: argparse.Namespace, storage: Path, uri: str, clock, r
           file=sys.stderr)
     rescale = lambda: (measured_scale(storage, j.plan.profile) or (scale, 0))[0]  # noqa: E731  (trials just timed)
     out = adaptive.run(j.plan, storage, clock, sweep, rule, rescale, say=lambda m: print(f"{name} {m}", file=sys.stderr),
-                       record=lambda p: record_plan(p, storage, uri))
+                       record=lambda p: record_plan(p, storage, uri),
+                       calibrated=lambda: measured_scale(storage, j.plan.profile) is not None)
     print(f"{name} adaptive seeds stopped: {out.stopped}; {len(out.rounds)} round(s)", file=sys.stderr)
     return out.rc
 

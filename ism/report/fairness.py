@@ -151,7 +151,8 @@ def guidance_response(sw: Sweep, path: Path) -> Path | str:
                         label=f"{v} {what}, {int(s)} step{'s' * (s > 1)}")
     ax.set_xlabel("CFG-equivalent scale (1 + w for intrinsic guidance)")
     ax.set_ylabel("RMS displacement from unguided samples")
-    ax.legend(fontsize=6, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, ncol=2)
     ax.grid(alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130, bbox_inches="tight")

@@ -94,7 +94,8 @@ def metric_vs_steps(sw: Sweep, metric: str, path: Path) -> Path | str:
         ax.set_xlabel("sampling steps")
         ax.set_title(name if len(groups) > 1 else "")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper right")
+        if ax.get_legend_handles_labels()[0]:  # a panel whose variants have no finished seed draws no line
+            ax.legend(fontsize=7, loc="upper right")
     axes[0][0].set_ylabel(f"{metric.upper()} (lower is better{', log scale' if log else ''})")
     fig.suptitle(f"{metric.upper()} versus sampling steps: " + (
         "geometric mean over seeds, 95 % t-interval of log values" if log else "mean over seeds, 95 % t-interval bands")
