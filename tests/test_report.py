@@ -495,3 +495,23 @@ def test_summary_leads_with_the_full_method_against_the_baseline(store):
     assert "no arm was tuned" in " ".join(summary[:3]).lower()   # the fixture's spec has no tune: block
     best = next(i for i, ln in enumerate(summary) if ln.startswith("Best "))
     assert best > 0
+
+
+def test_an_unfinished_full_method_keeps_the_headline_and_says_it_is_not_measured():
+    """With only the baseline and a one-component variant finished, the headline must not crown that variant the full
+    method (seen on an interrupted components sweep): it names the real one and says it is not measured."""
+    import pandas as pd
+    from ism.report.fairness import full_method, headline
+    from ism.report.load import Sweep
+    comps = {"sm": frozenset(), "one": frozenset({"intrinsic"}), "full": frozenset({"intrinsic", "wavelet", "sot"})}
+    status = {"sm": "FINISHED", "one": "FINISHED", "full": "KILLED"}
+    trials = pd.DataFrame([{"variant": v, "seed": 0, "status": status[v], "components": comps[v], "mlflow_id": v}
+                           for v in comps])
+    scores = pd.DataFrame([{"variant": v, "seed": 0, "mlflow_id": v, "metric": "fid", "steps": s, "guidance": math.nan,
+                            "sweep": False, "value": 10.0} for v in ("sm", "one") for s in (1, 4, 128)])
+    sw = Sweep(uri="", spec="x", experiment="ism/x", parent={}, plan={}, notes=[], spec_text="", trials=trials,
+               scores=scores, scalars=pd.DataFrame(columns=["variant", "seed", "mlflow_id", "key", "value"]), params={},
+               variants=list(comps), seeds=[0], baseline="sm", missing=pd.DataFrame())
+    assert full_method(sw) == "full"
+    first = headline(sw, "fid")[0]
+    assert first.startswith("**Full method `full` ÷ baseline `sm`: not measured**"), first

@@ -19,8 +19,10 @@ COMPONENTS = frozenset({"intrinsic", "interval", "wavelet", "sot", "twin_ema"})
 
 
 def full_method(sw: Sweep) -> str | None:
-    """The variant with the most components switched on (the first in spec order), if it has more than the baseline."""
-    cands = [v for v in sw.variants if v != sw.baseline and not sw.finished()[sw.finished()["variant"] == v].empty]
+    """The variant with the most components switched on (the first in spec order), if it has more than the baseline.
+    Judged on every trial of the sweep, finished or not: an unfinished full method must not hand the headline to
+    the most complete variant that happens to have finished."""
+    cands = [v for v in sw.variants if v != sw.baseline and not sw.trials[sw.trials["variant"] == v].empty]
     if not cands:
         return None
     most = max(len(sw.components(v)) for v in cands)
@@ -49,9 +51,10 @@ def headline(sw: Sweep, metric: str) -> list[str]:
         if sw.baseline in per and full in per:
             c = compare_ci(per[sw.baseline], per[full], log)
             cells.append(f"{compare_cell(c, log)} at {s} step{'s' * (s > 1)}")
-    if not cells:
-        return []
     what = "÷" if log else "−"
+    if not cells:
+        return [f"**Full method `{full}` {what} baseline `{sw.baseline}`: not measured**: one of them has no finished "
+                "seed (see 'Missing and failed trials')."]
     lines = [f"**Full method `{full}` {what} baseline `{sw.baseline}`, {metric.upper()}: " + "; ".join(cells) +
              "** (95 % intervals, paired by seed" + (", on log values" if log else "") + ")."]
     tuned = _tuned_of(sw, sw.baseline)
