@@ -101,6 +101,10 @@ def reap_descendants_on_exit() -> subprocess.Popen | None:
         # Its own session: a Ctrl-C or a killpg aimed at this process's group must not stop the watchdog first.
         _WATCHDOG = subprocess.Popen([sys.executable, "-m", "ism.system.procs", str(os.getpid())], start_new_session=True,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # It outlives this process by design (it reaps after the parent's death): not the leak Popen warns of at exit.
+        import warnings
+        warnings.filterwarnings("ignore", message=f"subprocess {_WATCHDOG.pid} is still running",
+                                category=ResourceWarning)
     return _WATCHDOG
 
 
