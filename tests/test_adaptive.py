@@ -193,8 +193,8 @@ def test_a_round_the_budget_cannot_pay_at_once_runs_in_passes_rescaled_by_the_tr
         passes.append(len(sp.active))
         return rounds(sp)
     out = A.run(p, tmp_path / "st", A.Clock(Budget("wall_s", 3.5 * each)), run, Rule(), scale=lambda: next(scales))
-    assert passes[:2] == [3, 6], "round 1 in two passes: 3 trials, then the other 3 with the rescaled model"
-    assert out.rounds[0]["ran"] == ["a/s0", "c/s0", "a/s1", "c/s1", "b/s0", "b/s1"]
+    assert passes[:2] == [3, 4], "round 1 (the headline pair) in two passes: 3 trials, then the 4th, rescaled"
+    assert out.rounds[0]["ran"] == ["a/s0", "c/s0", "a/s1", "c/s1"]
     assert len(out.rounds) >= 2, "the decisions of round 1 were taken once it was whole"
 
 
@@ -232,10 +232,21 @@ def test_before_any_trial_is_timed_on_this_machine_a_pass_is_one_wave(tmp_path):
         sizes.append(len(ran) - before)
         timed["yes"] = True  # the trials just run are timed
         return rc
-    for calibrated, first in ((lambda: timed["yes"], k), (True, 6)):
+    for calibrated, first in ((lambda: timed["yes"], k), (True, 4)):
         ran: list[str] = []
         rounds = _fake_round(tmp_path / f"st{first}", ran)
         sizes.clear()
         A.run(p, tmp_path / f"st{first}", A.Clock(Budget("wall_s", 1e6)), run, Rule(), calibrated=calibrated)
-        assert sizes[0] == first and 6 > k  # round 1 wants 3 variants x 2 seeds
-        assert sum(sizes[:2]) == 6 or first == 6  # uncalibrated: the rest of round 1 in the next pass
+        assert sizes[0] == first and 4 > k  # round 1 wants the headline pair's 2 x 2 seeds
+        assert sum(sizes[:2]) == 4 or first == 4  # uncalibrated: the rest of round 1 in the next pass
+
+
+def test_the_headline_pair_takes_its_next_look_before_any_other_config_starts(tmp_path):
+    """c (the full method) against a is undecided at 2 seeds: its 3rd seeds come before b's first, so a budget of 6
+    trials reaches the headline's second look (a round over every config first would spend it on b)."""
+    p = _spec(tmp_path / "s.yaml")
+    ran: list[str] = []
+    out = A.run(p, tmp_path / "st", A.Clock(Budget("trials", 6)), _fake_round(tmp_path / "st", ran), Rule())
+    assert sorted(ran) == ["a/s0", "a/s1", "a/s2", "c/s0", "c/s1", "c/s2"] and out.exhausted
+    comps = {c.name: c for c in A.comparisons(p, tmp_path / "st", Rule())}
+    assert [look.seeds for look in comps["c@1"].looks] == [2, 3]

@@ -465,7 +465,7 @@ def test_reports_index_lists_every_committed_report_with_its_headline():
             continue
         rel = md.parent.relative_to(root).as_posix()
         assert f"]({rel}/report.md)" in text, rel
-    assert "Best FID at 1 step" in text and "Best trial #" in text
+    assert "**Full method `" in text and "Best trial #" in text  # a sweep's headline is its comparison
 
 
 def test_index_headline_comes_from_the_report(tmp_path):

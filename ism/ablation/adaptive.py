@@ -1,9 +1,12 @@
 """Adaptive seeds, live: a sweep runs in rounds at the rule's looks, and a budget is spent where a comparison the spec
 cares about is still undecided (the rule and its error rate: ism.ablation.sequential).
 
-- Round 1 gives every config its first `rule.looks[0]` seeds (2: the least a paired interval needs). The headline
-  pair goes first at all of its seeds, the baseline and the full method (the variant with the most iSM components),
-  then the rest seed-major: a budget too small for the round still decides the comparison the report leads with.
+- The headline pair comes first: the baseline and the full method (the variant with the most iSM components) take
+  their rounds alone, at the rule's looks, until their comparison is decided or at its last look. On a machine where
+  a trial costs 7 minutes of the budget, a round over every config (26 trials on components) would spend the whole
+  hour before the pair's second look, and the comparison the report leads with would stay undecided.
+- Then a round gives every other config its first `rule.looks[0]` seeds (2: the least a paired interval needs),
+  seed-major: a budget too small for the round still covers every config with a first seed.
 - After each round every comparison (each variant against the baseline, FID as a ratio at 1 and 4 steps) is assessed
   on the finished seeds. The undecided ones ask both their arms for the next look (`next_requests`: nearest to a
   decision first), and the next round runs those trials, in that order.
@@ -183,6 +186,8 @@ class Outcome:
     exhausted: bool
 
 
+# Over 60 lines on purpose: one loop whose order (headline rounds, passes under the budget, looks, the closing record)
+# is what makes a rerun take the same decisions; split, each piece would need the whole loop state.
 def run(p: Plan, storage: Path, clock: Clock, run_round: Callable[[Plan], int], rule: Rule | None = None,
         scale: float | Callable[[], float] = 1.0, say: Callable[[str], None] = lambda m: None,
         record: Callable[[Plan], bool] | None = None, calibrated: bool | Callable[[], bool] = True) -> Outcome:
@@ -199,7 +204,10 @@ def run(p: Plan, storage: Path, clock: Clock, run_round: Callable[[Plan], int], 
     as for a spec the budget never reached; then one empty pass opens it)."""
     rule = rule or Rule()
     n_seeds = len(p.seeds)
-    want = {v: min(rule.looks[0], n_seeds) for v in p.variants}
+    first = min(rule.looks[0], n_seeds)
+    full = plan_full_method(p)
+    head = {plan_baseline(p), full} if full else set()  # the headline pair's looks come first (module doc)
+    want = {v: first if (not head or v in head) else 0 for v in p.variants}
     rounds: list[dict] = []
     attempted: set[str] = set()
     rc, exhausted, stopped = 0, False, ""
@@ -211,7 +219,8 @@ def run(p: Plan, storage: Path, clock: Clock, run_round: Callable[[Plan], int], 
             rounds.append({"seeds": {v: want[v] for v in p.variants}, "ran": [], "left_undone": []})
         if new:  # a pass of this round
             fit = clock.fit(new, p.profile, p.resources, scale() if callable(scale) else scale)
-            wave = clock.budget is not None and not (calibrated() if callable(calibrated) else calibrated)
+            wave = (clock.budget is not None and clock.budget.kind != "trials"
+                    and not (calibrated() if callable(calibrated) else calibrated))
             if wave:
                 fit = fit[:concurrency(p.profile, p.resources)]  # one wave, then the measured rate sizes the passes
             rounds[-1]["left_undone"] = [t.label for t in new[len(fit):]]
@@ -232,8 +241,13 @@ def run(p: Plan, storage: Path, clock: Clock, run_round: Callable[[Plan], int], 
                 break
             continue  # the rest of the round, if the budget still pays for it
         comps = comparisons(p, storage, rule, want=want)
+        heading = any(want[v] == 0 for v in p.variants)  # still the headline pair's rounds
         have = {v: min(n, want.get(v, 0)) for v, n in _seeds_have(p, storage).items()}
-        grow = {arm: k for arm, k in next_requests(comps, have, rule) if k <= n_seeds and k > want.get(arm, 0)}
+        grow = {arm: k for arm, k in next_requests([c for c in comps if not heading or c.variant == full], have, rule)
+                if k <= n_seeds and k > want.get(arm, 0)}
+        if not grow and heading:  # the headline is decided or at its last look: every other config's first seeds
+            want.update({v: first for v in p.variants if want[v] == 0})
+            continue
         if not grow:
             stopped = ("every comparison decided" if all(c.decided for c in comps) else
                        "undecided comparisons are at the rule's last look or the plan's last seed")
