@@ -11,7 +11,7 @@ import pandas as pd
 
 from ism.conf.config import cfg_equivalent
 from ism.report.ci import positive
-from ism.report.load import Sweep
+from ism.report.load import Sweep, label
 from ism.report.tables import Table, compare_ci, compare_cell, fmt, log_metric
 
 HEADLINE_STEPS = (1, 4, 128)
@@ -55,7 +55,9 @@ def headline(sw: Sweep, metric: str) -> list[str]:
     if not cells:
         return [f"**Full method `{full}` {what} baseline `{sw.baseline}`: not measured**: one of them has no finished "
                 "seed (see 'Missing and failed trials')."]
-    lines = [f"**Full method `{full}` {what} baseline `{sw.baseline}`, {metric.upper()}: " + "; ".join(cells) +
+    same = label(sw, full)[len(full):].strip()  # "(= ism)": the spec may name the full method twice
+    named = f"`{full}`" + (" " + same.replace("(= ", "(= `").replace(")", "`)").replace(", ", "`, `") if same else "")
+    lines = [f"**Full method {named} {what} baseline `{sw.baseline}`, {metric.upper()}: " + "; ".join(cells) +
              "** (95 % intervals, paired by seed" + (", on log values" if log else "") + ")."]
     tuned = _tuned_of(sw, sw.baseline)
     if sw.plan.get("tuning"):
