@@ -461,8 +461,6 @@ def test_committed_text_reports_hold_no_machine_path():
     assert not found, found[:10]
 
 
-@pytest.mark.xfail(reason="the committed PDFs predate issue 23: the lead regenerates them; remove this mark then",
-                   strict=False)
 def test_committed_pdf_reports_hold_no_machine_path():
     from test_secrets import _pdf_text
     found = [str(p.relative_to(REPORTS)) for p in sorted(REPORTS.rglob("*.pdf"))

@@ -117,8 +117,9 @@ def describe(ls: Sequence[Look], budget: Budget | None, rule: Rule, seeds_availa
         if n == 0:
             lines.append(f"budget {budget.describe()}: not enough for the first look ({rule.looks[0]} seeds per "
                          f"config, ~{fmt(ls[0].total_wall_s)} wall, {ls[0].total_trials} trials); "
-                         + ("the trials it pays for run, baseline and full method first, the rest are reported as not run" if partial
-                            else "nothing would run"))
+                         + ("the trials it pays for run: the baseline and the full method first, at their looks "
+                            "until their comparison is decided, then the other configs' first seeds; the rest are "
+                            "reported as not run" if partial else "nothing would run"))
         else:
             lk = ls[n - 1]
             left = [k.seeds for k in ls[n:] if k.seeds <= seeds_available]
