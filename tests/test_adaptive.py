@@ -250,3 +250,18 @@ def test_the_headline_pair_takes_its_next_look_before_any_other_config_starts(tm
     assert sorted(ran) == ["a/s0", "a/s1", "a/s2", "c/s0", "c/s1", "c/s2"] and out.exhausted
     comps = {c.name: c for c in A.comparisons(p, tmp_path / "st", Rule())}
     assert [look.seeds for look in comps["c@1"].looks] == [2, 3]
+
+
+def test_a_wall_budget_pays_for_a_pass_only_if_its_longest_trial_fits():
+    """Two at once, a trial of cost c adds c/2 of wall to a full pass, but a lone trial still takes c: a budget of
+    0.6 c pays for no trial (it once admitted one and overran), 1.1 c pays for two (one wave)."""
+    from ism.conf.profiles import concurrency, estimate_s
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as d:
+        p = _spec(Path(d) / "s.yaml")
+    k = concurrency(p.profile, p.resources)
+    c = max(estimate_s(t.cfg, p.profile) for t in p.trials[:k])
+    trials = list(p.trials[:k])
+    assert A.Clock(Budget("wall_s", 0.6 * c)).fit(trials, p.profile, p.resources, 1.0) == []
+    assert len(A.Clock(Budget("wall_s", 1.1 * c)).fit(trials, p.profile, p.resources, 1.0)) == k
