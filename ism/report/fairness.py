@@ -11,7 +11,7 @@ import pandas as pd
 
 from ism.conf.config import cfg_equivalent
 from ism.report.ci import positive
-from ism.report.load import Sweep, label
+from ism.report.load import Sweep, distinct, label
 from ism.report.tables import Table, compare_ci, compare_cell, fmt, log_metric
 
 HEADLINE_STEPS = (1, 4, 128)
@@ -142,22 +142,21 @@ def guidance_response(sw: Sweep, path: Path) -> Path | str:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     colors = plt.get_cmap("tab10")
-    for i, v in enumerate(sw.variants):
+    shown = [v for v in distinct(sw) if not df[(df["variant"] == v) & df["sweep"]].empty]  # aliases drawn once
+    for i, v in enumerate(shown):
         sub = df[(df["variant"] == v) & df["sweep"]]
-        if sub.empty:
-            continue
         intrinsic = "intrinsic" in sw.components(v)
         for metric, style in (("guidance_displacement", "-"), ("cfg_displacement", ":")):
             for s, g in sub[sub["metric"] == metric].groupby("steps"):
                 m = g.groupby("guidance")["value"].mean()
                 x = [cfg_equivalent("intrinsic" if intrinsic else "cfg", w) for w in m.index]
                 what = "learned" if metric == "guidance_displacement" else "two-pass CFG"
-                ax.plot(x, m.values, style, marker="o", ms=3, color=colors(i % 10),
-                        label=f"{v} {what}, {int(s)} step{'s' * (s > 1)}")
+                ax.plot(x, m.values, style, marker={1: "o", 4: "s"}.get(int(s), "^"), ms=3, color=colors(i % 10),
+                        label=f"{label(sw, v)} {what}, {int(s)} step{'s' * (s > 1)}")
     ax.set_xlabel("CFG-equivalent scale (1 + w for intrinsic guidance)")
     ax.set_ylabel("RMS displacement from unguided samples")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6, ncol=2)
+    if ax.get_legend_handles_labels()[0]:  # below the axes: inside, it hid the curves
+        ax.legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     ax.grid(alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130, bbox_inches="tight")
