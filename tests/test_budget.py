@@ -76,7 +76,9 @@ def test_bad_or_too_small_budgets_fail_before_anything_starts(tmp_path):
     with pytest.raises(ConfigError, match=r"profiles.smoke.budget: 5 is not a budget"):
         ablate.load_spec(_spec(tmp_path / "s.yaml", profiles={"smoke": {"budget": 5}}))
     spec = _spec(tmp_path / "s.yaml")
-    with pytest.raises(ConfigError, match=r"--budget: 5 trials does not cover the first 2 seeds of every config"):
-        ablate_cmd.main([str(spec), "--profile", "smoke", "--budget", "5 trials", "--storage", str(tmp_path / "st"),
+    # the headline pair (a, and c: intrinsic + interval guidance) runs first: its first look is 4 trials
+    with pytest.raises(ConfigError, match=r"--budget: 3 trials does not cover the first 2 seeds of the baseline `a` "
+                                          r"and the full method `c` \(~.* min wall, 4 trials\)"):
+        ablate_cmd.main([str(spec), "--profile", "smoke", "--budget", "3 trials", "--storage", str(tmp_path / "st"),
                          "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
     assert not (tmp_path / "st").exists() and not (tmp_path / "m.db").exists()

@@ -152,7 +152,17 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _dry_run(jobs: list[Job], storage: Path, budget, rule, looks) -> int:
+def _headline(p) -> tuple[list, str]:
+    """The trials a budgeted spec runs first (ism.ablation.adaptive: the headline pair's), and who they are."""
+    from ism.ablation.adaptive import plan_baseline, plan_full_method
+    full = plan_full_method(p)
+    if full is None:
+        return list(p.trials), "every config"
+    base = plan_baseline(p)
+    return [t for t in p.trials if {base, full} & set(t.variants)], f"the baseline `{base}` and the full method `{full}`"
+
+
+def _dry_run(jobs: list[Job], storage: Path, budget, rule, looks, first_look_pays) -> int:
     """Print each job's tuning state, trials, cost and (with a budget) what the budget buys; run nothing."""
     for j in jobs:
         if j.tune:
@@ -161,7 +171,8 @@ def _dry_run(jobs: list[Job], storage: Path, budget, rule, looks) -> int:
         done, reused = finished_trials(j.plan, storage), reused_training(j.plan, storage)
         print(describe_plan(j.plan, done, reused, measured_scale(storage, j.plan.profile)))
         if budget is not None:
-            print("\n" + B.describe(looks(j), budget, rule, len(j.plan.seeds), partial=len(jobs) > 1) + "\n")
+            print("\n" + B.describe(looks(j), budget, rule, len(j.plan.seeds),
+                                    partial=len(jobs) > 1 or first_look_pays(j)) + "\n")
     if budget is not None and len(jobs) > 1:
         print(f"one budget for the {len(jobs)} specs, spent in the order given: {budget.describe()}; a spec it "
               "does not reach is reported as not run")
@@ -197,17 +208,23 @@ def main(argv: list[str] | None = None) -> int:
     rule = B.Rule()
     scale = (measured_scale(storage, args.profile) or (1.0, 0))[0]
 
-    def looks(j: Job) -> list[B.Look]:
+    def looks(j: Job, trials=None) -> list[B.Look]:
         p = j.plan
-        return B.looks(p.trials, p.profile, p.resources, rule, finished_trials(p, storage), reused_training(p, storage))
+        return B.looks(p.trials if trials is None else trials, p.profile, p.resources, rule, finished_trials(p, storage),
+                       reused_training(p, storage))
+
+    def first_look_pays(j: Job) -> bool:
+        """The budget covers the first look of what runs first: the headline pair's, else every config's."""
+        trials, _ = _headline(j.plan)
+        return B.affordable([lk for lk in looks(j, trials) if lk.seeds <= len(j.plan.seeds)], budget) > 0
 
     if args.dry_run:
-        return _dry_run(jobs, storage, budget, rule, looks)
-    if budget is not None and len(jobs) == 1 and \
-            B.affordable([lk for lk in looks(first) if lk.seeds <= len(first.plan.seeds)], budget) == 0:
-        lk = looks(first)[0]  # one spec: a budget that buys nothing fails before any work (and before the tuning)
-        raise ConfigError(f"{where}: {budget.describe()} does not cover the first {rule.looks[0]} seeds of every "
-                          f"config (~{lk.total_wall_s / 60:.0f} min wall, {lk.total_trials} trials)")
+        return _dry_run(jobs, storage, budget, rule, looks, first_look_pays)
+    if budget is not None and len(jobs) == 1 and not first_look_pays(first):
+        trials, who = _headline(first.plan)  # one spec: a budget that buys nothing fails before any work and tuning
+        lk = looks(first, trials)[0]
+        raise ConfigError(f"{where}: {budget.describe()} does not cover the first {rule.looks[0]} seeds of {who} "
+                          f"(~{lk.total_wall_s / 60:.0f} min wall, {lk.total_trials} trials)")
     store.check_writable(storage, "--storage (ISM_STORAGE)")
     store.check_writable(env.eval_cache_root(), "ISM_CACHE")
     if args.tune_only:
