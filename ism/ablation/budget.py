@@ -102,7 +102,8 @@ def affordable(ls: Sequence[Look], budget: Budget) -> int:
 
 def describe(ls: Sequence[Look], budget: Budget | None, rule: Rule, seeds_available: int, partial: bool = False) -> str:
     """The dry run's budget section: each look's cost, and what the budget buys: the looks every config gets.
-    partial: the budget is a job's, which runs the part of a first look it pays for (one spec alone refuses)."""
+    partial: the part of a first look the budget pays for runs (a job's budget, or one spec's that covers the
+    headline pair's first look; below that, one spec alone refuses)."""
     fmt = lambda s: f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"  # noqa: E731
     lines = [f"adaptive seeds: {rule.describe()}"]
     for lk in ls:
