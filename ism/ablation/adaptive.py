@@ -170,6 +170,15 @@ def wanted(p: Plan, want: Mapping[str, int]) -> list[Trial]:
     return launch_order(p, [t for t in p.trials if t.run_id in ids])
 
 
+def headline_trials(p: Plan) -> tuple[list[Trial], str]:
+    """The trials a budgeted spec runs first (the headline pair's; every trial without a full method), and who."""
+    full = plan_full_method(p)
+    if full is None:
+        return list(p.trials), "every config"
+    base = plan_baseline(p)
+    return [t for t in p.trials if {base, full} & set(t.variants)], f"the baseline `{base}` and the full method `{full}`"
+
+
 def launch_order(p: Plan, trials: Iterable[Trial]) -> list[Trial]:
     """Trials in the order a pass launches them: the headline pair (baseline, full method) at every seed, then
     seed-major in the plan's order, baseline first (an interrupted pass has decided what the report leads with)."""

@@ -152,16 +152,6 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _headline(p) -> tuple[list, str]:
-    """The trials a budgeted spec runs first (ism.ablation.adaptive: the headline pair's), and who they are."""
-    from ism.ablation.adaptive import plan_baseline, plan_full_method
-    full = plan_full_method(p)
-    if full is None:
-        return list(p.trials), "every config"
-    base = plan_baseline(p)
-    return [t for t in p.trials if {base, full} & set(t.variants)], f"the baseline `{base}` and the full method `{full}`"
-
-
 def _dry_run(jobs: list[Job], storage: Path, budget, rule, looks, first_look_pays) -> int:
     """Print each job's tuning state, trials, cost and (with a budget) what the budget buys; run nothing."""
     for j in jobs:
@@ -215,13 +205,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def first_look_pays(j: Job) -> bool:
         """The budget covers the first look of what runs first: the headline pair's, else every config's."""
-        trials, _ = _headline(j.plan)
+        from ism.ablation.adaptive import headline_trials
+        trials, _ = headline_trials(j.plan)
         return B.affordable([lk for lk in looks(j, trials) if lk.seeds <= len(j.plan.seeds)], budget) > 0
 
     if args.dry_run:
         return _dry_run(jobs, storage, budget, rule, looks, first_look_pays)
     if budget is not None and len(jobs) == 1 and not first_look_pays(first):
-        trials, who = _headline(first.plan)  # one spec: a budget that buys nothing fails before any work and tuning
+        from ism.ablation.adaptive import headline_trials
+        trials, who = headline_trials(first.plan)  # one spec: a budget that buys nothing fails before any work
         lk = looks(first, trials)[0]
         raise ConfigError(f"{where}: {budget.describe()} does not cover the first {rule.looks[0]} seeds of {who} "
                           f"(~{lk.total_wall_s / 60:.0f} min wall, {lk.total_trials} trials)")
