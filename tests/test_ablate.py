@@ -649,10 +649,12 @@ def test_cost_estimate_counts_the_reflow_pairs():
 
 
 def test_methods_spec_shares_sm_and_ism_training_with_components_and_configures_each_method():
+    from ism.ablation import tuning as TU
     from ism.conf.config import training_id
+    record = TU.read_record(ROOT / "ablations/tuned/components.embedded.yaml")   # both specs carry its tuned values
     comp = {training_id(t.cfg) for t in ablate.plan(ablate.load_spec(ROOT / "ablations/components.yaml"),
-                                                     "embedded").trials}
-    p = ablate.plan(ablate.load_spec(ROOT / "ablations/methods.yaml"), "embedded")
+                                                     "embedded", tuning=record).trials}
+    p = ablate.plan(ablate.load_spec(ROOT / "ablations/methods.yaml"), "embedded", tuning=record)
     assert p.seeds == (0, 1, 2) and set(t.cfg.eval.steps for t in p.trials) == {(1, 2, 4, 128)}
     # evaluated at other step counts (other run ids), trained as the components trials (same training ids)
     shared = {v for t in p.trials if training_id(t.cfg) in comp for v in t.variants}

@@ -129,3 +129,30 @@ def test_ism_ablate_tunes_each_arm_then_sweeps_with_the_tuned_values_and_reuses_
         assert (st / "trials" / t.run_id / "summary.json").is_file()
     again = run("--dry-run")
     assert again.returncode == 0 and "(record current)" in again.stdout
+
+
+def test_a_spec_reuses_another_specs_record_only_for_identical_arms(tmp_path, monkeypatch):
+    """methods.yaml borrows components' record (tune.record): its SM and iSM arms are the same studies there, so the
+    committed values apply unchanged; a borrowed record whose arm is not current is refused before any work (exit 2),
+    naming the command that tunes it, instead of re-tuning into the other spec's record."""
+    from ism import cli
+    from ism.study import tune as ST
+    spec = ablate.load_spec(ROOT / "ablations/methods.yaml")
+    t = spec.tune("embedded")
+    assert t.record == "components"
+    record = TU.read_record(TU.record_path(spec.path, t.record, "embedded", tmp_path, "embedded"))
+    arms = ST.status(spec, t, "embedded", record)
+    assert {a.arm.variant for a in arms} == {"sm", "sm+twin_ema", "ism"} and all(a.current for a in arms)
+    p = ablate.plan(spec, "embedded", tuning={a.arm.variant: a.entry for a in arms})
+    cfg = {t.variants[0]: t.cfg for t in p.trials if t.seed == 0}
+    assert cfg["sm"].ema.half_life_steps == record["sm"]["values"]["ema.half_life_steps"] == cfg["sm+sot"].ema.half_life_steps
+    assert cfg["ism"].guidance.w_max == record["ism"]["values"]["guidance.w_max"]
+    assert cfg["meanflow"].ema.half_life_steps != cfg["sm"].ema.half_life_steps   # untuned: the preset's value
+    # a borrowed arm that is not the same study there: refused, nothing run
+    mine = write(tmp_path / "borrow.yaml", {**TUNE, "record": "components"})
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main(["ablate", str(mine), "--profile", "embedded", "--storage", str(tmp_path / "st"), "--dry-run"])
+    assert rc == 2 and not (tmp_path / "st" / "runs").exists()
+    assert not (tmp_path / "tuned").exists()   # nothing written into the borrowed record's place
+    with pytest.raises(ConfigError, match=r"tune\.record: name '\.\./x' is not allowed"):
+        ablate.load_spec(write(tmp_path / "bad.yaml", {**TUNE, "record": "../x"}))

@@ -21,9 +21,9 @@ import yaml
 from ism.conf import specs as S
 from ism.conf.config import read_yaml
 from ism.errors import ConfigError, suggest
-from ism.system.store import atomic_write
+from ism.system.store import atomic_write, check_name
 
-TUNE_KEYS = ("budget", "seed", "objective", "arms", "profiles", "note")
+TUNE_KEYS = ("budget", "seed", "objective", "arms", "profiles", "note", "record")
 ARM_KEYS = ("space", "points", "applies_to", "reason")
 PROFILE_TUNE_KEYS = ("budget", "seed", "arms", "note")
 
@@ -49,6 +49,7 @@ class Tune:
     objective: Mapping[str, Any]
     arms: tuple[Arm, ...]
     note: str
+    record: str | None = None   # another spec's record whose identical arms this spec reuses (never re-tunes there)
 
     def carriers(self) -> dict[str, str]:
         """{variant: the arm whose tuned values it carries}."""
@@ -119,7 +120,10 @@ def parse(where: str, raw: Any, variants: list[str], profile: str) -> Tune | Non
                                   "carries one arm's values")
             carried[v] = name
         arms.append(Arm(str(name), points, applies, str(a.get("reason", "")).strip()))
-    return Tune(budget, seed, objective, tuple(arms), str(adj.get("note", raw.get("note", ""))).strip())
+    record = raw.get("record")
+    if record is not None:
+        record = check_name(f"{where}.record", record)
+    return Tune(budget, seed, objective, tuple(arms), str(adj.get("note", raw.get("note", ""))).strip(), record)
 
 
 # ----------------------------------------------------------------------------------------------- the record

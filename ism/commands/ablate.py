@@ -110,8 +110,13 @@ def prepare(path: str, args: argparse.Namespace, storage: Path) -> Job:
         from ism.study import tune as ST  # Optuna loads only for specs that tune
         from ism.study.storage import quiet_optuna
         quiet_optuna(args.verbose)
-        record_path = TU.record_path(spec.path, spec.name, args.profile, storage, DEFAULT_PROFILE)
+        record_path = TU.record_path(spec.path, tune.record or spec.name, args.profile, storage, DEFAULT_PROFILE)
         arms = ST.status(spec, tune, args.profile, TU.read_record(record_path), args.retune)
+        stale = [a.arm.variant for a in arms if not a.current]
+        if tune.record and stale:  # a borrowed record is only read: its own spec tunes it
+            raise ConfigError(f"{path}: tune.record '{tune.record}': arm(s) {', '.join(stale)} not current in {record_path} "
+                              "(the arm must be the same study there: base config, grid, budget, objective, seed); run "
+                              f"`ism ablate {Path(spec.path).parent / tune.record}.yaml --tune-only --profile {args.profile}` first")
         tuning = {a.arm.variant: a.entry for a in arms if a.current}
     p = plan(spec, args.profile, args.variants, args.seeds, tuning)
     if args.max_failures is not None:
