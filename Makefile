@@ -33,8 +33,8 @@ install: $(VENV)/.installed ## create .venv with the pinned stack (once)
 test: $(VENV)/.installed ## the whole test suite, slow end-to-end tests included (CI runs this)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-fast: $(VENV)/.installed ## the unit tier: no PostgreSQL, Ray or Chromium (tiers: pyproject.toml markers)
-	$(BIN)/python -m pytest -q -m unit $(PYTEST_ARGS)
+test-fast: $(VENV)/.installed ## the unit tier: no PostgreSQL, Ray or Chromium (tiers: pyproject.toml markers), on every core
+	$(BIN)/python -m pytest -q -m unit -n auto $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed ## benchmarks -> benchmarks/out/*.json and *.md
 	$(BIN)/python -m benchmarks.run $(ARGS)

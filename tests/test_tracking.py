@@ -343,3 +343,29 @@ def test_experiment_page_shows_every_trials_fid_in_a_real_browser(store, tmp_pat
         assert all(f" {v:g} " in f" {run_page} " for v in fids[rid].values()), run_page[:3000]
     finally:
         stop_group(proc)
+
+
+def test_a_new_store_is_the_migrated_template_as_mlflow_would_have_made_it(tmp_path, monkeypatch):
+    """seed_store copies a store mlflow migrated once (instead of ~50 migrations per new store) and links it in
+    without clobbering: the same schema revision as a store mlflow makes, the Default experiment where mlflow puts it
+    (<cwd>/mlruns/0), runs log into it, and an existing store is never replaced."""
+    import contextlib
+    import sqlite3
+    from mlflow.tracking import MlflowClient
+    from ism.tracking import connect
+    monkeypatch.chdir(tmp_path)
+    made = tmp_path / "by_mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{made}").search_experiments()
+    seeded = tmp_path / "seeded.db"
+    connect.seed_store(f"sqlite:///{seeded}")
+    def rev(db):
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            return con.execute("select version_num from alembic_version").fetchall()
+    assert seeded.is_file() and rev(seeded) == rev(made)
+    c = MlflowClient(tracking_uri=f"sqlite:///{seeded}")
+    assert c.get_experiment("0").artifact_location == str(tmp_path / "mlruns" / "0")
+    run = c.create_run(c.create_experiment("x", artifact_location=(tmp_path / "art").as_uri()))
+    c.log_metric(run.info.run_id, "fid", 3.0)
+    connect.seed_store(f"sqlite:///{seeded}")   # exists: kept, with its run
+    assert MlflowClient(tracking_uri=f"sqlite:///{seeded}").get_run(run.info.run_id).data.metrics == {"fid": 3.0}
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".seed")] == []

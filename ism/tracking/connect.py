@@ -3,13 +3,18 @@ commit a run records, and the `mlflow server` command `ism ui` starts."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import mlflow
 from mlflow.tracking import MlflowClient
 
 from ism.errors import ConfigError
@@ -87,11 +92,49 @@ def artifact_root(uri: str) -> str | None:
 _CLIENTS: dict[str, MlflowClient] = {}  # per process: opening a sqlite store costs ~1 s (schema check)
 
 
+def _template() -> Path:
+    """An empty sqlite store migrated by this mlflow version, made once per machine and user (temp dir)."""
+    path = Path(tempfile.gettempdir()) / f"ism-mlflow-{mlflow.__version__}-{os.getuid()}.db"
+    if not path.is_file():
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        MlflowClient(tracking_uri="sqlite:///" + str(tmp)).search_experiments(max_results=1)
+        os.replace(tmp, path)   # whole or absent: a concurrent maker's file is as good as ours
+    return path
+
+
+def seed_store(uri: str) -> None:
+    """Create a new sqlite store as a copy of the migrated template instead of letting mlflow migrate it.
+
+    Why: mlflow runs its ~50 schema migrations on every new store (4-7 s on 2 cores, measured in
+    docs/results.md#test-suite), once per test store and per fresh sweep store; and two processes opening one new
+    store at once raced on that migration. The copy is linked into place without clobbering (the first process
+    wins), and its Default experiment points where mlflow would have put it (<cwd>/mlruns/0). Any failure leaves
+    the store absent, and mlflow creates it as before."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(unquote(uri[len("sqlite:///"):]))
+    if db.exists() or not db.parent.is_dir():
+        return
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.seed")
+    try:
+        shutil.copyfile(_template(), tmp)
+        with sqlite3.connect(tmp) as con:
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                        (str(Path.cwd().resolve() / STORE_DIR / "0"),))
+        con.close()
+        os.link(tmp, db)
+    except Exception:  # noqa: BLE001  (a store another process linked first, or no template: mlflow creates it)
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def client(uri: str | None = None) -> MlflowClient:
     """A client bound to the project's tracking URI (one per URI and process)."""
     uri = tracking_uri(uri)
     if uri not in _CLIENTS:
         artifact_root(uri)  # rejects file stores early with a clear message
+        seed_store(uri)
         _CLIENTS[uri] = MlflowClient(tracking_uri=uri)
     return _CLIENTS[uri]
 
@@ -144,5 +187,6 @@ def server_command(uri: str, host: str = "127.0.0.1", port: int = 5000, workers:
     root = artifact_root(uri)
     if root is None:
         raise ValueError(f"{dburl.masked(uri)} is already a tracking server; open it in a browser instead")
+    seed_store(uri)
     return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", str(workers),
             "--backend-store-uri", uri, "--default-artifact-root", root]
