@@ -155,3 +155,32 @@ def test_resumed_trials_do_not_count_as_fast_progress():
     p.on_trial_result(0, [], _trial(b.run_id), {"step": steps, "resumed": 1, "finished_before": 1})
     p.on_trial_complete(0, [], _trial(b.run_id, {"done": 1}))
     assert p.done == 1 and p.measured_trials == 0
+
+
+def test_unchanged_trials_are_repeated_only_as_a_heartbeat_and_an_overdue_eta_is_a_lower_bound(monkeypatch):
+    """During a long evaluation nothing changes: the line comes back every HEARTBEAT_S, not every 20 s; a trial past
+    its estimate makes the ETA a lower bound ('>=') that says so, never a bare 'ETA 0.0 min'."""
+    clock = Clock()
+    monkeypatch.setattr(progress.time, "time", clock)
+    plan = _guidance_plan()
+    a = plan.trials[0]
+    out = io.StringIO()
+    p = progress.Progress(plan, [a], done_before=0, every_s=20.0, out=out)
+    p.on_trial_start(0, [], _trial(a.run_id))
+    p.on_trial_result(0, [], _trial(a.run_id), {"step": a.cfg.run.steps, "loss": 0.2})   # now evaluating
+    clock.now += 20.0
+    p.on_step_end(0, [])                                   # the change is printed
+    n = out.getvalue().count("\n    ")
+    assert out.getvalue().splitlines()[-1].endswith("evaluating")
+    for _ in range(int(progress.HEARTBEAT_S // 20) - 1):   # unchanged lines within a heartbeat: silent
+        clock.now += 20.0
+        p.on_step_end(0, [])
+    assert out.getvalue().count("\n    ") == n
+    clock.now += 20.0 + p.scale() * p.work[a.run_id]      # a heartbeat later, and past the trial's estimate
+    p.on_step_end(0, [])
+    last = out.getvalue().splitlines()[-2]
+    assert out.getvalue().count("\n    ") == n + 1 and "ETA >= 0.0 min" in last and "1 trial(s) past their estimate" in last
+    p.on_trial_result(0, [], _trial(a.run_id), {"step": a.cfg.run.steps, "loss": 0.2, "fid_steps_1": 50.0})
+    clock.now += 20.0
+    p.on_step_end(0, [])                                   # changed (a FID arrived): printed at the usual pace
+    assert out.getvalue().count("\n    ") == n + 2

@@ -18,6 +18,7 @@ from ism.system import store
 # Each finished trial adds (measured wall s, estimated s) under its profile in <storage>/timings.json; the dry run and
 # the live ETA scale the model by measured / estimated (a ratio of sums: long trials weigh more, as in a sweep's wall).
 TIMINGS = "timings.json"
+HEARTBEAT_S = 120.0      # an unchanged progress line is repeated at most this often (it shows the sweep is alive)
 
 
 def record_timing(storage: str | Path, profile: str, measured_s: float, estimated_s: float) -> None:
@@ -67,6 +68,7 @@ class Progress:
         self.running: dict[str, dict] = {}
         self.start = time.time()
         self.last_print = 0.0
+        self.last_body: list[str] | None = None
         # A trial finished by another spec's sweep is only logged here: no work, so it cannot speed up the ETA's
         # rate; an adopted training leaves only the evaluation.
         parts = {t.run_id: (0.0, 0.0, 0.0) if t.run_id in stored else
@@ -188,16 +190,38 @@ class Progress:
             heapq.heappush(slots, heapq.heappop(slots) + w)
         return max(slots)
 
+    def overdue(self) -> int:
+        """Running trials past their scaled estimate (the ETA then counts them as ending now: a lower bound)."""
+        now, r = time.time(), self.scale()
+        return sum(1 for rid in self.running if rid in self.work and now - self.started.get(rid, now) > r * self.work[rid])
+
+    def _eta_text(self) -> str:
+        """', ETA 4.2 min (source)', a lower bound ('ETA >= ...') while a trial runs past its estimate."""
+        eta = self.eta_s()
+        if eta is None:
+            return ""
+        late = self.overdue()
+        return (f", ETA {'>= ' if late else ''}{eta / 60:.1f} min ({self.eta_source()}"
+                + (f"; {late} trial(s) past their estimate" if late else "") + ")")
+
     def _print(self, force: bool = False, event: str = "") -> None:
         now = time.time()
         if not force and now - self.last_print < self.every:
             return
-        self.last_print = now
-        eta = self.eta_s()
+        body = self._trial_lines()
+        # Unchanged trial lines are repeated only as a heartbeat (every HEARTBEAT_S), so a long evaluation does not
+        # fill the terminal with identical lines.
+        if not force and body == self.last_body and now - self.last_print < max(self.every, HEARTBEAT_S):
+            return
+        self.last_print, self.last_body = now, body
         head = (f"[{self.plan.spec.name}/{self.plan.profile}] {self.done}/{self.total} done, {len(self.running)} running, "
                 f"{self.failed} failed" + (f", {self.retries} retried" if self.retries else "")
-                + f" | {(now - self.start) / 60:.1f} min"
-                + (f", ETA {eta / 60:.1f} min ({self.eta_source()})" if eta is not None else ""))
+                + f" | {(now - self.start) / 60:.1f} min" + self._eta_text())
+        print(head + (f" | {event}" if event else "") + ("\n    " + "\n    ".join(body) if body else ""),
+              file=self.out, flush=True)
+
+    def _trial_lines(self) -> list[str]:
+        """One line per running trial: its step, latest loss and FIDs, or 'evaluating'."""
         parts = []
         for rid, res in self.running.items():
             t = self.by_id.get(rid)
@@ -210,5 +234,4 @@ class Progress:
             if not fids and res.get("step") == t.cfg.run.steps and t.cfg.eval.at_end:
                 fids = " evaluating"
             parts.append(s + fids)
-        print(head + (f" | {event}" if event else "") + ("\n    " + "\n    ".join(parts) if parts else ""),
-              file=self.out, flush=True)
+        return parts
