@@ -11,7 +11,7 @@ import pandas as pd
 
 from ism.conf.config import cfg_equivalent
 from ism.report.ci import positive
-from ism.report.load import Sweep, distinct, label
+from ism.report.load import Sweep, aliases, distinct, label
 from ism.report.tables import Table, compare_ci, compare_cell, fmt, log_metric
 
 HEADLINE_STEPS = (1, 4, 128)
@@ -55,8 +55,8 @@ def headline(sw: Sweep, metric: str) -> list[str]:
     if not cells:
         return [f"**Full method `{full}` {what} baseline `{sw.baseline}`: not measured**: one of them has no finished "
                 "seed (see 'Missing and failed trials')."]
-    same = label(sw, full)[len(full):].strip()  # "(= ism)": the spec may name the full method twice
-    named = f"`{full}`" + (" " + same.replace("(= ", "(= `").replace(")", "`)").replace(", ", "`, `") if same else "")
+    same = aliases(sw, full)  # the spec may name the full method twice (cum5_twin_ema = ism)
+    named = f"`{full}`" + (" (= " + ", ".join(f"`{a}`" for a in same) + ")" if same else "")
     lines = [f"**Full method {named} {what} baseline `{sw.baseline}`, {metric.upper()}: " + "; ".join(cells) +
              "** (95 % intervals, paired by seed" + (", on log values" if log else "") + ")."]
     tuned = _tuned_of(sw, sw.baseline)

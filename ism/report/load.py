@@ -335,9 +335,13 @@ def distinct(sw: Sweep) -> list[str]:
     return out
 
 
+def aliases(sw: Sweep, v: str) -> list[str]:
+    """The other names of a variant's trial (variants with identical configs share one)."""
+    t = sw.trials[sw.trials["variant"] == v]
+    return [x for x in (t.iloc[0]["variants"].split(",") if not t.empty else [v]) if x != v]
+
+
 def label(sw: Sweep, v: str) -> str:
     """A variant's row label; variants sharing one trial (identical configs) are named together."""
-    t = sw.trials[sw.trials["variant"] == v]
-    other = t.iloc[0]["variants"].split(",") if not t.empty else [v]
-    same = [x for x in other if x != v]
+    same = aliases(sw, v)
     return v + (" (= " + ", ".join(same) + ")" if same else "") + (" [baseline]" if v == sw.baseline else "")

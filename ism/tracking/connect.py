@@ -105,11 +105,11 @@ def _template() -> Path:
 def seed_store(uri: str) -> None:
     """Create a new sqlite store as a copy of the migrated template instead of letting mlflow migrate it.
 
-    Why: mlflow runs its ~50 schema migrations on every new store (4-7 s on 2 cores, measured in
-    docs/results.md#test-suite), once per test store and per fresh sweep store; and two processes opening one new
-    store at once raced on that migration. The copy is linked into place without clobbering (the first process
-    wins), and its Default experiment points where mlflow would have put it (<cwd>/mlruns/0). Any failure leaves
-    the store absent, and mlflow creates it as before."""
+    Why: mlflow runs its ~50 schema migrations on every new store (seconds on 2 cores:
+    docs/results.md#wall-time-of-the-commands), once per test store and per fresh sweep store; and two processes
+    opening one new store at once raced on that migration. The copy is linked into place without clobbering (the
+    first process wins), and its Default experiment points where mlflow would have put it (<cwd>/mlruns/0). Any
+    failure leaves the store absent, and mlflow creates it as before."""
     if not uri.startswith("sqlite:///"):
         return
     db = Path(unquote(uri[len("sqlite:///"):]))
