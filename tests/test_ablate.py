@@ -321,7 +321,7 @@ def test_parent_run_carries_the_sweep_summary_and_the_experiment_the_training_vi
                   "INFO mlflow"):
         assert noise not in out, noise
     etas = [ln for ln in out.splitlines() if ", ETA " in ln]
-    assert etas and all(re.search(r"ETA \d+\.\d min \((cost model|from \d+ (earlier )?trial)", ln) for ln in etas), etas
+    assert etas and all(re.search(r"ETA (>= )?\d+\.\d min \((cost model|from \d+ (earlier )?trial)", ln) for ln in etas), etas
     from ism.commands.ls import sweep_lines
     line = next(ln for ln in sweep_lines(uri) if ln.split()[:2] == ["mini", "smoke"])
     assert "FAILED" in line and "6 trials: 4 finished, 2 failed" in line, line

@@ -145,11 +145,11 @@ def test_report_of_a_missing_sweep_suggests_the_ablate_command_with_its_flags(tm
     assert hint in capsys.readouterr().err
 
 
-def _stderr_of(code: str) -> str:
+def _stderr_of(code: str, **env) -> str:
     """What a fresh interpreter prints on stderr, in an environment without ism's quieting (commands run in-process
     by other tests set it in this one)."""
     from ism.commands.env import QUIET_ENV
-    clean = {k: v for k, v in os.environ.items() if k not in dict(QUIET_ENV)}
+    clean = {**{k: v for k, v in os.environ.items() if k not in dict(QUIET_ENV)}, **env}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env=clean)
     assert proc.returncode == 0, proc.stderr
@@ -158,10 +158,16 @@ def _stderr_of(code: str) -> str:
 
 @pytest.mark.e2e  # two interpreters that import MLflow: ~5-15 s, out of the 2-minute unit tier
 def test_mlflow_creates_its_store_quietly_unless_verbose(tmp_path):
+    """MLflow's migration lines appear only with --verbose; and only once per machine, when the migrated template
+    that new stores copy is made (TMPDIR points each case at a fresh template here)."""
     code = ("from ism.commands import env\nenv.quiet_libraries({v})\nfrom ism import tracking\n"
             "assert tracking.ism_experiments('sqlite:///{db}') == []")
-    assert "Creating initial MLflow database tables" in _stderr_of(code.format(v=True, db=tmp_path / "a.db"))
-    assert _stderr_of(code.format(v=False, db=tmp_path / "b.db")) == ""
+    (tmp_path / "t1").mkdir(), (tmp_path / "t2").mkdir()
+    assert "Creating initial MLflow database tables" in _stderr_of(code.format(v=True, db=tmp_path / "a.db"),
+                                                                   TMPDIR=str(tmp_path / "t1"))
+    assert "Creating initial MLflow database tables" not in _stderr_of(code.format(v=True, db=tmp_path / "c.db"),
+                                                                       TMPDIR=str(tmp_path / "t1"))  # a copy
+    assert _stderr_of(code.format(v=False, db=tmp_path / "b.db"), TMPDIR=str(tmp_path / "t2")) == ""
 
 
 def test_reopening_a_study_says_nothing(tmp_path):
