@@ -9,6 +9,10 @@ PROFILE ?= embedded
 NAME ?= components
 ARGS ?=
 PYTEST_ARGS ?=
+# make test runs two test files at once: most of its wall waits on started services (Ray, MLflow, PostgreSQL), so
+# a second file overlaps those waits (docs/results.md#wall-time-of-the-commands); files stay whole, so a module's
+# fixtures are built once. More workers start more Ray clusters at once: raise it only on a larger machine.
+TEST_JOBS ?= 2
 # components first: the headline comparison gets the budget before the other specs
 SPECS := ablations/components.yaml $(filter-out ablations/components.yaml,$(sort $(wildcard ablations/*.yaml)))
 # One wall-time budget for the whole main job (forms: 60m, 1.5h, 40 trials, 3 cpu-h): seeds are added adaptively
@@ -30,8 +34,8 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt
 
 install: $(VENV)/.installed ## create .venv with the pinned stack (once)
 
-test: $(VENV)/.installed ## the whole test suite, slow end-to-end tests included (CI runs this)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+test: $(VENV)/.installed ## the whole test suite, slow end-to-end tests included (CI runs this), two files at a time
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed ## the unit tier: no PostgreSQL, Ray or Chromium (tiers: pyproject.toml markers), on every core
 	$(BIN)/python -m pytest -q -m unit -n auto $(PYTEST_ARGS)

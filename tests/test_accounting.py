@@ -60,6 +60,9 @@ def test_sweep_totals_against_every_core_busy():
     assert t[PREFIX + "idle_core_s"] == pytest.approx(70.0)
     line = accounting.describe(t)
     assert "2 trial(s)" in line and "65 % of all cores" in line and "idle 1.2 core-min" in line
+    # interrupted before any trial finished: its cores were busy with unfinished trials, not idle
+    none = accounting.describe(sweep_totals([], span_s=564.0, cores=2))
+    assert "no trial finished in these 9.4 min" in none and "idle" not in none and "%" not in none
 
 
 class _Hooks:

@@ -81,6 +81,9 @@ def sweep_totals(trials: Iterable[Mapping[str, float]], span_s: float, cores: in
 def describe(totals: Mapping[str, float]) -> str:
     """One line for the sweep's closing message."""
     g = lambda k: totals.get(PREFIX + k, 0.0)  # noqa: E731
+    if not g("trials"):  # an interrupted wave: its busy cores belong to trials that log their account at their end
+        return (f"machine: no trial finished in these {g('span_s') / 60:.1f} min; unfinished trials are accounted "
+                "when they finish")
     phases = ", ".join(f"{p} {g(p + '_s') / 60:.1f}" for p in PHASES)
     return (f"machine: {int(g('trials'))} trial(s) in {g('span_s') / 60:.1f} min wall on {int(g('cores'))} cores; "
             f"trial minutes {phases}; CPU {g('cpu_s') / 60:.1f} min = {100 * g('cpu_util'):.0f} % of all cores "
