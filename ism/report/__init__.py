@@ -30,6 +30,9 @@ from ism.report.tables import (Table, center_ci, compare_cell, compare_ci, confi
                                missing_table, sweep_table)
 
 
+APPENDIX = "appendix.pdf"  # the PDF's appendix, beside report.pdf
+
+
 @dataclass
 class Report:
     """What build_report produced."""
@@ -129,11 +132,16 @@ def build_report(target: str, tracking_uri: str | None = None, out: str | Path |
             "compounding": C.figure(sw, figdir / "effective_guidance_vs_steps.png"),
             "guidance_response": FR.guidance_response(sw, figdir / "guidance_response.png"),
         }
-        for s in (1, 4, 128):
-            figs[f"samples_{s}"] = F.sample_grid(sw, grids, s, figdir / f"samples_steps_{s}.png")
-        blocks = _blocks(sw, tables, figs, m1)
-        md = render_markdown(blocks, out_dir)
-        pdf = render_pdf(blocks, out_dir / "report.pdf", f"ism report: {sw.spec}")
+        figs["samples"] = F.samples(sw, grids, figdir / "samples.png")
+        gaps = F.grid_gaps(sw, grids)
+        body, appendix = _blocks(sw, tables, figs, m1, gaps)
+        md = render_markdown(body + appendix, out_dir)
+        # The PDF reads like a paper's ablation section; its appendix (diagnostics, sweeps, losses, configuration,
+        # metadata) is a second file, so the first one stays about ten pages (issue 25).
+        pointer = Para(f"Appendix (diagnostics, compounding guidance, the guidance sweep, losses, configuration and "
+                       f"run metadata): `{APPENDIX}` beside this file.")
+        pdf = render_pdf(body[:2] + [pointer] + body[2:], out_dir / "report.pdf", f"ism report: {sw.spec}")
+        render_pdf(appendix, out_dir / APPENDIX, f"ism report: {sw.spec}, appendix")
         (out_dir / "tables").mkdir(exist_ok=True)
         for name, t in tables.items():
             if t.data is not None:
@@ -160,13 +168,13 @@ def tidy_scores(sw: L.Sweep) -> pd.DataFrame:
 
 def _fig(figs: dict, key: str, title: str) -> Figure:
     v = figs[key]
-    return Figure(title, v, "", full_page=key.startswith("samples")) if isinstance(v, Path) else Figure(title, None, v)
+    return Figure(title, v, "", full_page=key == "samples") if isinstance(v, Path) else Figure(title, None, v)
 
 
 # Over 60 lines on purpose: the report's page order, top to bottom; each block comes from a helper, so this is the table of
 # contents, read in one place.
-def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[Block]:
-    """The report's layout."""
+def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str, gaps: str = "") -> tuple[list[Block], list[Block]]:
+    """The report's layout: (the body, read as a paper's ablation section; the appendix)."""
     t = tables.get
     prof = sw.parent["tags"].get("ism.profile", "?")
     b: list[Block] = [Heading(f"ism report: {sw.spec} (profile {prof})", 1),
@@ -192,10 +200,6 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
     if t(f"{m1}_sequential") or t("machine"):  # the adaptive-seed verdicts and what the sweep spent (issue 26)
         b += [Heading("Seeds, decisions and the machine")] + [Para(x) for x in SQ.adaptive_summary(sw)]
         b += [x for x in (t(f"{m1}_sequential"), t("machine")) if x]
-    if t("compounding"):
-        b += [Heading("Compounding guidance (Prop. 1)")] + [Para(x) for x in C.summary(sw)]
-        b += [tables["compounding"], _fig(figs, "compounding", "Effective CFG-equivalent scale versus sampling steps "
-                                          "(log2 axes; dashed: each mode's prediction)")]
     if t("transfer") or t("step_time"):
         b.append(Heading("Few-step methods: transfer of iSM's fixes and training cost" if t("transfer") else
                          "Training cost per step"))
@@ -214,6 +218,12 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
     if not t("cumulative"):  # said where the reader of a paper-style report looks for it
         b += [Heading("Cumulative ablation"),
               Para("This spec has no cumulative-order group (a group whose name contains 'cumul').")]
+    b += [Heading("Samples"), _fig(figs, "samples", "Samples at 1, 4 and 128 steps" + (f" ({gaps})" if gaps else ""))]
+    body, b = b, [Heading("Appendix", 1)]
+    if t("compounding"):
+        b += [Heading("Compounding guidance (Prop. 1)")] + [Para(x) for x in C.summary(sw)]
+        b += [tables["compounding"], _fig(figs, "compounding", "Effective CFG-equivalent scale versus sampling steps "
+                                          "(log2 axes; dashed: each mode's prediction)")]
     groups = [x for k, x in tables.items() if k.startswith("group_")]
     if groups:
         b += [Heading("Other groups of the spec")] + groups
@@ -231,7 +241,5 @@ def _blocks(sw: L.Sweep, tables: dict[str, Table], figs: dict, m1: str) -> list[
         b.append(_fig(figs, "guidance_response", "Guidance response: RMS displacement from unguided samples against the "
                       "CFG-equivalent scale (solid: the learned or configured guidance; dotted: two-pass CFG)"))
     b += [Heading("Training losses"), _fig(figs, "losses", "Training losses per row kind")]
-    b.append(Heading("Samples"))
-    b += [_fig(figs, f"samples_{s}", f"Samples at {s} step{'s' * (s > 1)}") for s in (1, 4, 128)]
     b += [Heading("Configuration differences"), tables["config_diff"], Heading("Run metadata"), tables["metadata"]]
-    return b
+    return body, b

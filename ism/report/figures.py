@@ -12,11 +12,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ism.report.ci import mean_ci, positive  # noqa: E402
-from ism.report.load import Sweep  # noqa: E402
+from ism.report.load import Sweep, distinct, label  # noqa: E402
 from ism.report.tables import center_ci, log_metric  # noqa: E402
 
 DPI = 110
-GRID_ROWS = 4          # sample-grid rows shown per variant (one sample per class and row)
+GRID_ROWS = 2          # sample-grid rows shown per variant and step count (one sample per class and row)
 
 
 def _colors(n: int):
@@ -107,7 +107,6 @@ def ablation_bars(sw: Sweep, metric: str, path: Path, wanted=(1, 4, 128)) -> Pat
     """Dot-and-interval plot per variant at 1, 4 and 128 steps (those measured): the mean as a dot, its 95 % interval as
     a line, each seed as a cross, the baseline dashed. Dots, not bars: on the log axis a strictly positive metric
     (FID) needs, a bar's length would mean nothing. One row per trial (aliases named together)."""
-    from ism.report.load import distinct, label
     have = sw.steps_of(metric)
     steps = [s for s in wanted if s in have]
     if not steps:
@@ -288,26 +287,38 @@ def _is_points(sw: Sweep, v: str) -> bool:
     return sw.params.get(sw.representative(v) or "", {}).get("data.name") == "toy2d"
 
 
-def sample_grid(sw: Sweep, grids: dict[str, dict[int, Path]], steps: int, path: Path) -> Path | str:
-    """The first rows of every variant's sample grid at one step count, side by side (same eval noise)."""
+def grid_gaps(sw: Sweep, grids: dict[str, dict[int, Path]], steps: tuple[int, ...] = (1, 4, 128)) -> str:
+    """'no sample grid at 4 steps was logged' for the step counts no variant has a grid at ('' when none is missing)."""
+    gone = [s for s in steps if not any(s in grids.get(v, {}) for v in sw.variants)]
+    return "; ".join(f"no sample grid at {s} step{'s' * (s > 1)} was logged" for s in gone)
+
+
+def samples(sw: Sweep, grids: dict[str, dict[int, Path]], path: Path, steps: tuple[int, ...] = (1, 4, 128),
+            rows_shown: int = GRID_ROWS) -> Path | str:
+    """One figure of samples: a row per variant (aliases once), a column per step count, the first rows of each
+    logged grid (the same eval noise and labels everywhere), so the eye compares across both at once."""
     from PIL import Image
-    names = [v for v in sw.variants if steps in grids.get(v, {})]
+    cols = [s for s in steps if any(s in grids.get(v, {}) for v in sw.variants)]
+    names = [v for v in distinct(sw) if any(s in grids.get(v, {}) for s in cols)]
     if not names:
-        return f"no sample grid at {steps} step{'s' * (steps > 1)} was logged"
-    cols = min(4, len(names))
-    rows = math.ceil(len(names) / cols)
-    # 2-D points are logged as whole scatter plots (evaluate._save_points), not grids of image tiles to crop
-    points = all(_is_points(sw, v) for v in names)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, (3.3 if points else 1.45) * rows + 0.5), squeeze=False)
-    fig.subplots_adjust(hspace=0.3, wspace=0.08)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, v in zip(axes.flat, names):
-        im = np.asarray(Image.open(grids[v][steps]).convert("RGB"))
+        return "no sample grid was logged at " + ", ".join(f"{s} step{'s' * (s > 1)}" for s in steps)
+    points = all(_is_points(sw, v) for v in names)  # 2-D points: whole scatter plots, not image rows to crop
+    fig, axes = plt.subplots(len(names), len(cols), squeeze=False,
+                             figsize=(3.4 * len(cols) + 1.2, (2.6 if points else 0.36 * rows_shown + 0.08) * len(names) + 0.7))
+    fig.subplots_adjust(hspace=0.08, wspace=0.04, left=0.14)
+    for i, v in enumerate(names):
         res = int(sw.params.get(sw.representative(v) or "", {}).get("data.resolution", 0) or 0)
-        if res and not points:
-            im = im[: 1 + GRID_ROWS * (res + 1)]
-        ax.imshow(im, interpolation="nearest")
-        ax.set_title(v, fontsize=8)
-    fig.suptitle(f"Samples at {steps} step{'s' * (steps > 1)} (same noise and labels for every variant)")
+        for j, s in enumerate(cols):
+            ax = axes[i][j]
+            ax.set_xticks([]), ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
+            if s in grids.get(v, {}):
+                im = np.asarray(Image.open(grids[v][s]).convert("RGB"))
+                ax.imshow(im[: 1 + rows_shown * (res + 1)] if res and not points else im, interpolation="nearest")
+            if i == 0:
+                ax.set_title(f"{s} step{'s' * (s > 1)}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(label(sw, v), rotation=0, ha="right", va="center", fontsize=7)
+    fig.suptitle("Samples (same noise and labels for every variant)", fontsize=10)
     return _save(fig, path)

@@ -70,6 +70,8 @@ def index_markdown(root: Path) -> str:
             lines = md.read_text().splitlines()
             title = lines[0].lstrip("#").strip() if lines else rel
             pdf = f" · [PDF]({rel}/report.pdf)" if (md.parent / "report.pdf").exists() else ""
+            if (md.parent / "appendix.pdf").exists():
+                pdf += f" · [appendix]({rel}/appendix.pdf)"
             parts.append(f"### [{rel}]({rel}/report.md){pdf}\n\n{title}\n")
             parts += [f"- {ln}" for ln in headline(lines)] + [""]
     return "\n".join(parts).rstrip() + "\n"
