@@ -131,7 +131,7 @@ def test_ism_ablate_tunes_each_arm_then_sweeps_with_the_tuned_values_and_reuses_
     assert again.returncode == 0 and "(record current)" in again.stdout
 
 
-def test_a_spec_reuses_another_specs_record_only_for_identical_arms(tmp_path, monkeypatch):
+def test_a_spec_reuses_another_specs_record_only_for_identical_arms(tmp_path, monkeypatch, capsys):
     """methods.yaml borrows components' record (tune.record): its SM and iSM arms are the same studies there, so the
     committed values apply unchanged; a borrowed record whose arm is not current is refused before any work (exit 2),
     naming the command that tunes it, instead of re-tuning into the other spec's record."""
@@ -154,5 +154,10 @@ def test_a_spec_reuses_another_specs_record_only_for_identical_arms(tmp_path, mo
     rc = cli.main(["ablate", str(mine), "--profile", "embedded", "--storage", str(tmp_path / "st"), "--dry-run"])
     assert rc == 2 and not (tmp_path / "st" / "runs").exists()
     assert not (tmp_path / "tuned").exists()   # nothing written into the borrowed record's place
+    # the lender earlier in the same run (make ablation-all on a fresh smoke store) will tune them first: accepted
+    both = [str(ROOT / "ablations/components.yaml"), str(ROOT / "ablations/methods.yaml")]
+    assert cli.main(["ablate", *both, "--profile", "smoke", "--storage", str(tmp_path / "st"), "--dry-run"]) == 0
+    assert "wait for" in capsys.readouterr().err
+    assert cli.main(["ablate", *both[::-1], "--profile", "smoke", "--storage", str(tmp_path / "st"), "--dry-run"]) == 2
     with pytest.raises(ConfigError, match=r"tune\.record: name '\.\./x' is not allowed"):
         ablate.load_spec(write(tmp_path / "bad.yaml", {**TUNE, "record": "../x"}))

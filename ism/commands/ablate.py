@@ -98,8 +98,9 @@ class Job:
         return bool(self.tune) and not all(a.current for a in self.arms)
 
 
-def prepare(path: str, args: argparse.Namespace, storage: Path) -> Job:
-    """Load, tune-check and plan one spec (ConfigErrors here come before any work)."""
+def prepare(path: str, args: argparse.Namespace, storage: Path, before: tuple[str, ...] = ()) -> Job:
+    """Load, tune-check and plan one spec (ConfigErrors here come before any work). `before`: the specs this
+    invocation runs first; a record borrowed from one of them may still be tuned by it (checked again at its turn)."""
     try:
         spec = load_spec(path)
     except SpecKindError as e:  # a study spec: the hint keeps what ablate and study share
@@ -113,7 +114,11 @@ def prepare(path: str, args: argparse.Namespace, storage: Path) -> Job:
         record_path = TU.record_path(spec.path, tune.record or spec.name, args.profile, storage, DEFAULT_PROFILE)
         arms = ST.status(spec, tune, args.profile, TU.read_record(record_path), args.retune)
         stale = [a.arm.variant for a in arms if not a.current]
-        if tune.record and stale:  # a borrowed record is only read: its own spec tunes it
+        lender = Path(spec.path).parent / f"{tune.record}.yaml"
+        if tune.record and stale and any(Path(b).resolve() == lender.resolve() for b in before):
+            print(f"ism ablate: {path}: arm(s) {', '.join(stale)} wait for {lender} to tune them first in this run "
+                  f"(record {record_path})", file=sys.stderr)
+        elif tune.record and stale:  # a borrowed record is only read: its own spec tunes it
             raise ConfigError(f"{path}: tune.record '{tune.record}': arm(s) {', '.join(stale)} not current in {record_path} "
                               "(the arm must be the same study there: base config, grid, budget, objective, seed); run "
                               f"`ism ablate {Path(spec.path).parent / tune.record}.yaml --tune-only --profile {args.profile}` first")
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                           "[--vary KEY2=C,D] [--base PRESET] [--seeds 0,1] [--name NAME]")
     storage = env.storage(args.storage, "runs/ablate")
     env.ui_port()  # a bad ISM_UI_PORT is an error now, not after the sweep
-    jobs = [prepare(path, args, storage) for path in args.spec]
+    jobs = [prepare(path, args, storage, tuple(args.spec[:i])) for i, path in enumerate(args.spec)]
     first = jobs[0]
     budget_text = args.budget or (first.spec.budget_for(args.profile) if len(jobs) == 1 else None)
     where = "--budget" if args.budget else f"{first.path}: budget"
@@ -269,6 +274,16 @@ def _tune(j: Job, args: argparse.Namespace, storage: Path, uri: str) -> int:
     from ism.study.storage import storage_url
     root = storage / "tune"
     spec = j.spec
+    if j.tune.record:  # borrowed: its own spec ran first in this invocation and must have tuned these arms
+        from ism.ablation import tuning as TU
+        record = TU.read_record(j.record_path)
+        stale = [a.arm.variant for a in ST.status(spec, j.tune, args.profile, record) if not a.current]
+        if stale:
+            print(f"ism ablate: {j.path}: tune.record '{j.tune.record}': arm(s) {', '.join(stale)} still not current "
+                  f"in {j.record_path} after its spec ran; its tuning must finish first", file=sys.stderr)
+            return 2
+        j.plan = plan(spec, args.profile, args.variants, args.seeds, record)
+        return 0
     rc, record = ST.ensure_tuned(spec, j.tune, args.profile, j.record_path, storage_url(env.optuna_url(None), root),
                                  root, uri, env.eval_cache_root(), args.retune,
                                  say=lambda m: print(f"[{spec.name}/{args.profile}] {m}", file=sys.stderr))
