@@ -180,6 +180,10 @@ def test_unchanged_trials_are_repeated_only_as_a_heartbeat_and_an_overdue_eta_is
     p.on_step_end(0, [])
     last = out.getvalue().splitlines()[-2]
     assert out.getvalue().count("\n    ") == n + 1 and "ETA >= 0.0 min" in last and "1 trial(s) past their estimate" in last
+    stored = progress.Progress(plan, [a], done_before=0, every_s=20.0, out=io.StringIO(), stored=frozenset([a.run_id]))
+    stored.on_trial_start(0, [], _trial(a.run_id))
+    clock.now += 1.0
+    assert stored.overdue() == 0, "a trial another sweep finished has no work to be late with"
     p.on_trial_result(0, [], _trial(a.run_id), {"step": a.cfg.run.steps, "loss": 0.2, "fid_steps_1": 50.0})
     clock.now += 20.0
     p.on_step_end(0, [])                                   # changed (a FID arrived): printed at the usual pace

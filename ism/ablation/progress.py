@@ -193,7 +193,8 @@ class Progress:
     def overdue(self) -> int:
         """Running trials past their scaled estimate (the ETA then counts them as ending now: a lower bound)."""
         now, r = time.time(), self.scale()
-        return sum(1 for rid in self.running if rid in self.work and now - self.started.get(rid, now) > r * self.work[rid])
+        return sum(1 for rid in self.running  # a stored trial (no work) only passes through: never late
+                   if self.work.get(rid, 0.0) > 0 and now - self.started.get(rid, now) > r * self.work[rid])
 
     def _eta_text(self) -> str:
         """', ETA 4.2 min (source)', a lower bound ('ETA >= ...') while a trial runs past its estimate."""
