@@ -64,7 +64,7 @@ def test_tuned_values_reach_the_carriers_and_change_their_run_identity(tmp_path)
     assert cfg["a"].ema.half_life_steps == 7.0 and cfg["c"].ema.half_life_steps == 7.0
     assert cfg["b"].ema.target_half_life_steps == 4.0 and cfg["b"].ema.half_life_steps != 7.0
     assert not {t.run_id for t in plain.trials} & {t.run_id for t in tuned.trials}
-    assert tuned.to_json()["tuning"] == record
+    assert tuned.to_json()["tuning"] == {"a": {**record["a"], "carried_by": ["c"]}, "b": {**record["b"], "carried_by": []}}
 
 
 def test_a_record_is_reused_only_while_its_provenance_matches():
@@ -148,6 +148,9 @@ def test_a_spec_reuses_another_specs_record_only_for_identical_arms(tmp_path, mo
     assert cfg["sm"].ema.half_life_steps == record["sm"]["values"]["ema.half_life_steps"] == cfg["sm+sot"].ema.half_life_steps
     assert cfg["ism"].guidance.w_max == record["ism"]["values"]["guidance.w_max"]
     assert cfg["meanflow"].ema.half_life_steps != cfg["sm"].ema.half_life_steps   # untuned: the preset's value
+    # the plan (and its report) names this spec's carriers, not the lender's
+    assert {a: e["carried_by"] for a, e in p.to_json()["tuning"].items()} == {
+        "sm": ["sm+wavelet", "sm+sot"], "sm+twin_ema": [], "ism": []}
     # a borrowed arm that is not the same study there: refused, nothing run
     mine = write(tmp_path / "borrow.yaml", {**TUNE, "record": "components"})
     monkeypatch.chdir(tmp_path)

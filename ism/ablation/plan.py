@@ -353,8 +353,11 @@ def plan(spec: Spec, profile: str = DEFAULT_PROFILE, variants: list[str] | None 
     if tune:
         notes.append(f"equal-budget tuning: {tune.budget} trials per arm on held-out seed {tune.seed}"
                      + (f" ({tune.note})" if tune.note else ""))
+    # each applied arm names this spec's carriers (a record borrowed from another spec lists that spec's variants)
+    applied = {a.variant: {**dict((tuning or {})[a.variant]), "carried_by": list(a.applies_to)}
+               for a in (tune.arms if tune else ()) if a.variant in (tuning or {})}
     return Plan(spec, profile, preset, base, trials, resources, mf, tuple(seed_list), tuple(chosen), tuple(notes), sweep_id,
-                dict(tuning or {}))
+                applied)
 
 
 # ----------------------------------------------------------------------------------------------- the plan in the store

@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     r = build_report(args.target, env.tracking_uri(args.tracking_uri), args.out, args.profile, args.sweep,
                      log=not args.no_log)
     verdicts = ", ".join(f"{c.claim.problem}: {c.verdict}" for c in r.claims)
-    print(f"wrote {r.markdown} and {r.pdf}" + (f"; logged to MLflow run {r.logged_to}" if r.logged_to else ""))
+    print(f"wrote {r.markdown}, {r.pdf} and its appendix {r.pdf.with_name('appendix.pdf').name}"
+          + (f"; logged to MLflow run {r.logged_to}" if r.logged_to else ""))
     print(f"claims: {verdicts}")
     update_index(r.markdown)
     if not r.sweep.missing.empty:

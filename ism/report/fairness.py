@@ -61,11 +61,16 @@ def headline(sw: Sweep, metric: str) -> list[str]:
              "** (95 % intervals, paired by seed" + (", on log values" if log else "") + ")."]
     tuned = _tuned_of(sw, sw.baseline)
     if sw.plan.get("tuning"):
-        budget = {e.get("provenance", {}).get("budget") for e in sw.plan["tuning"].values()}
-        lines.append(f"Every arm was tuned with the same budget ({', '.join(str(b) for b in sorted(budget, key=str))} "
+        rec = sw.plan["tuning"]
+        budget = {e.get("provenance", {}).get("budget") for e in rec.values()}
+        carried = {v for arm, e in rec.items() for v in (arm, *(e.get("carried_by") or []))}
+        untuned = [v for v in distinct(sw) if v not in carried and not set(aliases(sw, v)) & carried]
+        lines.append(f"Every tuning arm got the same budget ({', '.join(str(b) for b in sorted(budget, key=str))} "
                      f"trials on a held-out seed); the baseline carries "
                      + (", ".join(f"`{k}` = {fmt(v) if isinstance(v, float) else v}" for k, v in tuned.items())
-                        if tuned else "no tuned value") + " (see 'Tuning').")
+                        if tuned else "no tuned value") + " (see 'Tuning')."
+                     + (f" **Not tuned**: {', '.join(f'`{v}`' for v in untuned)} run at their configured values, so a "
+                        "comparison with them favours the tuned side." if untuned else ""))
     else:
         lines.append("No arm was tuned in this sweep (the spec has no tune: block): each variant runs at the preset's "
                      "values, so a comparison is only as fair as those values are for both sides.")
