@@ -217,3 +217,19 @@ def test_the_variant_plot_draws_dots_at_the_geometric_means_not_bars_and_aliases
     assert dots == pytest.approx(sorted([math.sqrt(10.0 * 80.0), math.sqrt(6.0 * 50.0), 12.0]))
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert len(labels) == 3 and "sot (= sot_alias)" in labels
+
+
+def test_a_component_is_paired_within_one_method():
+    """In the methods spec, sm and meanflow+intrinsic differ by intrinsic guidance *and* the method: the fixed-guidance
+    claim must pair meanflow -> meanflow+intrinsic, never the SM baseline with another method's variant."""
+    from types import SimpleNamespace
+    from ism.report.claims import Claim, find_pair
+    comps = {"sm": frozenset(), "meanflow": frozenset(), "meanflow+intrinsic": frozenset({"intrinsic"})}
+    method = {"sm": "sm", "meanflow": "meanflow", "meanflow+intrinsic": "meanflow"}
+    sw = SimpleNamespace(variants=list(comps), baseline="sm", components=comps.get, representative=lambda v: v,
+                         params={v: {"method.name": m, "guidance.mode": "intrinsic" if "+" in v else "cfg_finest"}
+                                 for v, m in method.items()})
+    claim = Claim("fixed guidance", "intrinsic", "fid", "min", "")
+    assert find_pair(sw, claim, lambda v: True, lambda v: True) == ("meanflow", "meanflow+intrinsic")
+    del comps["meanflow"], sw.variants[1]   # only the cross-method pair is left: no pair, not a wrong one
+    assert find_pair(sw, claim, lambda v: True, lambda v: True) is None

@@ -91,6 +91,8 @@ def find_pair(sw: Sweep, claim: Claim, ok_a, ok_b) -> tuple[str, str] | None:
             if not added - {claim.component} <= claim.rides or not ok_b(b):
                 continue
             pa = sw.params.get(sw.representative(a) or "", {})
+            if pa.get("method.name") != sw.params.get(sw.representative(b) or "", {}).get("method.name"):
+                continue  # a component is judged within one method (methods spec: sm vs meanflow+intrinsic is not one)
             pref = all(pa.get(k) == str(v) for k, v in claim.prefer.items())
             cands.append(((not pref, len(added), a != sw.baseline, _n_diff(sw, a, b), sw.variants.index(b)), (a, b)))
     return min(cands)[1] if cands else None
