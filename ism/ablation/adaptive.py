@@ -222,6 +222,7 @@ def run(p: Plan, storage: Path, clock: Clock, run_round: Callable[[Plan], int], 
     want = {v: first if (not head or v in head) else 0 for v in p.variants}
     rounds: list[dict] = []
     attempted: set[str] = set()
+    carried: set[str] = set()   # run ids some pass of this run logged to the sweep
     rc, exhausted, stopped = 0, False, ""
     while True:
         done = finished_trials(p, storage)
@@ -242,10 +243,14 @@ def run(p: Plan, storage: Path, clock: Clock, run_round: Callable[[Plan], int], 
                 break
             rounds[-1]["ran"] += [t.label for t in fit]
             attempted |= {t.run_id for t in fit}
-            scope = frozenset(t.run_id for t in todo if t.run_id in done) | {t.run_id for t in fit}
+            # Every finished trial of the plan is free (another sweep or spec ran it): each pass carries all of them,
+            # so the sweep and its report hold every result the store has. Decisions still read only the seeds the
+            # rule asked for (_seeds_have caps them at `want`).
+            scope = frozenset(done) | {t.run_id for t in fit}
             say(f"round {len(rounds)}: {len(fit)} trial(s) to run" + (
                 "" if len(fit) == len(new) else f", {len(new) - len(fit)} wait for the budget"
                 + (" (sized once these are timed on this machine)" if wave else "")))
+            carried |= scope
             rc = run_round(_scoped(p, scope, rule, clock, rounds, False, ""))
             clock.trials_run += len(fit)
             if rc != 0:
@@ -265,10 +270,11 @@ def run(p: Plan, storage: Path, clock: Clock, run_round: Callable[[Plan], int], 
                        "undecided comparisons are at the rule's last look or the plan's last seed")
             break
         want.update(grow)
-    scope = frozenset(finished_trials(p, storage)) | attempted  # a failed trial is not 'not run'
-    final = _scoped(p, scope, rule, clock, rounds, exhausted, stopped)
-    if rc != 130 and (record is None or not record(final)):  # what ran and why the rest did not: plan.json, parent
-        run_round(dataclasses.replace(final, scope=frozenset(finished_trials(p, storage))))
+    finished = frozenset(finished_trials(p, storage))
+    final = _scoped(p, finished | attempted, rule, clock, rounds, exhausted, stopped)  # a failed trial is not 'not run'
+    # what ran and why the rest did not (plan.json, parent); a pass when a free finished trial is not in the sweep yet
+    if rc != 130 and (finished - carried or record is None or not record(final)):
+        run_round(dataclasses.replace(final, scope=finished))
     return Outcome(rc, rounds, stopped, exhausted)
 
 
