@@ -265,3 +265,23 @@ def test_a_wall_budget_pays_for_a_pass_only_if_its_longest_trial_fits():
     trials = list(p.trials[:k])
     assert A.Clock(Budget("wall_s", 0.6 * c)).fit(trials, p.profile, p.resources, 1.0) == []
     assert len(A.Clock(Budget("wall_s", 1.1 * c)).fit(trials, p.profile, p.resources, 1.0)) == k
+
+
+def test_a_finished_trial_the_rule_did_not_ask_for_still_goes_into_the_sweep(tmp_path):
+    """Another sweep finished c's seed 5; this run's rule never asks for it (a budget of 4 trials), yet it is free, so
+    a pass carries it to the sweep (and the report): no result the store holds is left out. The decisions still
+    read only the seeds the rule asked for."""
+    p = _spec(tmp_path / "s.yaml")
+    extra = next(t for t in p.trials if t.variants[0] == "c" and t.seed == 5)
+    store.write_json(store.trial_dir(tmp_path / "st", extra.run_id) / "summary.json",
+                     {"metrics": {"fid_steps_1": 10.0, "fid_steps_4": 5.0}})
+    ran: list[str] = []
+    rounds, passes = _fake_round(tmp_path / "st", ran), []
+
+    def run(sp):
+        passes.append(sp)
+        return rounds(sp)
+    out = A.run(p, tmp_path / "st", A.Clock(Budget("trials", 4)), run, Rule(), record=lambda sp: True)
+    assert len(ran) == 4 and extra.label not in ran
+    assert any(extra.run_id in sp.scope for sp in passes), "the free result reached the sweep"
+    assert max(r["seeds"]["c"] for r in out.rounds) < 6, "the rule never asked for it"
