@@ -18,7 +18,14 @@ REQUIRED = ("model", "ema_target", "ema_infer", "optim", "step", "elapsed_s", "p
 
 def save(obj: Any, path: Path) -> Path:
     """torch.save through the one atomic write: a reader never sees a half-written checkpoint."""
-    return atomic_write(path, lambda fh: torch.save(obj, fh))
+    try:
+        return atomic_write(path, lambda fh: torch.save(obj, fh))
+    except Exception as e:
+        # Ctrl-C during the write: torch's zip writer then fails on close, which hid the interrupt behind a
+        # traceback (seen in tests/test_cli.py's Ctrl-C test); the partial file is already removed
+        if isinstance(e.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
