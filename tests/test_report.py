@@ -477,9 +477,9 @@ def test_index_headline_comes_from_the_report(tmp_path):
     from ism.report.index import index_markdown
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "report.md").write_text("# ism report: x\n\n## Summary\n\n**2 of 2 trials finished**\n\n"
-                                              "Best FID at 1 step: `b` 3.0 (baseline 6.0)\n\nnoise\n\n## Next\n\nBest no\n")
+                                              "Lowest FID at 1 step: `b` 3.0 (baseline 6.0)\n\nnoise\n\n## Next\n\nBest no\n")
     text = index_markdown(tmp_path)
-    assert "- **2 of 2 trials finished**" in text and "- Best FID at 1 step: `b` 3.0" in text
+    assert "- **2 of 2 trials finished**" in text and "- Lowest FID at 1 step: `b` 3.0" in text
     assert "noise" not in text and "Best no" not in text and "[PDF]" not in text
 
 
@@ -498,7 +498,7 @@ def test_summary_leads_with_the_full_method_against_the_baseline(store):
         cell = f"×{fmt(math.exp(np.mean(d)), 3)} [{fmt(math.exp(lo), 3)}, {fmt(math.exp(hi), 3)}]"
         assert f"{cell} at {s} step" in first, (cell, first)
     assert "no arm was tuned" in " ".join(summary[:3]).lower()   # the fixture's spec has no tune: block
-    best = next(i for i, ln in enumerate(summary) if ln.startswith("Best "))
+    best = next(i for i, ln in enumerate(summary) if ln.startswith("Lowest "))
     assert best > 0
 
 
@@ -520,3 +520,39 @@ def test_an_unfinished_full_method_keeps_the_headline_and_says_it_is_not_measure
     assert full_method(sw) == "full"
     first = headline(sw, "fid")[0]
     assert first.startswith("**Full method `full` ÷ baseline `sm`: not measured**"), first
+
+
+def _tiny_sweep(fid: dict, plan: dict):
+    """A Sweep of {variant: {seed: fid at 1 and 128 steps}}, baseline 'sm', every trial finished."""
+    import pandas as pd
+    from ism.report.load import Sweep
+    trials = pd.DataFrame([{"variant": v, "seed": k, "status": "FINISHED", "components": frozenset(),
+                            "mlflow_id": f"{v}{k}", "variants": v} for v, per in fid.items() for k in per])
+    scores = pd.DataFrame([{"variant": v, "seed": k, "mlflow_id": f"{v}{k}", "metric": "fid", "steps": s,
+                            "guidance": math.nan, "sweep": False, "value": x}
+                           for v, per in fid.items() for k, x in per.items() for s in (1, 128)])
+    return Sweep(uri="", spec="x", experiment="ism/x", parent={}, plan=plan, notes=[], spec_text="", trials=trials,
+                 scores=scores, scalars=pd.DataFrame(columns=["variant", "seed", "mlflow_id", "key", "value"]),
+                 params={}, variants=list(fid), seeds=[0, 1, 2], baseline="sm", missing=pd.DataFrame())
+
+
+def test_lowest_line_only_picks_among_tuned_arms_with_the_baselines_seeds():
+    """The summary's 'Lowest FID' pick skips an untuned arm and an arm with fewer seeds than the baseline, however
+    low their numbers (the components report once crowned a 2-seed untuned arm); it fails if either competes."""
+    from ism.report import _summary
+    rec = {"sm": {"values": {"ema.half_life_steps": 5.0}, "carried_by": ["tuned"], "trials": []}}
+    sw = _tiny_sweep({"sm": {0: 20.0, 1: 22.0, 2: 21.0}, "tuned": {0: 10.0, 1: 11.0, 2: 12.0},
+                      "bare": {0: 1.0, 1: 1.0, 2: 1.0}, "thin": {0: 2.0}}, {"tuning": rec})
+    low = [ln for ln in _summary(sw, "fid") if ln.startswith("Lowest ")]
+    assert len(low) == 2 and all("`tuned`" in ln for ln in low), low
+    assert all("2 tuned variants with at least the baseline's 3 seeds" in ln for ln in low), low
+
+
+def test_a_tuned_value_at_the_edge_of_its_grid_is_flagged():
+    """A chosen value equal to the smallest or largest tried is named; an interior choice is not (inverted: fails)."""
+    from ism.report.fairness import at_edge
+    grid = [{"values": {"h": h, "c": c}} for h in (1.5, 5.0, 15.0) for c in (1.5, 2.5)]
+    assert at_edge({"values": {"h": 5.0, "c": 2.5}, "trials": grid}) == ["c = 2.5 (highest of 1.5, 2.5)"]
+    assert at_edge({"values": {"h": 1.5, "c": 1.5}, "trials": grid}) == ["h = 1.5 (lowest of 1.5, 5, 15)",
+                                                                          "c = 1.5 (lowest of 1.5, 2.5)"]
+    assert at_edge({"values": {"h": 5.0}, "trials": [{"values": {"h": h}} for h in (1.5, 5.0, 15.0)]}) == []

@@ -404,6 +404,27 @@ def _gone_after_kill9(proc, ready, what: str) -> None:
 REAP_GRACE_S = 30
 
 
+def test_the_watchdog_leaves_no_resource_warning_and_stops_after_its_parent(tmp_path):
+    """A process that started the watchdog exits without "subprocess N is still running", even with the warning
+    filters reset and ResourceWarning shown (Ray and MLflow reset them: the message leaked into `ism ablate`'s
+    output), and the watchdog itself ends soon after its parent."""
+    import subprocess
+    import sys
+    import time
+    from ism.system.procs import _stat
+    code = ("import warnings; from ism.system import procs; pid = procs.reap_descendants_on_exit(); "
+            "warnings.resetwarnings(); warnings.simplefilter('always'); print(pid)")
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert "still running" not in out.stderr and "ResourceWarning" not in out.stderr, out.stderr
+    pid = int(out.stdout.strip())
+    end = time.time() + REAP_GRACE_S
+    while _stat(pid) is not None and time.time() < end:
+        time.sleep(0.2)
+    assert _stat(pid) is None, "the watchdog outlived its parent"
+
+
 def _names(kids) -> str:
     return " ".join(Path(f"/proc/{p}/cmdline").read_text() if Path(f"/proc/{p}/cmdline").exists() else ""
                     for p in kids)

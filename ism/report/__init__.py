@@ -60,10 +60,15 @@ def _summary(sw: L.Sweep, metric: str) -> list[str]:
               f"baseline: `{sw.baseline}`."]
     steps = sw.steps_of(metric)
     log = log_metric(sw, metric)
+    bare = set(FR.untuned(sw))
     for s in sorted({steps[0], steps[-1]}) if steps else []:
         per = sw.values(metric, s)
-        vals = {v: center_ci(x.values(), log) for v, x in per.items()}
-        if vals:
+        # A pick among the reported numbers is biased low (the winner's curse), and an arm with fewer seeds or none
+        # of the tuning has a wider spread to win by: only tuned arms with at least the baseline's seeds compete.
+        need = len(per.get(sw.baseline, {}))
+        cand = {v: x for v, x in per.items() if v not in bare and len(x) >= need}
+        vals = {v: center_ci(x.values(), log) for v, x in cand.items()}
+        if len(vals) > 1:
             best = min(vals, key=lambda v: vals[v].mean)
             base = vals.get(sw.baseline)
             vs = ""
@@ -71,8 +76,10 @@ def _summary(sw: L.Sweep, metric: str) -> list[str]:
                 c = compare_ci(per[sw.baseline], per[best], log)
                 vs = (f"; {'ratio' if log else 'difference'} {compare_cell(c, log)}"
                       + (f", excludes {'1' if log else '0'}" if c.excludes(1.0 if log else 0.0) else ""))
-            lines.append(f"Best {metric.upper()} at {s} step{'s' * (s > 1)}: `{best}` {fmt(vals[best].mean)}"
-                         + (f" (baseline {fmt(base.mean)}{vs})" if base else "") + ".")
+            lines.append(f"Lowest {metric.upper()} at {s} step{'s' * (s > 1)} among the {len(vals)} {'tuned ' * bool(sw.plan.get('tuning'))}variants "
+                         f"with at least the baseline's {need} seed{'s' * (need != 1)}: `{best}` {fmt(vals[best].mean)}"
+                         + (f" (baseline {fmt(base.mean)}{vs})" if base else "")
+                         + "; picked on these same numbers, so it flatters the winner.")
     if steps and log:
         lines.append(f"{metric.upper()} values are geometric means over seeds; their intervals and the ratios to the "
                      f"baseline are computed on log({metric.upper()}), so they stay above 0.")

@@ -63,18 +63,49 @@ def headline(sw: Sweep, metric: str) -> list[str]:
     if sw.plan.get("tuning"):
         rec = sw.plan["tuning"]
         budget = {e.get("provenance", {}).get("budget") for e in rec.values()}
-        carried = {v for arm, e in rec.items() for v in (arm, *(e.get("carried_by") or []))}
-        untuned = [v for v in distinct(sw) if v not in carried and not set(aliases(sw, v)) & carried]
+        bare = untuned(sw)
         lines.append(f"Every tuning arm got the same budget ({', '.join(str(b) for b in sorted(budget, key=str))} "
                      f"trials on a held-out seed); the baseline carries "
                      + (", ".join(f"`{k}` = {fmt(v) if isinstance(v, float) else v}" for k, v in tuned.items())
                         if tuned else "no tuned value") + " (see 'Tuning')."
-                     + (f" **Not tuned**: {', '.join(f'`{v}`' for v in untuned)} run at their configured values, so a "
-                        "comparison with them favours the tuned side." if untuned else ""))
+                     + (f" **Not tuned**: {', '.join(f'`{v}`' for v in bare)} run at their configured values, so a "
+                        "comparison with them favours the tuned side." if bare else "")
+                     + edge_note(sw))
     else:
         lines.append("No arm was tuned in this sweep (the spec has no tune: block): each variant runs at the preset's "
                      "values, so a comparison is only as fair as those values are for both sides.")
     return lines
+
+
+def untuned(sw: Sweep) -> list[str]:
+    """Variants (one per trial) that neither tune an arm nor carry one's values, when the spec tunes at all."""
+    rec = sw.plan.get("tuning") or {}
+    if not rec:
+        return []
+    carried = {v for arm, e in rec.items() for v in (arm, *(e.get("carried_by") or []))}
+    return [v for v in distinct(sw) if v not in carried and not set(aliases(sw, v)) & carried]
+
+
+def at_edge(entry: dict) -> list[str]:
+    """The numeric knobs whose chosen value is the smallest or largest of the values tried (two or more): the best may
+    lie beyond the grid, so the arm may be under-tuned."""
+    out = []
+    for k, v in (entry.get("values") or {}).items():
+        tried = sorted({t["values"][k] for t in entry.get("trials", []) if isinstance(t["values"].get(k), (int, float))})
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and len(tried) > 1 and v in (tried[0], tried[-1]):
+            out.append(f"{k} = {v:g} ({'lowest' if v == tried[0] else 'highest'} of {', '.join(f'{x:g}' for x in tried)})")
+    return out
+
+
+def edge_note(sw: Sweep) -> str:
+    """One sentence naming the arms whose tuned value sits at an edge of its grid, or ''."""
+    rec = sw.plan.get("tuning") or {}
+    edges = {arm: at_edge(e) for arm, e in rec.items()}
+    edges = {a: e for a, e in edges.items() if e}
+    if not edges:
+        return ""
+    return (" **At a grid edge**: " + "; ".join(f"`{a}` {', '.join(e)}" for a, e in edges.items())
+            + ": the best value may lie outside the grid, so these arms may be under-tuned by the same budget.")
 
 
 def tuning_table(sw: Sweep) -> Table | None:

@@ -34,11 +34,11 @@ def _section(lines: list[str], heading: str) -> list[str]:
 
 def _sweep_headline(lines: list[str]) -> list[str]:
     """A sweep report's Summary: its comparison first (the full method against the baseline), then trials finished;
-    'Best ...' lines only when the report has no comparison line."""
+    'Lowest ...' lines only when the report has no comparison line."""
     summary = _section(lines, "Summary")
     lead = [ln for ln in summary if ln.startswith("**Full method")]
     done = [ln for ln in summary if ln.startswith("**") and ln not in lead]
-    return lead + done if lead else done + [ln for ln in summary if ln.startswith("Best ")]
+    return lead + done if lead else done + [ln for ln in summary if ln.startswith("Lowest ")]
 
 
 def _study_headline(lines: list[str]) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -92,23 +91,30 @@ def watch(parent: int) -> None:
     _signal_all(left, signal.SIGKILL)
 
 
-def reap_descendants_on_exit() -> subprocess.Popen | None:
-    """Start the watchdog of this process (once per process); None where the platform has no /proc."""
+def _alive_child(pid: int) -> bool:
+    """Whether our child `pid` still runs (reaps it when it has exited)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return False
+
+
+def reap_descendants_on_exit() -> int | None:
+    """Start the watchdog of this process (once per process) and return its pid; None where the platform has no /proc."""
     global _WATCHDOG
     if not linux():
         return None
-    if _WATCHDOG is None or _WATCHDOG.poll() is not None:
-        # Its own session: a Ctrl-C or a killpg aimed at this process's group must not stop the watchdog first.
-        _WATCHDOG = subprocess.Popen([sys.executable, "-m", "ism.system.procs", str(os.getpid())], start_new_session=True,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # It outlives this process by design (it reaps after the parent's death): not the leak Popen warns of at exit.
-        import warnings
-        warnings.filterwarnings("ignore", message=f"subprocess {_WATCHDOG.pid} is still running",
-                                category=ResourceWarning)
+    if _WATCHDOG is None or not _alive_child(_WATCHDOG):
+        # posix_spawn, not Popen: the watchdog outlives this process by design, and a Popen object still running at
+        # exit warns "subprocess N is still running" (a warning filter did not hold once Ray or MLflow reset the
+        # filters). setsid: a Ctrl-C or a killpg aimed at this process's group must not stop the watchdog first.
+        null = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+        _WATCHDOG = os.posix_spawn(sys.executable, [sys.executable, "-m", "ism.system.procs", str(os.getpid())],
+                                   os.environ, file_actions=null, setsid=True)
     return _WATCHDOG
 
 
-_WATCHDOG: subprocess.Popen | None = None
+_WATCHDOG: int | None = None
 
 if __name__ == "__main__":
     watch(int(sys.argv[1]))
