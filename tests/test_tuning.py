@@ -138,8 +138,8 @@ def test_a_spec_reuses_another_specs_record_only_for_identical_arms(tmp_path, mo
     from ism import cli
     from ism.study import tune as ST
     spec = ablate.load_spec(ROOT / "ablations/methods.yaml")
-    t = spec.tune("embedded")
-    assert t.record == "components"
+    t, own = spec.tune("embedded").parts()
+    assert t.record == "components" and own.record is None and {a.variant for a in own.arms} == {"meanflow", "ct"}
     record = TU.read_record(TU.record_path(spec.path, t.record, "embedded", tmp_path, "embedded"))
     arms = ST.status(spec, t, "embedded", record)
     assert {a.arm.variant for a in arms} == {"sm", "sm+twin_ema", "ism"} and all(a.current for a in arms)
@@ -147,7 +147,7 @@ def test_a_spec_reuses_another_specs_record_only_for_identical_arms(tmp_path, mo
     cfg = {t.variants[0]: t.cfg for t in p.trials if t.seed == 0}
     assert cfg["sm"].ema.half_life_steps == record["sm"]["values"]["ema.half_life_steps"] == cfg["sm+sot"].ema.half_life_steps
     assert cfg["ism"].guidance.w_max == record["ism"]["values"]["guidance.w_max"]
-    assert cfg["meanflow"].ema.half_life_steps != cfg["sm"].ema.half_life_steps   # untuned: the preset's value
+    assert cfg["meanflow"].ema.half_life_steps != cfg["sm"].ema.half_life_steps   # its own arm not applied here
     # the plan (and its report) names this spec's carriers, not the lender's
     assert {a: e["carried_by"] for a, e in p.to_json()["tuning"].items()} == {
         "sm": ["sm+wavelet", "sm+sot"], "sm+twin_ema": [], "ism": []}
@@ -164,3 +164,32 @@ def test_a_spec_reuses_another_specs_record_only_for_identical_arms(tmp_path, mo
     assert cli.main(["ablate", *both[::-1], "--profile", "smoke", "--storage", str(tmp_path / "st"), "--dry-run"]) == 2
     with pytest.raises(ConfigError, match=r"tune\.record: name '\.\./x' is not allowed"):
         ablate.load_spec(write(tmp_path / "bad.yaml", {**TUNE, "record": "../x"}))
+
+
+def test_own_arms_tune_into_this_specs_record_beside_borrowed_ones(tmp_path, monkeypatch, capsys):
+    """With tune.record, an arm marked own: true is tuned by this spec into its own record while the others are read
+    from the lender's; without the mark the same arm, absent from the lender's record, is refused (exit 2)."""
+    from ism import cli
+    from ism.study import tune as ST
+    lend = ablate.load_spec(write(tmp_path / "lend.yaml", {**TUNE, "arms": {"a": TUNE["arms"]["a"]}}, name="lend"))
+    lt = lend.tune("embedded")
+    st = ST.status(lend, lt, "embedded", {})[0]
+    entry = {"values": {"ema.half_life_steps": 5.0}, "objective_value": 1.0, "carried_by": ["c"], "trials": [],
+             "provenance": {"budget": 2, "trials": 2, "seed": 100, "fingerprint": st.fingerprint}}
+    TU.write_record(TU.record_path(lend.path, "lend", "embedded", tmp_path, "embedded"), "lend", "embedded", {"a": entry})
+    monkeypatch.chdir(tmp_path)
+    mixed = {**TUNE, "record": "lend", "arms": {"a": TUNE["arms"]["a"], "b": {**TUNE["arms"]["b"], "own": True}}}
+    spec = ablate.load_spec(write(tmp_path / "mixed.yaml", mixed, name="mixed"))
+    lent, own = spec.tune("embedded").parts()
+    assert [a.variant for a in lent.arms] == ["a"] and [a.variant for a in own.arms] == ["b"] and own.record is None
+    args = ["--profile", "embedded", "--storage", str(tmp_path / "st"), "--dry-run"]
+    assert cli.main(["ablate", str(tmp_path / "mixed.yaml"), *args]) == 0
+    out = capsys.readouterr().out
+    assert "tuned/lend.embedded.yaml" in out and "tuned/mixed.embedded.yaml" in out
+    assert "arm a: ema.half_life_steps over 2 points; carried by c; tuned {'ema.half_life_steps': 5.0}" in out
+    assert "arm b: ema.target_half_life_steps over 2 points; not tuned yet" in out
+    del mixed["arms"]["b"]["own"]   # the same arm borrowed: the lender never tuned it
+    assert cli.main(["ablate", str(write(tmp_path / "mixed.yaml", mixed, name="mixed")), *args]) == 2
+    assert "arm(s) b not current" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"'own: true' only means something beside tune\.record"):
+        ablate.load_spec(write(tmp_path / "bad.yaml", {**TUNE, "arms": {"b": {**TUNE["arms"]["b"], "own": True}}}))

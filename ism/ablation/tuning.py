@@ -10,6 +10,7 @@ its study: base config identity, space and objective), so a changed default re-t
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from ism.errors import ConfigError, suggest
 from ism.system.store import atomic_write, check_name
 
 TUNE_KEYS = ("budget", "seed", "objective", "arms", "profiles", "note", "record")
-ARM_KEYS = ("space", "points", "applies_to", "reason")
+ARM_KEYS = ("space", "points", "applies_to", "reason", "own")
 PROFILE_TUNE_KEYS = ("budget", "seed", "arms", "note")
 
 
@@ -35,6 +36,7 @@ class Arm:
     points: tuple[Mapping[str, Any], ...]
     applies_to: tuple[str, ...]
     reason: str
+    own: bool = False   # with tune.record: tuned by this spec into its own record, not read from the lender's
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -50,6 +52,16 @@ class Tune:
     arms: tuple[Arm, ...]
     note: str
     record: str | None = None   # another spec's record whose identical arms this spec reuses (never re-tunes there)
+
+    def parts(self) -> list[Tune]:
+        """One Tune per record: the arms read from the lender's record (tune.record), then the arms this spec tunes
+        into its own (`own: true`, or every arm without tune.record)."""
+        if not self.record:
+            return [self]
+        lent = tuple(a for a in self.arms if not a.own)
+        own = tuple(a for a in self.arms if a.own)
+        return [t for t in (dataclasses.replace(self, arms=lent) if lent else None,
+                            dataclasses.replace(self, arms=own, record=None) if own else None) if t is not None]
 
     def carriers(self) -> dict[str, str]:
         """{variant: the arm whose tuned values it carries}."""
@@ -119,10 +131,16 @@ def parse(where: str, raw: Any, variants: list[str], profile: str) -> Tune | Non
                 raise ConfigError(f"{w}: variant '{v}' already carries the values of arm '{carried[v]}'; a variant "
                                   "carries one arm's values")
             carried[v] = name
-        arms.append(Arm(str(name), points, applies, str(a.get("reason", "")).strip()))
+        own = a.get("own", False)
+        if not isinstance(own, bool):
+            raise ConfigError(f"{w}.own: expected true or false, got {own!r}")
+        arms.append(Arm(str(name), points, applies, str(a.get("reason", "")).strip(), own))
     record = raw.get("record")
     if record is not None:
         record = check_name(f"{where}.record", record)
+    elif any(a.own for a in arms):
+        raise ConfigError(f"{where}.arms: 'own: true' only means something beside tune.record (the arms read from "
+                          "another spec's record); without it every arm is this spec's own: drop the key")
     return Tune(budget, seed, objective, tuple(arms), str(adj.get("note", raw.get("note", ""))).strip(), record)
 
 

@@ -89,13 +89,23 @@ class Job:
     path: str
     spec: object
     plan: Plan
-    tune: object = None
-    arms: list = dataclasses.field(default_factory=list)
-    record_path: Path | None = None
+    parts: list = dataclasses.field(default_factory=list)   # one TunePart per record the spec's tuning reads
 
     @property
     def tuning_first(self) -> bool:
-        return bool(self.tune) and not all(a.current for a in self.arms)
+        return any(p.stale for p in self.parts)
+
+
+@dataclasses.dataclass
+class TunePart:
+    """One record's share of a spec's tuning: the arms it borrows from another spec's record, or its own arms."""
+    tune: object
+    arms: list
+    record_path: Path
+
+    @property
+    def stale(self) -> list[str]:
+        return [a.arm.variant for a in self.arms if not a.current]
 
 
 def prepare(path: str, args: argparse.Namespace, storage: Path, before: tuple[str, ...] = ()) -> Job:
@@ -105,30 +115,32 @@ def prepare(path: str, args: argparse.Namespace, storage: Path, before: tuple[st
         spec = load_spec(path)
     except SpecKindError as e:  # a study spec: the hint keeps what ablate and study share
         raise e.with_flags(flags(profile=args.profile, storage=args.storage, tracking_uri=args.tracking_uri)) from None
-    tune, arms, record_path, tuning = spec.tune(args.profile), [], None, {}
+    tune, parts, tuning = spec.tune(args.profile), [], {}
     if tune:
         from ism.ablation import tuning as TU
         from ism.study import tune as ST  # Optuna loads only for specs that tune
         from ism.study.storage import quiet_optuna
         quiet_optuna(args.verbose)
-        record_path = TU.record_path(spec.path, tune.record or spec.name, args.profile, storage, DEFAULT_PROFILE)
-        arms = ST.status(spec, tune, args.profile, TU.read_record(record_path), args.retune)
-        stale = [a.arm.variant for a in arms if not a.current]
-        lender = Path(spec.path).parent / f"{tune.record}.yaml"
-        if tune.record and stale and any(Path(b).resolve() == lender.resolve() for b in before):
-            print(f"ism ablate: {path}: arm(s) {', '.join(stale)} wait for {lender} to tune them first in this run "
-                  f"(record {record_path})", file=sys.stderr)
-        elif tune.record and stale:  # a borrowed record is only read: its own spec tunes it
-            raise ConfigError(f"{path}: tune.record '{tune.record}': arm(s) {', '.join(stale)} not current in {record_path} "
-                              "(the arm must be the same study there: base config, grid, budget, objective, seed); run "
-                              f"`ism ablate {Path(spec.path).parent / tune.record}.yaml --tune-only --profile {args.profile}` first")
-        tuning = {a.arm.variant: a.entry for a in arms if a.current}
+        for t in tune.parts():
+            record_path = TU.record_path(spec.path, t.record or spec.name, args.profile, storage, DEFAULT_PROFILE)
+            part = TunePart(t, ST.status(spec, t, args.profile, TU.read_record(record_path), args.retune), record_path)
+            parts.append(part)
+            lender = Path(spec.path).parent / f"{t.record}.yaml"
+            if t.record and part.stale and any(Path(b).resolve() == lender.resolve() for b in before):
+                print(f"ism ablate: {path}: arm(s) {', '.join(part.stale)} wait for {lender} to tune them first in this "
+                      f"run (record {record_path})", file=sys.stderr)
+            elif t.record and part.stale:  # a borrowed record is only read: its own spec tunes it
+                raise ConfigError(f"{path}: tune.record '{t.record}': arm(s) {', '.join(part.stale)} not current in "
+                                  f"{record_path} (the arm must be the same study there: base config, grid, budget, "
+                                  f"objective, seed); run `ism ablate {lender} --tune-only --profile {args.profile}` "
+                                  "first, or mark the arm `own: true` to tune it in this spec")
+            tuning.update({a.arm.variant: a.entry for a in part.arms if a.current})
     p = plan(spec, args.profile, args.variants, args.seeds, tuning)
     if args.max_failures is not None:
         if args.max_failures < 0:
             raise ConfigError(f"--max-failures: expected an integer >= 0 (retries per trial), got {args.max_failures}")
         p = dataclasses.replace(p, max_failures=args.max_failures)
-    return Job(path, spec, p, tune, arms, record_path)
+    return Job(path, spec, p, parts)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,9 +177,9 @@ def _parser() -> argparse.ArgumentParser:
 def _dry_run(jobs: list[Job], storage: Path, budget, rule, looks, first_look_pays) -> int:
     """Print each job's tuning state, trials, cost and (with a budget) what the budget buys; run nothing."""
     for j in jobs:
-        if j.tune:
+        for part in j.parts:
             from ism.study import tune as ST
-            print(ST.describe(j.tune, j.arms, j.record_path) + "\n")
+            print(ST.describe(part.tune, part.arms, part.record_path) + "\n")
         done, reused = finished_trials(j.plan, storage), reused_training(j.plan, storage)
         print(describe_plan(j.plan, done, reused, measured_scale(storage, j.plan.profile)))
         if budget is not None:
@@ -255,8 +267,9 @@ def _tune_only(jobs: list[Job], args: argparse.Namespace, storage: Path) -> int:
     """--tune-only: run each spec's missing or stale tuning arms and write the records; no sweep."""
     status = 0
     for j in jobs:
+        paths = ", ".join(str(p.record_path) for p in j.parts)
         if not j.tuning_first:
-            print("ism ablate: " + (f"every arm's record is current ({j.record_path})" if j.tune else
+            print("ism ablate: " + (f"every arm's record is current ({paths})" if j.parts else
                                     f"{j.path} has no tune: block"), file=sys.stderr)
             continue
         from ism.ablation import ray_adapter
@@ -264,7 +277,7 @@ def _tune_only(jobs: list[Job], args: argparse.Namespace, storage: Path) -> int:
             rc = _tune(j, args, storage, env.tracking_uri(args.tracking_uri))
         if rc != 0:
             return rc
-        print(f"ism ablate: tuned values recorded in {j.record_path}", file=sys.stderr)
+        print(f"ism ablate: tuned values recorded in {paths}", file=sys.stderr)
     return status
 
 
@@ -274,23 +287,26 @@ def _tune(j: Job, args: argparse.Namespace, storage: Path, uri: str) -> int:
     from ism.study.storage import storage_url
     root = storage / "tune"
     spec = j.spec
-    if j.tune.record:  # borrowed: its own spec ran first in this invocation and must have tuned these arms
-        from ism.ablation import tuning as TU
-        record = TU.read_record(j.record_path)
-        stale = [a.arm.variant for a in ST.status(spec, j.tune, args.profile, record) if not a.current]
-        if stale:
-            print(f"ism ablate: {j.path}: tune.record '{j.tune.record}': arm(s) {', '.join(stale)} still not current "
-                  f"in {j.record_path} after its spec ran; its tuning must finish first", file=sys.stderr)
-            return 2
-        j.plan = plan(spec, args.profile, args.variants, args.seeds, record)
-        return 0
-    rc, record = ST.ensure_tuned(spec, j.tune, args.profile, j.record_path, storage_url(env.optuna_url(None), root),
-                                 root, uri, env.eval_cache_root(), args.retune,
-                                 say=lambda m: print(f"[{spec.name}/{args.profile}] {m}", file=sys.stderr))
-    if rc != 0:
-        print(f"ism ablate: tuning stopped (status {rc}); rerun the same command to resume it", file=sys.stderr)
-        return rc
-    p = plan(spec, args.profile, args.variants, args.seeds, record)
+    tuning = {}
+    for part in j.parts:
+        if part.tune.record:  # borrowed: its own spec ran first in this invocation and must have tuned these arms
+            from ism.ablation import tuning as TU
+            record = TU.read_record(part.record_path)
+            stale = [a.arm.variant for a in ST.status(spec, part.tune, args.profile, record) if not a.current]
+            if stale:
+                print(f"ism ablate: {j.path}: tune.record '{part.tune.record}': arm(s) {', '.join(stale)} still not "
+                      f"current in {part.record_path} after its spec ran; its tuning must finish first", file=sys.stderr)
+                return 2
+        else:
+            rc, record = ST.ensure_tuned(spec, part.tune, args.profile, part.record_path,
+                                         storage_url(env.optuna_url(None), root), root, uri, env.eval_cache_root(),
+                                         args.retune, say=lambda m: print(f"[{spec.name}/{args.profile}] {m}",
+                                                                          file=sys.stderr))
+            if rc != 0:
+                print(f"ism ablate: tuning stopped (status {rc}); rerun the same command to resume it", file=sys.stderr)
+                return rc
+        tuning.update({a.variant: record[a.variant] for a in part.tune.arms if a.variant in record})
+    p = plan(spec, args.profile, args.variants, args.seeds, tuning)
     if args.max_failures is not None:
         p = dataclasses.replace(p, max_failures=args.max_failures)
     j.plan = p
@@ -309,8 +325,9 @@ def _run_job(j: Job, args: argparse.Namespace, storage: Path, uri: str, clock, r
         rc = _tune(j, args, storage, uri)
         if rc != 0:
             return rc
-    elif j.tune:
-        print(f"{name} tuning: every arm reuses its recorded values ({j.record_path})", file=sys.stderr)
+    elif j.parts:
+        print(f"{name} tuning: every arm reuses its recorded values "
+              f"({', '.join(str(p.record_path) for p in j.parts)})", file=sys.stderr)
     sweep = lambda p: run_sweep(p, storage, uri, env.eval_cache_root(), crash=env.crash_target())  # noqa: E731
     if clock.budget is None:
         return sweep(j.plan)
