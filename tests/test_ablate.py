@@ -661,8 +661,11 @@ def test_methods_spec_shares_sm_and_ism_training_with_components_and_configures_
     assert shared == {"sm", "sm+sot", "sm+wavelet", "sm+twin_ema", "ism"}
     cfg = {v: t.cfg for t in p.trials if t.seed == 0 for v in t.variants}
     assert {v: c.method.name for v, c in cfg.items() if v.startswith(("meanflow", "ct"))} == {
-        **dict.fromkeys(["meanflow", "meanflow+intrinsic", "meanflow+sot", "meanflow+wavelet", "meanflow+twin_ema"],
-                        "meanflow"), **dict.fromkeys(["ct", "ct+sot", "ct+wavelet", "ct+twin_ema"], "ct")}
+        **dict.fromkeys(["meanflow", "meanflow+intrinsic", "meanflow_cpu_matched", "meanflow+sot", "meanflow+wavelet",
+                         "meanflow+twin_ema"], "meanflow"), **dict.fromkeys(["ct", "ct+sot", "ct+wavelet", "ct+twin_ema"], "ct")}
+    # equal training CPU: the step ratio the benchmark measured, and otherwise MeanFlow itself
+    assert cfg["meanflow_cpu_matched"].run.steps == round(cfg["meanflow"].run.steps / 1.68 / 10) * 10 == 890
+    assert cfg["meanflow_cpu_matched"].method == cfg["meanflow"].method
     for m in ("meanflow", "ct"):  # each fix arm is its method plus exactly that fix
         base = cfg[m]
         assert (base.shortcut.target, base.ema.twin, base.ot.enabled, base.wavelet.enabled) == ("online", False, False, False)

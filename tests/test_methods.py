@@ -275,6 +275,12 @@ def test_method_report_tables_follow_the_numbers():
     assert res["MeanFlow improves from 1 to 2 NFE"].verdict == "reproduced"
     assert res["consistency training improves from 1 to 2 steps"].verdict == "not reproduced"
     assert "iSM beats MeanFlow at 1 step" not in res  # no ism variant in this sweep
+    assert "MeanFlow beats SM at 1 NFE at equal training CPU" not in res   # nor the CPU-matched MeanFlow
+    slow = {0: 50.0, 1: 40.0, 2: 45.0}   # the CPU-matched MeanFlow worse than SM on two of three seeds
+    res = {r.claim.problem: r for r in M.method_results(_sweep({("sm", 1): sm1, ("meanflow_cpu_matched", 1): slow}, {}))}
+    eq = res["MeanFlow beats SM at 1 NFE at equal training CPU"]
+    assert eq.verdict != "reproduced" and eq.ratio.mean == pytest.approx(geo(slow) / geo(sm1))
+    assert eq.pair == ("sm @1", "meanflow_cpu_matched @1")
     tr = M.transfer_table(sw)
     row = tr.data[(tr.data["method"] == "meanflow") & (tr.data["fix"] == "sot") & (tr.data["steps"] == 1)].iloc[0]
     assert row["ratio"] == pytest.approx(0.5) and row["n"] == 3

@@ -33,6 +33,9 @@ CLAIMS = (
      "model behind 2.20 was not checked)"),
     ("consistency training improves from 1 to 2 steps", ("ct", 1), ("ct", 2),
      "iCT (Song & Dhariwal 2023): CIFAR-10 2.51 at 1 step → 2.24 at 2 steps (abstract, checked)"),
+    ("MeanFlow beats SM at 1 NFE at equal training CPU", ("sm", 1), ("meanflow_cpu_matched", 1),
+     "not a paper's claim: the papers compare at equal epochs; a MeanFlow step costs 1.68× SM's CPU here (its JVP), "
+     "so this MeanFlow trains 1,500 / 1.68 = 890 steps to SM's 1,500"),
     ("iSM beats MeanFlow at 1 step", ("meanflow", 1), ("ism", 1),
      "the papers say the reverse on their own setups: iSM 5.27 at 1 step (issue 27, not checked) vs MeanFlow 3.43"),
 )
