@@ -159,7 +159,7 @@ def test_resumed_trials_do_not_count_as_fast_progress():
 
 def test_unchanged_trials_are_repeated_only_as_a_heartbeat_and_an_overdue_eta_is_a_lower_bound(monkeypatch):
     """During a long evaluation nothing changes: the line comes back every HEARTBEAT_S, not every 20 s; a trial past
-    its estimate makes the ETA a lower bound ('>=') that says so, never a bare 'ETA 0.0 min'."""
+    its estimate, with nothing else left, makes the ETA 'unknown' and says why, never 'ETA 0.0 min' or 'ETA >= 0.0'."""
     clock = Clock()
     monkeypatch.setattr(progress.time, "time", clock)
     plan = _guidance_plan()
@@ -179,7 +179,8 @@ def test_unchanged_trials_are_repeated_only_as_a_heartbeat_and_an_overdue_eta_is
     clock.now += 20.0 + p.scale() * p.work[a.run_id]      # a heartbeat later, and past the trial's estimate
     p.on_step_end(0, [])
     last = out.getvalue().splitlines()[-2]
-    assert out.getvalue().count("\n    ") == n + 1 and "ETA >= 0.0 min" in last and "1 trial(s) past their estimate" in last
+    assert out.getvalue().count("\n    ") == n + 1 and "ETA unknown" in last and "1 trial(s) past their estimate" in last
+    assert "0.0 min" not in last
     stored = progress.Progress(plan, [a], done_before=0, every_s=20.0, out=io.StringIO(), stored=frozenset([a.run_id]))
     stored.on_trial_start(0, [], _trial(a.run_id))
     clock.now += 1.0

@@ -197,11 +197,14 @@ class Progress:
                    if self.work.get(rid, 0.0) > 0 and now - self.started.get(rid, now) > r * self.work[rid])
 
     def _eta_text(self) -> str:
-        """', ETA 4.2 min (source)', a lower bound ('ETA >= ...') while a trial runs past its estimate."""
+        """', ETA 4.2 min (source)', a lower bound ('ETA >= ...') while a trial runs past its estimate, 'ETA unknown'
+        when only such trials are left."""
         eta = self.eta_s()
         if eta is None:
             return ""
         late = self.overdue()
+        if late and eta < 3.0:  # only overdue trials left: 'ETA >= 0.0 min' reads as a bug, and says nothing
+            return f", ETA unknown ({self.eta_source()}; {late} trial(s) past their estimate)"
         return (f", ETA {'>= ' if late else ''}{eta / 60:.1f} min ({self.eta_source()}"
                 + (f"; {late} trial(s) past their estimate" if late else "") + ")")
 
