@@ -60,16 +60,20 @@ def _summary(sw: L.Sweep, metric: str) -> list[str]:
               f"baseline: `{sw.baseline}`."]
     steps = sw.steps_of(metric)
     log = log_metric(sw, metric)
-    bare = set(FR.untuned(sw))
+    bare, one = set(FR.untuned(sw)), set(L.distinct(sw))
+    full = FR.full_method(sw)
     for s in sorted({steps[0], steps[-1]}) if steps else []:
         per = sw.values(metric, s)
         # A pick among the reported numbers is biased low (the winner's curse), and an arm with fewer seeds or none
-        # of the tuning has a wider spread to win by: only tuned arms with at least the baseline's seeds compete.
+        # of the tuning has a wider spread to win by: only tuned arms with at least the baseline's seeds compete,
+        # each trial once (aliases share one).
         need = len(per.get(sw.baseline, {}))
-        cand = {v: x for v, x in per.items() if v not in bare and len(x) >= need}
+        cand = {v: x for v, x in per.items() if v in one and v not in bare and len(x) >= need}
         vals = {v: center_ci(x.values(), log) for v, x in cand.items()}
+        best = min(vals, key=lambda v: vals[v].mean) if vals else None
+        if best is not None and full is not None and (best == full or full in L.aliases(sw, best)):
+            continue  # the headline above already gives the full method against the baseline
         if len(vals) > 1:
-            best = min(vals, key=lambda v: vals[v].mean)
             base = vals.get(sw.baseline)
             vs = ""
             if base and best != sw.baseline:

@@ -18,6 +18,11 @@ HEADLINE_STEPS = (1, 4, 128)
 COMPONENTS = frozenset({"intrinsic", "interval", "wavelet", "sot", "twin_ema"})
 
 
+def knob(v) -> str:
+    """A knob's value as written in a spec (1.5, not the tables' 1.500)."""
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def full_method(sw: Sweep) -> str | None:
     """The variant with the most components switched on (the first in spec order), if it has more than the baseline.
     Judged on every trial of the sweep, finished or not: an unfinished full method must not hand the headline to
@@ -66,7 +71,7 @@ def headline(sw: Sweep, metric: str) -> list[str]:
         bare = untuned(sw)
         lines.append(f"Every tuning arm got the same budget ({', '.join(str(b) for b in sorted(budget, key=str))} "
                      f"trials on a held-out seed); the baseline carries "
-                     + (", ".join(f"`{k}` = {fmt(v) if isinstance(v, float) else v}" for k, v in tuned.items())
+                     + (", ".join(f"`{k}` = {knob(v)}" for k, v in tuned.items())
                         if tuned else "no tuned value") + " (see 'Tuning')."
                      + (f" **Not tuned**: {', '.join(f'`{v}`' for v in bare)} run at their configured values, so a "
                         "comparison with them favours the tuned side." if bare else "")
@@ -117,9 +122,9 @@ def tuning_table(sw: Sweep) -> Table | None:
     for arm, e in rec.items():
         prov = e.get("provenance", {})
         keys = list(e.get("values", {}))
-        grid = "; ".join(", ".join(f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in t["values"].items())
+        grid = "; ".join(", ".join(f"{k}={knob(v)}" for k, v in t["values"].items())
                          + f" → {fmt(t['objective_value'])}" for t in e.get("trials", []))
-        chosen = ", ".join(f"{k} = {fmt(v) if isinstance(v, float) else v}" for k, v in e.get("values", {}).items())
+        chosen = ", ".join(f"{k} = {knob(v)}" for k, v in e.get("values", {}).items())
         rows.append([arm, ", ".join(e.get("carried_by") or []) or "–", ", ".join(keys), grid,
                      f"{prov.get('trials', '?')} / {prov.get('budget', '?')}", str(prov.get("seed", "?")), chosen])
         raw.append({"arm": arm, "carried_by": ",".join(e.get("carried_by") or []), "keys": ",".join(keys),
