@@ -255,7 +255,7 @@ def _sweep(fids: dict, walls: dict, steps: int = 100):
     scalars = pd.DataFrame([{"variant": v, "seed": s, "mlflow_id": f"{v}-{s}", "key": "wall_time_s", "value": x}
                             for v, by in walls.items() for s, x in by.items()])
     trials = pd.DataFrame([{"variant": v, "seed": s, "mlflow_id": f"{v}-{s}", "status": "FINISHED",
-                            "components": frozenset(), "run_id": f"{v}-{s}"} for v in variants for s in (0, 1, 2)])
+                            "components": frozenset(), "run_id": f"{v}-{s}", "variants": v} for v in variants for s in (0, 1, 2)])
     params = {f"{v}-{s}": {"run.steps": str(steps)} for v in variants for s in (0, 1, 2)}
     return Sweep("", "methods", "", {}, {}, [], "", trials, scores, scalars, params, variants, [0, 1, 2], "sm",
                  pd.DataFrame())
@@ -267,7 +267,8 @@ def test_method_report_tables_follow_the_numbers():
     sot1 = {0: 10.0, 1: 12.5, 2: 9.5}   # exactly half of meanflow's, seed by seed
     sw = _sweep({("sm", 1): sm1, ("meanflow", 1): mf1, ("meanflow", 2): mf2, ("meanflow+sot", 1): sot1,
                  ("ct", 1): {0: 30.0, 1: 31.0, 2: 29.0}, ("ct", 2): {0: 33.0, 1: 34.0, 2: 32.0}},
-                {"sm": {0: 10.0, 1: 11.0, 2: 12.0}, "meanflow": {0: 30.0, 1: 33.0, 2: 36.0}})
+                {"sm": {0: 10.0, 1: 11.0, 2: 12.0}, "meanflow": {0: 30.0, 1: 33.0, 2: 36.0},
+                 "sm+wavelet": {}, "ct+twin_ema": {}})
     res = {r.claim.problem: r for r in M.method_results(sw)}
     assert res["MeanFlow beats SM at 1 NFE"].verdict == "reproduced"
     geo = lambda d: math.exp(sum(math.log(x) for x in d.values()) / len(d))  # noqa: E731
@@ -282,6 +283,7 @@ def test_method_report_tables_follow_the_numbers():
     assert eq.verdict != "reproduced" and eq.ratio.mean == pytest.approx(geo(slow) / geo(sm1))
     assert eq.pair == ("sm @1", "meanflow_cpu_matched @1")
     tr = M.transfer_table(sw)
+    assert [r[:2] for r in tr.rows] == [["meanflow", "sot"]]   # fix arms without a finished pair: no row of dashes
     row = tr.data[(tr.data["method"] == "meanflow") & (tr.data["fix"] == "sot") & (tr.data["steps"] == 1)].iloc[0]
     assert row["ratio"] == pytest.approx(0.5) and row["n"] == 3
     st = M.step_time_table(sw).data.set_index("variant")

@@ -556,3 +556,14 @@ def test_a_tuned_value_at_the_edge_of_its_grid_is_flagged():
     assert at_edge({"values": {"h": 1.5, "c": 1.5}, "trials": grid}) == ["h = 1.5 (lowest of 1.5, 5, 15)",
                                                                           "c = 1.5 (lowest of 1.5, 2.5)"]
     assert at_edge({"values": {"h": 5.0}, "trials": [{"values": {"h": h}} for h in (1.5, 5.0, 15.0)]}) == []
+
+
+def test_decisions_list_a_trial_shared_by_two_names_once():
+    """Variants with identical configs share one trial (ism = cum5_twin_ema): the adaptive-seeds table gives that
+    comparison one row labelled with both names, not two identical rows."""
+    from ism.report.sequential import sequential_table
+    sw = _tiny_sweep({"sm": {0: 20.0, 1: 22.0, 2: 21.0}, "ism": {0: 10.0, 1: 11.0, 2: 12.0},
+                      "cum5": {0: 10.0, 1: 11.0, 2: 12.0}}, {})
+    sw.trials.loc[sw.trials["variant"].isin(["ism", "cum5"]), "variants"] = "ism,cum5"
+    t = sequential_table(sw, "fid", steps=(1,))
+    assert [r[0] for r in t.rows] == ["ism (= cum5)"]

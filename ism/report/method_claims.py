@@ -16,7 +16,7 @@ import pandas as pd
 
 from ism.report.ci import log_mean_ci, mean_ci, positive, ratio_ci
 from ism.report.claims import Claim, Result, _verdict
-from ism.report.load import Sweep
+from ism.report.load import Sweep, distinct, label
 from ism.report.tables import Table, cell, ratio_cell
 
 METHODS = ("sm", "meanflow", "ct")
@@ -76,7 +76,8 @@ def transfer_table(sw: Sweep, metric: str = "fid", steps: tuple[int, ...] = (1, 
                 raw.append({"method": m, "fix": fix, "steps": s, "ratio": iv.mean if iv else math.nan,
                             "ratio_low": iv.lo if iv else math.nan, "ratio_high": iv.hi if iv else math.nan,
                             "n": iv.n if iv else 0})
-            rows.append([m, fix, *cells])
+            if any(c != "–" for c in cells):  # a fix arm with no finished pair at any step count says nothing
+                rows.append([m, fix, *cells])
     if not rows or not have:
         return None
     return Table("transfer", f"Do iSM's fixes transfer? {metric.upper()} with the fix ÷ without, per method",
@@ -100,13 +101,13 @@ def step_time_table(sw: Sweep, metric: str = "fid") -> Table | None:
     base = per_step.get(sw.baseline, {})
     fid1 = sw.values(metric, 1) if 1 in sw.steps_of(metric) else {}
     rows, raw = [], []
-    for v in sw.variants:
+    for v in distinct(sw):  # aliases share one trial: one row
         if v not in per_step:
             continue
         iv = mean_ci(list(per_step[v].values()))
         r = ratio_ci(base, per_step[v]) if base and v != sw.baseline else None
         f = log_mean_ci(list(fid1[v].values())) if fid1.get(v) and positive(fid1[v].values()) else None
-        rows.append([v, cell(iv, len(sw.seeds)), ratio_cell(r) if r else ("×1" if v == sw.baseline else "–"),
+        rows.append([label(sw, v), cell(iv, len(sw.seeds)), ratio_cell(r) if r else ("×1" if v == sw.baseline else "–"),
                      cell(f, len(sw.seeds)) if f else "–"])
         raw.append({"variant": v, "sec_per_step": iv.mean, "sec_per_step_half": iv.half if iv.has_ci else math.nan,
                     "ratio_to_baseline": r.mean if r else math.nan, f"{metric}_1": f.mean if f else math.nan})

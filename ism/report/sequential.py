@@ -8,7 +8,7 @@ import math
 import pandas as pd
 
 from ism.system.accounting import PHASES, PREFIX
-from ism.report.load import Sweep
+from ism.report.load import Sweep, distinct
 from ism.report.tables import Table, fmt, label, log_metric
 from ism.ablation.sequential import Comparison, Rule
 
@@ -26,7 +26,7 @@ def sequential_table(sw: Sweep, metric: str, rule: Rule | None = None, steps=STE
     for s in (x for x in steps if x in sw.steps_of(metric)):
         vals = sw.values(metric, s)
         base = vals.get(sw.baseline, {})
-        for v in sw.variants:
+        for v in distinct(sw):  # variants sharing one trial are one comparison, labelled with every name
             if v == sw.baseline or v not in vals:
                 continue
             c = Comparison(f"{v}@{s}", sw.baseline, v, metric, log=log)
