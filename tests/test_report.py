@@ -567,3 +567,18 @@ def test_decisions_list_a_trial_shared_by_two_names_once():
     sw.trials.loc[sw.trials["variant"].isin(["ism", "cum5"]), "variants"] = "ism,cum5"
     t = sequential_table(sw, "fid", steps=(1,))
     assert [r[0] for r in t.rows] == ["ism (= cum5)"]
+
+
+def test_a_rebuilt_report_leaves_no_table_or_figure_of_the_previous_one(tmp_path):
+    """Tables are written as .csv and .tex: a table the new sweep no longer has must go in both forms (a budgeted
+    rerun once left the 2026-12-02 .tex tables beside a report saying 'not run'); other files stay."""
+    from ism.report import _clean
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "figures").mkdir()
+    old = [tmp_path / "tables" / "fid_by_steps.tex", tmp_path / "tables" / "fid_by_steps.csv",
+           tmp_path / "figures" / "samples_steps_1.png"]
+    keep = [tmp_path / "spec.yaml", tmp_path / "tables" / "README.txt"]
+    for p in old + keep:
+        p.write_text("x")
+    _clean(tmp_path)
+    assert not any(p.exists() for p in old) and all(p.exists() for p in keep)

@@ -92,11 +92,11 @@ def _summary(sw: L.Sweep, metric: str) -> list[str]:
 
 def _clean(out: Path) -> None:
     """Remove the figures and tables of a previous report in the same folder (only the kinds we write)."""
-    for sub, ext in (("figures", ".png"), ("tables", ".csv")):
-        d = out / sub
+    for sub, exts in (("figures", {".png"}), ("tables", {".csv", ".tex"})):  # .tex too: a table this sweep no
+        d = out / sub                                                            # longer has must not linger
         if d.is_dir():
             for p in d.iterdir():
-                if p.suffix == ext:
+                if p.suffix in exts:
                     p.unlink()
 
 
