@@ -582,3 +582,14 @@ def test_a_rebuilt_report_leaves_no_table_or_figure_of_the_previous_one(tmp_path
         p.write_text("x")
     _clean(tmp_path)
     assert not any(p.exists() for p in old) and all(p.exists() for p in keep)
+
+
+def test_no_lowest_pick_when_only_the_headline_pair_competes():
+    """With only the baseline and the full method eligible, a 'Lowest' line would restate the headline (the
+    compounding report read 'Lowest ...: `cfg_finest_1.5` 0.0081 (baseline 0.0081)'): none is written."""
+    from ism.report import _summary
+    sw = _tiny_sweep({"sm": {0: 5.0, 1: 6.0, 2: 5.5}, "full": {0: 9.0, 1: 8.0, 2: 9.5}, "thin": {0: 1.0}}, {})
+    comps = {"sm": frozenset(), "full": frozenset({"intrinsic"}), "thin": frozenset()}
+    sw.trials["components"] = sw.trials["variant"].map(comps)
+    lines = _summary(sw, "fid")
+    assert lines[0].startswith("**Full method `full`") and not [ln for ln in lines if ln.startswith("Lowest ")]

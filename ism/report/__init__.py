@@ -71,7 +71,8 @@ def _summary(sw: L.Sweep, metric: str) -> list[str]:
         cand = {v: x for v, x in per.items() if v in one and v not in bare and len(x) >= need}
         vals = {v: center_ci(x.values(), log) for v, x in cand.items()}
         best = min(vals, key=lambda v: vals[v].mean) if vals else None
-        if best is not None and full is not None and (best == full or full in L.aliases(sw, best)):
+        pair = {sw.baseline, full, *L.aliases(sw, full)} if full is not None else set()
+        if best is None or best in pair - {sw.baseline} or set(vals) <= pair:
             continue  # the headline above already gives the full method against the baseline
         if len(vals) > 1:
             base = vals.get(sw.baseline)
